@@ -1,0 +1,151 @@
+//! Running one command for the host: streamed output, stdin, timeout, kill.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ironclaw_protocol::{ExecRequest, ExitStatus, Frame, FrameKind, Message, DATA_CHUNK};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+
+use crate::agent::Running;
+
+const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The process group of a running request.
+#[derive(Debug, Clone, Copy)]
+pub struct Handle {
+    pgid: i32,
+}
+
+impl Handle {
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's process group; no memory involved.
+        unsafe { libc::kill(-self.pgid, sig) };
+    }
+    pub fn kill(&self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// Starts `req` on stream `id`. Returns the stdin sender when the request
+/// asked for stdin. Failures are reported to the host on the stream.
+pub fn start(
+    id: u32,
+    req: ExecRequest,
+    out: mpsc::Sender<Frame>,
+    running: Running,
+) -> Option<mpsc::Sender<Bytes>> {
+    let Some(program) = req.argv.first() else {
+        let msg = Message::Error {
+            message: "exec: argv is empty".into(),
+        };
+        tokio::spawn(async move { out.send(Frame::control(id, &msg)).await });
+        return None;
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(&req.argv[1..])
+        .env_clear()
+        .env("PATH", BASE_PATH)
+        .env("HOME", "/root")
+        .env("LANG", "C.UTF-8")
+        .envs(&req.env)
+        .current_dir(req.cwd.as_deref().unwrap_or("/root"))
+        .stdin(if req.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let msg = Message::Error {
+                message: format!("exec {program:?}: {e}"),
+            };
+            tokio::spawn(async move { out.send(Frame::control(id, &msg)).await });
+            return None;
+        }
+    };
+    let pid = child.id().expect("a just-spawned child has a pid");
+    let handle = Handle { pgid: pid as i32 };
+    running.lock().expect("lock").insert(id, handle);
+
+    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(16);
+    if let Some(mut child_stdin) = child.stdin.take() {
+        tokio::spawn(async move {
+            while let Some(data) = stdin_rx.recv().await {
+                if child_stdin.write_all(&data).await.is_err() {
+                    break;
+                }
+            }
+            // Dropping child_stdin closes the pipe: the process sees EOF.
+        });
+    }
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let timeout = req.timeout_ms.map(Duration::from_millis);
+
+    tokio::spawn(async move {
+        let _ = out
+            .send(Frame::control(id, &Message::Started { pid }))
+            .await;
+        let pump_out = tokio::spawn(pump(stdout, id, FrameKind::Stdout, out.clone()));
+        let pump_err = tokio::spawn(pump(stderr, id, FrameKind::Stderr, out.clone()));
+        let mut timed_out = false;
+        let waited = match timeout {
+            Some(t) => match tokio::time::timeout(t, child.wait()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    timed_out = true;
+                    handle.kill();
+                    child.wait().await
+                }
+            },
+            None => child.wait().await,
+        };
+        // The command is over: whatever it left running in its group goes too,
+        // so its output pipes close and nothing outlives the request.
+        handle.kill();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = pump_out.await;
+            let _ = pump_err.await;
+        })
+        .await;
+        running.lock().expect("lock").remove(&id);
+        let msg = match waited {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                Message::Exited(ExitStatus {
+                    code: status.code(),
+                    signal: status.signal(),
+                    timed_out,
+                })
+            }
+            Err(e) => Message::Error {
+                message: format!("wait: {e}"),
+            },
+        };
+        let _ = out.send(Frame::control(id, &msg)).await;
+    });
+    req.stdin.then_some(stdin_tx)
+}
+
+async fn pump(mut src: impl AsyncRead + Unpin, id: u32, kind: FrameKind, out: mpsc::Sender<Frame>) {
+    let mut buf = vec![0u8; DATA_CHUNK];
+    loop {
+        match src.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let frame = Frame::data(id, kind, Bytes::copy_from_slice(&buf[..n]));
+                if out.send(frame).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}

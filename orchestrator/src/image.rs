@@ -1,0 +1,534 @@
+//! The guest's boot image: an initramfs whose `/init` is `ironclaw-guest`,
+//! with a static busybox (so `sh`, `ls`, `cat` exist) and the kernel modules
+//! the chosen kernel needs for virtio-mmio, vsock, virtio-serial and disks.
+//!
+//! Images are cached by a hash of everything that goes in; a build writes a
+//! temporary file and renames it, so a failed build never leaves an image that
+//! would later be used.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Bumped whenever the layout of the generated initramfs changes.
+const FORMAT_VERSION: u32 = 1;
+
+/// Modules the guest needs, by name; their dependencies are added from
+/// `modules.dep`, and modules built into the kernel are skipped.
+pub const GUEST_MODULES: &[&str] = &[
+    "virtio_mmio",
+    "vmw_vsock_virtio_transport",
+    "virtio_console",
+    "virtio_blk",
+    "virtio_rng",
+    "overlay",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("no kernel found: {0}")]
+    NoKernel(String),
+    #[error("{path}: not a bzImage kernel ({reason})")]
+    BadKernel { path: PathBuf, reason: String },
+    #[error("kernel module {module} not found for kernel {release} (looked in {dir})")]
+    MissingModule {
+        module: String,
+        release: String,
+        dir: PathBuf,
+    },
+    #[error("kernel module {0} is compressed; only plain .ko modules are supported")]
+    CompressedModule(PathBuf),
+    #[error("guest agent binary not found: {0}")]
+    NoGuestBinary(String),
+    #[error("static busybox not found: {0}")]
+    NoBusybox(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
+    let context = context.into();
+    move |source| ImageError::Io { context, source }
+}
+
+/// Where built images are kept: `$IRONCLAW_CACHE_DIR`, else `$XDG_CACHE_HOME/ironclaw`,
+/// else `~/.cache/ironclaw`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("IRONCLAW_CACHE_DIR") {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(d).join("ironclaw");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    PathBuf::from(home).join(".cache/ironclaw")
+}
+
+/// The kernel to boot: `$IRONCLAW_KERNEL`, else the newest `/boot/vmlinuz-*`
+/// (Debian's `linux-image-cloud-amd64` is what the set-up script installs).
+pub fn default_kernel() -> Result<PathBuf, ImageError> {
+    if let Some(k) = std::env::var_os("IRONCLAW_KERNEL") {
+        return Ok(k.into());
+    }
+    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
+        .map_err(|e| ImageError::NoKernel(format!("/boot: {e}")))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .collect();
+    // Prefer the cloud flavour: small, with virtio as modules.
+    kernels.sort_by_key(|p| (p.to_string_lossy().contains("cloud"), p.clone()));
+    kernels.pop().ok_or_else(|| {
+        ImageError::NoKernel(
+            "no /boot/vmlinuz-*; apt-get install linux-image-cloud-amd64 or set IRONCLAW_KERNEL"
+                .into(),
+        )
+    })
+}
+
+/// The release string of a bzImage (what `uname -r` prints in the guest),
+/// read from the kernel's setup header.
+pub fn kernel_release(kernel: &Path) -> Result<String, ImageError> {
+    let bad = |reason: &str| ImageError::BadKernel {
+        path: kernel.to_path_buf(),
+        reason: reason.into(),
+    };
+    let mut f = fs::File::open(kernel).map_err(io_err(format!("opening {}", kernel.display())))?;
+    let mut head = vec![0u8; 64 * 1024];
+    let n = f
+        .read(&mut head)
+        .map_err(io_err(format!("reading {}", kernel.display())))?;
+    head.truncate(n);
+    if head.len() < 0x210 || &head[0x202..0x206] != b"HdrS" {
+        return Err(bad("no HdrS setup header"));
+    }
+    let ptr = u16::from_le_bytes([head[0x20E], head[0x20F]]) as usize + 0x200;
+    let version = head
+        .get(ptr..)
+        .ok_or_else(|| bad("version pointer out of range"))?;
+    let end = version
+        .iter()
+        .position(|&b| b == 0 || b == b' ')
+        .ok_or_else(|| bad("unterminated version"))?;
+    let release = String::from_utf8_lossy(&version[..end]).into_owned();
+    if release.is_empty() {
+        return Err(bad("empty version string"));
+    }
+    Ok(release)
+}
+
+/// Module files (relative to `/lib/modules/<release>`) to load, in load order.
+pub fn resolve_modules(
+    modules_dir: &Path,
+    release: &str,
+    wanted: &[&str],
+) -> Result<Vec<String>, ImageError> {
+    let norm = |s: &str| s.replace('-', "_");
+    let name_of = |path: &str| {
+        let file = path.rsplit('/').next().unwrap_or(path);
+        norm(file.split('.').next().unwrap_or(file))
+    };
+    let dep_text = fs::read_to_string(modules_dir.join("modules.dep")).map_err(io_err(format!(
+        "reading {}/modules.dep",
+        modules_dir.display()
+    )))?;
+    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for line in dep_text.lines() {
+        let Some((path, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let dlist = rest.split_whitespace().map(str::to_string).collect();
+        deps.insert(name_of(path), (path.to_string(), dlist));
+    }
+    let builtin: HashSet<String> = fs::read_to_string(modules_dir.join("modules.builtin"))
+        .unwrap_or_default()
+        .lines()
+        .map(name_of)
+        .collect();
+
+    fn visit(
+        name: &str,
+        deps: &BTreeMap<String, (String, Vec<String>)>,
+        seen: &mut HashSet<String>,
+        order: &mut Vec<String>,
+        name_of: &dyn Fn(&str) -> String,
+    ) {
+        if !seen.insert(name.to_string()) {
+            return;
+        }
+        let Some((path, dlist)) = deps.get(name) else {
+            return;
+        };
+        for d in dlist {
+            visit(&name_of(d), deps, seen, order, name_of);
+        }
+        order.push(path.clone());
+    }
+
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    for w in wanted {
+        let w = norm(w);
+        if deps.contains_key(&w) {
+            visit(&w, &deps, &mut seen, &mut order, &name_of);
+        } else if !builtin.contains(&w) {
+            return Err(ImageError::MissingModule {
+                module: w,
+                release: release.into(),
+                dir: modules_dir.to_path_buf(),
+            });
+        }
+    }
+    if let Some(c) = order.iter().find(|p| !p.ends_with(".ko")) {
+        return Err(ImageError::CompressedModule(modules_dir.join(c)));
+    }
+    Ok(order)
+}
+
+/// The guest agent binary: `$IRONCLAW_GUEST_BIN`, else next to the running
+/// executable, else the workspace's static build output.
+pub fn guest_binary() -> Result<PathBuf, ImageError> {
+    if let Some(p) = std::env::var_os("IRONCLAW_GUEST_BIN") {
+        return Ok(p.into());
+    }
+    let mut candidates = Vec::new();
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            candidates.push(dir.join("ironclaw-guest"));
+        }
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."));
+    for profile in ["release", "debug"] {
+        candidates.push(
+            workspace
+                .join("target/x86_64-unknown-linux-gnu")
+                .join(profile)
+                .join("ironclaw-guest"),
+        );
+    }
+    candidates.into_iter().find(|p| is_static_elf(p).unwrap_or(false)).ok_or_else(|| {
+        ImageError::NoGuestBinary(
+            "build it with `make guest` (a static build: RUSTFLAGS='-C target-feature=+crt-static' \
+             cargo build --release -p ironclaw-guest --target x86_64-unknown-linux-gnu) or set IRONCLAW_GUEST_BIN"
+                .into(),
+        )
+    })
+}
+
+/// The static busybox: `$IRONCLAW_BUSYBOX`, else `/bin/busybox` (Debian's busybox-static).
+pub fn busybox_binary() -> Result<PathBuf, ImageError> {
+    let p: PathBuf = std::env::var_os("IRONCLAW_BUSYBOX")
+        .map(Into::into)
+        .unwrap_or_else(|| "/bin/busybox".into());
+    match is_static_elf(&p) {
+        Ok(true) => Ok(p),
+        Ok(false) => Err(ImageError::NoBusybox(format!(
+            "{} is dynamically linked; apt-get install busybox-static",
+            p.display()
+        ))),
+        Err(e) => Err(ImageError::NoBusybox(format!(
+            "{}: {e}; apt-get install busybox-static",
+            p.display()
+        ))),
+    }
+}
+
+/// Whether `path` is an ELF executable without a program interpreter (static).
+fn is_static_elf(path: &Path) -> std::io::Result<bool> {
+    let mut head = vec![0u8; 4096];
+    let n = fs::File::open(path)?.read(&mut head)?;
+    head.truncate(n);
+    if head.len() < 64 || &head[..4] != b"\x7fELF" || head[4] != 2 {
+        return Ok(false);
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([head[o], head[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(head[32..40].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(54), u16_at(56));
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        let Some(p_type) = head.get(o..o + 4) else {
+            return Ok(false);
+        };
+        if u32::from_le_bytes(p_type.try_into().expect("4 bytes")) == 3 {
+            return Ok(false); // PT_INTERP: dynamically linked
+        }
+    }
+    Ok(true)
+}
+
+/// Busybox applet paths (`bin/sh`, `usr/bin/awk`, …), from the binary itself.
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
+    let out = std::process::Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(io_err(format!("running {} --list-full", busybox.display())))?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().trim_start_matches('/').to_string())
+        .filter(|l| !l.is_empty() && !l.contains(".."))
+        .collect())
+}
+
+/// Everything that goes into an initramfs.
+struct Inputs {
+    guest: PathBuf,
+    busybox: PathBuf,
+    release: String,
+    modules_dir: PathBuf,
+    modules: Vec<String>,
+}
+
+impl Inputs {
+    fn gather(kernel: &Path) -> Result<Inputs, ImageError> {
+        let release = kernel_release(kernel)?;
+        let modules_root = std::env::var_os("IRONCLAW_MODULES_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/lib/modules".into());
+        let modules_dir = modules_root.join(&release);
+        let modules = resolve_modules(&modules_dir, &release, GUEST_MODULES)?;
+        Ok(Inputs {
+            guest: guest_binary()?,
+            busybox: busybox_binary()?,
+            release,
+            modules_dir,
+            modules,
+        })
+    }
+
+    /// Content hash of every input: a changed binary or module means a new image.
+    fn key(&self) -> Result<String, ImageError> {
+        let mut h = Sha256::new();
+        h.update(FORMAT_VERSION.to_le_bytes());
+        h.update(self.release.as_bytes());
+        let files = [self.guest.clone(), self.busybox.clone()]
+            .into_iter()
+            .chain(self.modules.iter().map(|m| self.modules_dir.join(m)));
+        for f in files {
+            let data = fs::read(&f).map_err(io_err(format!("reading {}", f.display())))?;
+            h.update((data.len() as u64).to_le_bytes());
+            h.update(&data);
+        }
+        Ok(hex::encode(&h.finalize()[..12]))
+    }
+}
+
+/// The default initramfs for `kernel`, built into the cache on first use.
+pub fn default_initramfs(kernel: &Path) -> Result<PathBuf, ImageError> {
+    let inputs = Inputs::gather(kernel)?;
+    let dir = cache_dir();
+    let path = dir.join(format!(
+        "initramfs-{}-{}.cpio",
+        inputs.release,
+        inputs.key()?
+    ));
+    if path.is_file() {
+        return Ok(path);
+    }
+    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let mut rnd = [0u8; 6];
+    getrandom::getrandom(&mut rnd)
+        .map_err(|e| io_err("random name")(std::io::Error::other(e.to_string())))?;
+    let tmp = dir.join(format!(".initramfs-{}.tmp", hex::encode(rnd)));
+    let built = write_initramfs(&inputs, &tmp).and_then(|()| {
+        fs::rename(&tmp, &path).map_err(io_err(format!("renaming to {}", path.display())))
+    });
+    if built.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    built.map(|()| {
+        tracing::info!(path = %path.display(), "built initramfs");
+        path
+    })
+}
+
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
+
+struct CpioWriter<W: Write> {
+    out: Option<W>,
+    ino: u32,
+}
+
+impl<W: Write> CpioWriter<W> {
+    fn entry(
+        &mut self,
+        name: &str,
+        mode: u32,
+        data: &[u8],
+        rdev: Option<(u32, u32)>,
+    ) -> std::io::Result<()> {
+        self.ino += 1;
+        let mut b = cpio::newc::Builder::new(name)
+            .ino(self.ino)
+            .mode(mode)
+            .nlink(1);
+        if mode & S_IFDIR != 0 && mode & S_IFREG == 0 {
+            b = b.nlink(2);
+        }
+        if let Some((maj, min)) = rdev {
+            b = b.rdev_major(maj).rdev_minor(min);
+        }
+        let out = self.out.take().expect("writer present");
+        let mut w = b.write(out, data.len() as u32);
+        w.write_all(data)?;
+        self.out = Some(w.finish()?);
+        Ok(())
+    }
+    fn dir(&mut self, name: &str) -> std::io::Result<()> {
+        self.entry(name, S_IFDIR | 0o755, &[], None)
+    }
+    fn file(&mut self, name: &str, mode: u32, data: &[u8]) -> std::io::Result<()> {
+        self.entry(name, S_IFREG | mode, data, None)
+    }
+    fn symlink(&mut self, name: &str, target: &str) -> std::io::Result<()> {
+        self.entry(name, S_IFLNK | 0o777, target.as_bytes(), None)
+    }
+    fn finish(mut self) -> std::io::Result<W> {
+        cpio::newc::trailer(self.out.take().expect("writer present"))
+    }
+}
+
+fn write_initramfs(inputs: &Inputs, dest: &Path) -> Result<(), ImageError> {
+    let file = fs::File::create(dest).map_err(io_err(format!("creating {}", dest.display())))?;
+    let mut w = CpioWriter {
+        out: Some(BufWriter::new(file)),
+        ino: 0,
+    };
+    let ctx = |what: &str| io_err(format!("writing {what} into {}", dest.display()));
+    let read = |p: &Path| fs::read(p).map_err(io_err(format!("reading {}", p.display())));
+
+    let mut dirs: Vec<String> = [
+        "bin",
+        "sbin",
+        "usr",
+        "usr/bin",
+        "usr/sbin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "run",
+        "root",
+        "etc",
+        "etc/ironclaw",
+        "lib",
+        "mnt",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let module_root = format!("lib/modules/{}", inputs.release);
+    for m in &inputs.modules {
+        let mut p = Path::new(&module_root).join(m);
+        while p.pop() && !p.as_os_str().is_empty() {
+            dirs.push(p.to_string_lossy().into_owned());
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    for d in &dirs {
+        w.dir(d).map_err(ctx(d))?;
+    }
+    // The kernel opens /dev/console for init's stdio before devtmpfs is mounted.
+    w.entry("dev/console", S_IFCHR | 0o600, &[], Some((5, 1)))
+        .map_err(ctx("dev/console"))?;
+    w.file("init", 0o755, &read(&inputs.guest)?)
+        .map_err(ctx("init"))?;
+    w.file("bin/busybox", 0o755, &read(&inputs.busybox)?)
+        .map_err(ctx("busybox"))?;
+    for applet in busybox_applets(&inputs.busybox)? {
+        if applet != "bin/busybox"
+            && dirs
+                .iter()
+                .any(|d| Path::new(&applet).parent() == Some(Path::new(d)))
+        {
+            w.symlink(&applet, "/bin/busybox").map_err(ctx(&applet))?;
+        }
+    }
+    let mut list = String::new();
+    for m in &inputs.modules {
+        let dest = format!("{module_root}/{m}");
+        w.file(&dest, 0o644, &read(&inputs.modules_dir.join(m))?)
+            .map_err(ctx(&dest))?;
+        list.push_str(&format!("/{dest}\n"));
+    }
+    w.file("etc/ironclaw/modules", 0o644, list.as_bytes())
+        .map_err(ctx("module list"))?;
+    w.file(
+        "etc/passwd",
+        0o644,
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .map_err(ctx("passwd"))?;
+    w.file(
+        "etc/group",
+        0o644,
+        b"root:x:0:\ntty:x:5:\nnogroup:x:65534:\n",
+    )
+    .map_err(ctx("group"))?;
+    w.file("etc/hostname", 0o644, b"ironclaw\n")
+        .map_err(ctx("hostname"))?;
+    let mut out = w.finish().map_err(ctx("trailer"))?;
+    out.flush().map_err(ctx("flush"))?;
+    out.into_inner()
+        .map_err(|e| io_err("flush")(e.into_error()))?
+        .sync_all()
+        .map_err(ctx("sync"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolves_modules_in_dependency_order() {
+        let dir = std::env::temp_dir().join(format!("ironclaw-moddep-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("modules.dep"),
+            "kernel/a/virtio.ko: kernel/a/virtio_ring.ko\n\
+             kernel/a/virtio_ring.ko:\n\
+             kernel/a/virtio_mmio.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko\n\
+             kernel/b/virtio-rng.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko\n",
+        )
+        .unwrap();
+        fs::write(dir.join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
+        let order = resolve_modules(&dir, "t", &["virtio_mmio", "virtio_rng", "ext4"]).unwrap();
+        assert_eq!(
+            order,
+            [
+                "kernel/a/virtio_ring.ko",
+                "kernel/a/virtio.ko",
+                "kernel/a/virtio_mmio.ko",
+                "kernel/b/virtio-rng.ko"
+            ]
+        );
+        let err = resolve_modules(&dir, "t", &["nonexistent_mod"]).unwrap_err();
+        assert!(err.to_string().contains("nonexistent_mod"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rejects_non_kernels() {
+        let exe = std::env::current_exe().unwrap();
+        assert!(matches!(
+            kernel_release(&exe),
+            Err(ImageError::BadKernel { .. })
+        ));
+    }
+}

@@ -1,0 +1,299 @@
+//! `ironclaw`: the command line. A thin layer over the library.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use ironclaw_orchestrator::agent::ExecEvent;
+use ironclaw_orchestrator::vm::config::{AccelChoice, BackendChoice};
+use ironclaw_orchestrator::vm::{self, ExecRequest};
+use ironclaw_orchestrator::{doctor, image};
+
+/// Exit code for IronClaw's own failures (not the command's), as docker run uses.
+const EXIT_IRONCLAW_ERROR: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "ironclaw",
+    version,
+    about = "Run commands in just-in-time microVMs: no network, vsock only, destroyed afterwards."
+)]
+struct Cli {
+    /// Show what happens (backend, accelerator, timings, confinement).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a fresh microVM and print its output; exits with its exit code.
+    ///
+    /// Example: ironclaw run -- sh -c 'echo hello from $(uname -r); exit 3'
+    Run(RunArgs),
+    /// Check what this host can run (KVM, QEMU, kernel, vsock daemon) and what will be used.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u32,
+    /// Kill the command after this many seconds (exit code 124).
+    #[arg(long)]
+    timeout: Option<f64>,
+    /// Give up if the VM has not booted after this many seconds.
+    #[arg(long, default_value_t = 60.0)]
+    boot_timeout: f64,
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory of the command in the guest.
+    #[arg(long, short = 'w')]
+    workdir: Option<String>,
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Kernel to boot (default: newest /boot/vmlinuz-*).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs to boot (default: generated from the kernel's modules and ironclaw-guest).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = if cli.verbose {
+        "ironclaw_orchestrator=debug,ironclaw=debug"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IRONCLAW_LOG")
+                .unwrap_or_else(|_| filter.into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ironclaw: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_IRONCLAW_ERROR);
+        }
+    };
+    let code = rt.block_on(async {
+        let result = match cli.command {
+            Command::Run(args) => run(args, cli.verbose).await,
+            Command::Doctor { json } => Ok(doctor_cmd(json)),
+        };
+        result.unwrap_or_else(|e| {
+            eprintln!("ironclaw: {e:#}");
+            EXIT_IRONCLAW_ERROR as i32
+        })
+    });
+    // Exit without waiting for the blocking stdin reader thread.
+    let _ = std::io::stdout().flush();
+    std::process::exit(code);
+}
+
+fn doctor_cmd(json: bool) -> i32 {
+    let report = doctor::run();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        for c in &report.checks {
+            let mark = match c.level {
+                doctor::Level::Ok => "ok  ",
+                doctor::Level::Info => "info",
+                doctor::Level::Fail => "FAIL",
+            };
+            println!("[{mark}] {:<15} {}", c.name, c.detail);
+        }
+    }
+    if report.can_run() {
+        0
+    } else {
+        1
+    }
+}
+
+fn secs_to_ms(field: &str, s: f64) -> anyhow::Result<u64> {
+    anyhow::ensure!(
+        s.is_finite() && s > 0.0,
+        "--{field} must be a positive number of seconds, got {s}"
+    );
+    Ok((s * 1000.0).round().max(1.0) as u64)
+}
+
+async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
+    let mut env = std::collections::BTreeMap::new();
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv:?} is not of the form K=V"))?;
+        anyhow::ensure!(!k.is_empty(), "--env {kv:?} has an empty name");
+        env.insert(k.to_string(), v.to_string());
+    }
+    let kernel = match args.kernel {
+        Some(k) => k,
+        None => image::default_kernel()?,
+    };
+    let initramfs = match args.initramfs {
+        Some(i) => i,
+        None => {
+            if verbose {
+                eprintln!("ironclaw: preparing the guest image…");
+            }
+            tokio::task::spawn_blocking({
+                let kernel = kernel.clone();
+                move || image::default_initramfs(&kernel)
+            })
+            .await??
+        }
+    };
+    let mut id_bytes = [0u8; 6];
+    getrandom::getrandom(&mut id_bytes).context("random VM id")?;
+    let id = format!("run-{}", hex::encode(id_bytes));
+    let mut config = vm::VmConfig::new(&id, kernel, initramfs);
+    config.vcpus = args.vcpus;
+    config.memory_mib = args.mem;
+    config.backend = args.backend;
+    config.accel = args.accel;
+    config.boot_timeout_ms = secs_to_ms("boot-timeout", args.boot_timeout)?;
+    if let Some(t) = args.timeout {
+        config.exec_timeout_ms = secs_to_ms("timeout", t)?;
+    }
+    // Refuse bad input before anything starts.
+    config.validate()?;
+
+    let mut signals = Signals::new()?;
+    let vm = tokio::select! {
+        vm = vm::spawn_vm_with_config(&id, &config) => vm?,
+        sig = signals.recv() => {
+            // Dropping the spawn future drops what it started.
+            return Ok(128 + sig);
+        }
+    };
+    if verbose {
+        eprintln!(
+            "ironclaw: VM {} up: backend {}, accel {}, kernel {}, spawn {:.0} ms (launch {:.0} ms, boot {:.0} ms)",
+            vm.id,
+            vm.backend,
+            vm.accel,
+            vm.agent().kernel_release(),
+            vm.timings.total.as_secs_f64() * 1e3,
+            vm.timings.launch.as_secs_f64() * 1e3,
+            vm.timings.boot.as_secs_f64() * 1e3
+        );
+    }
+    let forward_stdin = !std::io::stdin().is_terminal();
+    let req = ExecRequest {
+        argv: args.command,
+        env,
+        cwd: args.workdir,
+        stdin: forward_stdin,
+        timeout_ms: Some(config.exec_timeout_ms),
+    };
+    let outcome = tokio::select! {
+        r = stream_exec(&vm, req) => r,
+        sig = signals.recv() => Ok(128 + sig),
+    };
+    vm::destroy_vm(vm).await?;
+    outcome
+}
+
+async fn stream_exec(vm: &vm::VmHandle, req: ExecRequest) -> anyhow::Result<i32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let forward_stdin = req.stdin;
+    let mut session = vm.agent().exec(req).await?;
+    if forward_stdin {
+        let writer = session.stdin_writer();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if writer.write(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = writer.close().await;
+        });
+    }
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    loop {
+        match session.next_event().await? {
+            ExecEvent::Started { .. } => {}
+            ExecEvent::Stdout(b) => {
+                stdout.write_all(&b).await?;
+                stdout.flush().await?;
+            }
+            ExecEvent::Stderr(b) => {
+                stderr.write_all(&b).await?;
+                stderr.flush().await?;
+            }
+            ExecEvent::Exit(status) => {
+                if status.timed_out {
+                    eprintln!("ironclaw: the command timed out and was killed");
+                } else if let Some(sig) = status.signal {
+                    eprintln!("ironclaw: the command was killed by signal {sig}");
+                }
+                return Ok(status.shell_code());
+            }
+        }
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP: each ends the run cleanly (VM destroyed).
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.int.recv() => libc::SIGINT,
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The VMM backends behind one trait. Everything above this module (vsock,
+//! agent, CLI) never asks which backend runs a VM.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use super::accel::Accel;
+use super::channel::GuestChannel;
+use super::config::{BackendChoice, VmConfig};
+use super::runtime::RuntimeDir;
+use super::VmError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Qemu,
+    Firecracker,
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::Firecracker => "firecracker",
+        })
+    }
+}
+
+/// A VMM that can start VMs.
+#[async_trait]
+pub trait Hypervisor: Send + Sync {
+    fn kind(&self) -> BackendKind;
+
+    /// Starts the VM described by the (validated) `config`, with all its files
+    /// in `dir`. On error nothing it started is left running.
+    async fn launch(
+        &self,
+        config: &VmConfig,
+        dir: &RuntimeDir,
+    ) -> Result<Box<dyn VmInstance>, VmError>;
+}
+
+/// A running VM as its backend sees it.
+pub trait VmInstance: Send + Sync {
+    /// The accelerator the VM runs on.
+    fn accel(&self) -> Accel;
+    /// The transport to the guest agent.
+    fn channel(&self) -> Arc<dyn GuestChannel>;
+    /// Pids of every host process that belongs to this VM.
+    fn pids(&self) -> Vec<u32>;
+    /// The guest's serial console log.
+    fn console_log(&self) -> PathBuf;
+    /// Whether the VMM process has exited (e.g. the guest kernel panicked).
+    fn exited(&mut self) -> Option<String>;
+    /// Kills every process of the VM and waits for them. Idempotent.
+    fn kill(&mut self);
+}
+
+/// The backend for `choice`.
+pub fn select(choice: BackendChoice) -> Result<Box<dyn Hypervisor>, VmError> {
+    match choice {
+        BackendChoice::Qemu => Ok(Box::new(super::qemu::QemuBackend::from_env()?)),
+        BackendChoice::Firecracker => Err(VmError::Unsupported(
+            "the firecracker backend is not implemented yet (tracked as issue 3); use --backend qemu".into(),
+        )),
+        // Firecracker is preferred once it exists; until then auto means QEMU.
+        BackendChoice::Auto => Ok(Box::new(super::qemu::QemuBackend::from_env()?)),
+    }
+}

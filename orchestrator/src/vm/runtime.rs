@@ -1,0 +1,134 @@
+//! Per-VM runtime directories, and reaping what a dead orchestrator left.
+//!
+//! Every file of a VM (sockets, logs, pid list) lives in `<root>/<vm id>/`.
+//! The directory records its owner (pid and start time of the orchestrator)
+//! and the pids of the VM's processes, so that a later orchestrator can tell
+//! a live VM from a leftover and clean the leftover up.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use super::process;
+
+const OWNER_FILE: &str = "owner";
+const PIDS_FILE: &str = "pids";
+
+/// The root of all runtime directories: `$IRONCLAW_RUNTIME_DIR`, else
+/// `/run/ironclaw` for root, else `$XDG_RUNTIME_DIR/ironclaw` or `/tmp/ironclaw-<uid>`.
+pub fn runtime_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("IRONCLAW_RUNTIME_DIR") {
+        return dir.into();
+    }
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    if uid == 0 {
+        return "/run/ironclaw".into();
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("ironclaw"),
+        None => format!("/tmp/ironclaw-{uid}").into(),
+    }
+}
+
+/// A VM's runtime directory; removed (with everything in it) on drop.
+#[derive(Debug)]
+pub struct RuntimeDir {
+    path: PathBuf,
+}
+
+impl RuntimeDir {
+    /// Creates `<root>/<id>`; fails if a VM with this id already has one.
+    pub fn create(root: &Path, id: &str) -> std::io::Result<RuntimeDir> {
+        fs::create_dir_all(root)?;
+        let path = root.join(id);
+        fs::create_dir(&path)?;
+        let dir = RuntimeDir { path };
+        // SAFETY: getpid cannot fail.
+        let me = unsafe { libc::getpid() };
+        let started = process::start_time(me).unwrap_or(0);
+        fs::write(dir.path.join(OWNER_FILE), format!("{me} {started}\n"))?;
+        Ok(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Records a process of this VM, for reaping should the orchestrator die.
+    pub fn record_pid(&self, pid: u32) -> std::io::Result<()> {
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.file(PIDS_FILE))?;
+        writeln!(f, "{pid}")
+    }
+}
+
+impl Drop for RuntimeDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Kills the processes and removes the directories of VMs whose orchestrator
+/// is gone. Returns the ids reaped.
+pub fn reap_stale(root: &Path) -> Vec<String> {
+    let mut reaped = Vec::new();
+    let Ok(entries) = fs::read_dir(root) else {
+        return reaped;
+    };
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !dir.is_dir() || owner_alive(&dir) {
+            continue;
+        }
+        let dir_str = dir.to_string_lossy().into_owned();
+        for pid in fs::read_to_string(dir.join(PIDS_FILE))
+            .unwrap_or_default()
+            .lines()
+        {
+            let Ok(pid) = pid.trim().parse::<i32>() else {
+                continue;
+            };
+            // Only kill a process that is still this VM's (its command line names the
+            // directory); the pid may have been reused by something else.
+            if process::cmdline(pid).is_some_and(|c| c.contains(&dir_str)) {
+                // SAFETY: kill(2) with a positive pid.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        if fs::remove_dir_all(&dir).is_ok() {
+            reaped.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    reaped
+}
+
+fn owner_alive(dir: &Path) -> bool {
+    let Ok(owner) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+        // A directory being created right now has no owner file for a moment.
+        return fs::metadata(dir)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default().as_secs() < 10);
+    };
+    let mut parts = owner.split_whitespace();
+    let pid: i32 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let started: u64 = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    process::alive(pid) && process::start_time(pid) == Some(started)
+}
+
+/// Runs [`reap_stale`] on the default root once per orchestrator process.
+pub fn reap_stale_once() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let reaped = reap_stale(&runtime_root());
+        if !reaped.is_empty() {
+            tracing::info!(?reaped, "removed leftovers of a dead orchestrator");
+        }
+    });
+}

@@ -1,0 +1,38 @@
+//! The IronClaw host ↔ guest wire protocol.
+//!
+//! One byte stream (a vsock connection, or a virtio-serial port) carries many
+//! concurrent requests. Every unit on the wire is a *frame*:
+//!
+//! ```text
+//! u32 big-endian length | u32 big-endian stream id | u8 kind | body
+//! ```
+//!
+//! The length counts everything after itself and is at most [`MAX_FRAME_LEN`];
+//! a larger length is refused from the 4-byte header alone, before anything is
+//! allocated. `kind` says whether the body is a JSON control [`Message`] or raw
+//! bytes of a stream (stdin, stdout, stderr). Stream 0 is the session itself
+//! (hello, session-level errors); the host opens request streams with odd ids.
+//!
+//! A session starts with the host's [`Message::Hello`] and the agent's
+//! [`Message::HelloAck`]; a version mismatch ends it. A malformed or oversized
+//! frame gets a [`Message::Error`] on stream 0 and the connection is closed.
+
+mod frame;
+mod message;
+
+pub use frame::{Frame, FrameCodec, FrameKind, ProtocolError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
+pub use message::{ExecRequest, ExitStatus, Message};
+
+/// Version of the protocol spoken by this build. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the guest agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The stream id of the session itself (hello, session errors).
+pub const SESSION_STREAM: u32 = 0;
+
+/// Largest chunk of stream data (stdout, stderr, stdin) put in one frame.
+/// Much smaller than [`MAX_FRAME_LEN`] so output is streamed promptly and
+/// concurrent streams interleave fairly.
+pub const DATA_CHUNK: usize = 64 * 1024;
