@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything IronClaw needs on a Debian 12 host, then builds it.
+# Idempotent: a second run only checks and (re)builds what changed.
+set -euo pipefail
+
+VHOST_DEVICE_VSOCK_VERSION=0.3.0
+APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static)
+
+cd "$(dirname "$0")/.."
+say() { [ -n "${IRONCLAW_SETUP_QUIET:-}" ] || echo "setup: $*" >&2; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing Debian packages: ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! vhost-device-vsock --version 2>/dev/null | grep -q " ${VHOST_DEVICE_VSOCK_VERSION}\$"; then
+  say "installing vhost-device-vsock ${VHOST_DEVICE_VSOCK_VERSION} (takes about a minute and a half)"
+  cargo install --locked --quiet vhost-device-vsock --version "${VHOST_DEVICE_VSOCK_VERSION}"
+fi
+
+# The guest agent is /init of every VM: a static executable (no musl target
+# is available here; glibc's static-pie works).
+say "building the guest agent and the ironclaw CLI"
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p ironclaw-guest --target x86_64-unknown-linux-gnu
+cargo build --quiet --release -p ironclaw-orchestrator
