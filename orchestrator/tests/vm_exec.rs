@@ -15,7 +15,10 @@ fn stdout_stderr_and_exit_codes() {
     let out = sh(vm, "echo to-out; echo to-err >&2; exit 42");
     assert_eq!(text(&out.stdout), "to-out\n");
     assert_eq!(text(&out.stderr), "to-err\n");
-    assert_eq!((out.status.code, out.status.signal, out.status.timed_out), (Some(42), None, false));
+    assert_eq!(
+        (out.status.code, out.status.signal, out.status.timed_out),
+        (Some(42), None, false)
+    );
     assert_eq!(sh(vm, "true").status.code, Some(0));
     assert_eq!(sh(vm, "false").status.code, Some(1));
     let killed = sh(vm, "kill -9 $$");
@@ -35,11 +38,15 @@ fn kernel_is_the_guest_kernel() {
 fn stdin_is_piped_in() {
     let vm = shared_vm();
     let req = exec_request(["cat"]);
-    let out = runtime().block_on(vm.agent().run(req, Some(b"hello stdin\n".to_vec()))).unwrap();
+    let out = runtime()
+        .block_on(vm.agent().run(req, Some(b"hello stdin\n".to_vec())))
+        .unwrap();
     assert_eq!(text(&out.stdout), "hello stdin\n");
     // More than one frame's worth, through a pipe that fills up.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
-    let out = runtime().block_on(vm.agent().run(exec_request(["wc", "-c"]), Some(big))).unwrap();
+    let out = runtime()
+        .block_on(vm.agent().run(exec_request(["wc", "-c"]), Some(big)))
+        .unwrap();
     assert_eq!(text(&out.stdout).trim(), "3000000");
     // Without stdin the process reads EOF at once.
     assert_eq!(text(&sh(vm, "cat; echo done").stdout), "done\n");
@@ -57,19 +64,28 @@ fn env_and_cwd() {
     bad.cwd = Some("/does/not/exist".into());
     let err = runtime().block_on(vm.agent().run(bad, None)).unwrap_err();
     assert!(err.to_string().contains("No such file"), "{err}");
-    let err = runtime().block_on(vm.agent().run(exec_request(["no-such-program"]), None)).unwrap_err();
+    let err = runtime()
+        .block_on(vm.agent().run(exec_request(["no-such-program"]), None))
+        .unwrap_err();
     assert!(err.to_string().contains("no-such-program"), "{err}");
 }
 
 #[test]
 fn timeout_kills_the_process_group() {
     let vm = shared_vm();
-    let req = ExecRequest { timeout_ms: Some(1500), ..exec_request(["sh", "-c", "sleep 1000 & sleep 1000"]) };
+    let req = ExecRequest {
+        timeout_ms: Some(1500),
+        ..exec_request(["sh", "-c", "sleep 1000 & sleep 1000"])
+    };
     let t0 = Instant::now();
     let out = runtime().block_on(vm.agent().run(req, None)).unwrap();
     assert!(out.status.timed_out, "{:?}", out.status);
     assert_eq!(out.status.shell_code(), 124);
-    assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
     // Neither sleep survives its request.
     let ps = sh(vm, "ps -o comm | grep -c '^sleep' || true");
     assert_eq!(text(&ps.stdout).trim(), "0", "leftover sleeps");
@@ -79,7 +95,15 @@ fn timeout_kills_the_process_group() {
 fn output_is_streamed_not_buffered() {
     let vm = shared_vm();
     runtime().block_on(async {
-        let mut s = vm.agent().exec(exec_request(["sh", "-c", "echo first; sleep 2; echo second"])).await.unwrap();
+        let mut s = vm
+            .agent()
+            .exec(exec_request([
+                "sh",
+                "-c",
+                "echo first; sleep 2; echo second",
+            ]))
+            .await
+            .unwrap();
         let mut first_at = None;
         loop {
             match s.next_event().await.unwrap() {
@@ -90,7 +114,10 @@ fn output_is_streamed_not_buffered() {
                 ExecEvent::Exit(st) => {
                     assert_eq!(st.code, Some(0));
                     let gap = first_at.expect("first line before exit").elapsed();
-                    assert!(gap >= Duration::from_millis(1500), "first line came only {gap:?} before exit");
+                    assert!(
+                        gap >= Duration::from_millis(1500),
+                        "first line came only {gap:?} before exit"
+                    );
                     break;
                 }
                 _ => {}
@@ -103,7 +130,12 @@ fn output_is_streamed_not_buffered() {
 fn concurrent_requests_share_one_session() {
     let vm = shared_vm();
     let outs = runtime().block_on(async {
-        let runs = (0..6).map(|i| vm.agent().run(exec_request(["sh", "-c", &format!("sleep 0.$((RANDOM%5)); echo {i}")]), None));
+        let runs = (0..6).map(|i| {
+            vm.agent().run(
+                exec_request(["sh", "-c", &format!("sleep 0.$((RANDOM%5)); echo {i}")]),
+                None,
+            )
+        });
         futures::future::join_all(runs).await
     });
     for (i, out) in outs.into_iter().enumerate() {
@@ -115,10 +147,145 @@ fn concurrent_requests_share_one_session() {
 fn no_network_inside_the_guest() {
     let vm = shared_vm();
     let ifaces = sh(vm, "ls /sys/class/net");
-    assert_eq!(text(&ifaces.stdout).split_whitespace().collect::<Vec<_>>(), ["lo"]);
+    assert_eq!(
+        text(&ifaces.stdout).split_whitespace().collect::<Vec<_>>(),
+        ["lo"]
+    );
     for addr in ["1.1.1.1", "10.0.2.2", "192.168.1.1"] {
         let out = sh(vm, &format!("nc -w 2 {addr} 80 </dev/null"));
         assert_ne!(out.status.code, Some(0), "TCP connect to {addr} succeeded");
-        assert!(text(&out.stderr).contains("unreachable"), "{addr}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("unreachable"),
+            "{addr}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+mod protocol_abuse {
+    //! Raw frames sent to the real agent: a bad frame ends that session with
+    //! an error reply, and the agent goes on serving.
+
+    use super::*;
+    use bytes::{BufMut, Bytes, BytesMut};
+    use futures::{SinkExt, StreamExt};
+    use ironclaw_protocol::{
+        Frame, FrameCodec, FrameKind, Message, PROTOCOL_VERSION, SESSION_STREAM,
+    };
+    use tokio::io::AsyncWriteExt;
+    use tokio_util::codec::Framed;
+
+    /// Opens a session, says hello, sends `raw` bytes, and returns what the
+    /// agent answered before closing the connection.
+    async fn send_raw(raw: Bytes) -> Vec<Message> {
+        let vm = shared_vm();
+        let stream = vm.open_channel().await.unwrap();
+        let mut framed = Framed::new(stream, FrameCodec::new());
+        framed
+            .send(Frame::control(
+                SESSION_STREAM,
+                &Message::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            ))
+            .await
+            .unwrap();
+        let ack = framed.next().await.unwrap().unwrap().message().unwrap();
+        assert!(matches!(ack, Message::HelloAck { .. }), "{ack:?}");
+        // The agent may close while a large write is still going: that is fine.
+        let _ = framed.get_mut().write_all(&raw).await;
+        let mut answers = Vec::new();
+        let read_all = async {
+            while let Some(Ok(frame)) = framed.next().await {
+                if let Ok(m) = frame.message() {
+                    answers.push(m);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_all)
+            .await
+            .expect("agent closed the connection");
+        answers
+    }
+
+    fn still_serving() {
+        let vm = shared_vm();
+        // The long-lived session still works, and so does a brand-new one.
+        assert_eq!(text(&sh(vm, "echo alive").stdout), "alive\n");
+        runtime().block_on(async {
+            let stream = vm.open_channel().await.unwrap();
+            let client = ironclaw_orchestrator::agent::AgentClient::handshake(stream)
+                .await
+                .unwrap();
+            let out = client
+                .run(exec_request(["echo", "fresh"]), None)
+                .await
+                .unwrap();
+            assert_eq!(text(&out.stdout), "fresh\n");
+        });
+    }
+
+    fn is_error(answers: &[Message], needle: &str) -> bool {
+        answers
+            .iter()
+            .any(|m| matches!(m, Message::Error { message } if message.contains(needle)))
+    }
+
+    #[test]
+    fn malformed_frame_is_refused() {
+        let mut raw = BytesMut::new();
+        // A frame of an unknown kind …
+        raw.put_u32(5);
+        raw.put_u32(1);
+        raw.put_u8(0xEE);
+        let answers = runtime().block_on(send_raw(raw.freeze()));
+        assert!(is_error(&answers, "unknown frame kind"), "{answers:?}");
+        // … and a control frame that is not JSON.
+        let mut raw = BytesMut::new();
+        raw.put_u32(5 + 6);
+        raw.put_u32(1);
+        raw.put_u8(FrameKind::Control as u8);
+        raw.put_slice(b"{nope!");
+        let answers = runtime().block_on(send_raw(raw.freeze()));
+        assert!(
+            is_error(&answers, "malformed control message"),
+            "{answers:?}"
+        );
+        still_serving();
+    }
+
+    #[test]
+    fn oversized_frame_is_refused() {
+        let len = 17 * 1024 * 1024;
+        let mut raw = BytesMut::with_capacity(len + 4);
+        raw.put_u32(len as u32);
+        raw.put_u32(1);
+        raw.put_u8(FrameKind::Stdin as u8);
+        raw.resize(len + 4, b'x');
+        let answers = runtime().block_on(send_raw(raw.freeze()));
+        assert!(is_error(&answers, "exceeds the limit"), "{answers:?}");
+        still_serving();
+    }
+
+    #[test]
+    fn wrong_version_is_refused() {
+        runtime().block_on(async {
+            let stream = shared_vm().open_channel().await.unwrap();
+            let mut framed = Framed::new(stream, FrameCodec::new());
+            framed
+                .send(Frame::control(
+                    SESSION_STREAM,
+                    &Message::Hello { version: 999 },
+                ))
+                .await
+                .unwrap();
+            let answer = framed.next().await.unwrap().unwrap().message().unwrap();
+            assert!(
+                matches!(&answer, Message::Error { message } if message.contains("999")),
+                "{answer:?}"
+            );
+            assert!(framed.next().await.is_none(), "connection should close");
+        });
+        still_serving();
     }
 }

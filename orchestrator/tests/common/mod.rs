@@ -14,7 +14,11 @@ pub fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
         init_env();
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
     })
 }
 
@@ -52,7 +56,9 @@ extern "C" fn cleanup_at_exit() {
 pub fn shared_vm() -> &'static VmHandle {
     static VM: OnceLock<&'static VmHandle> = OnceLock::new();
     VM.get_or_init(|| {
-        let vm = runtime().block_on(vm::spawn_vm("shared")).expect("booting the shared test VM");
+        let vm = runtime()
+            .block_on(vm::spawn_vm("shared"))
+            .expect("booting the shared test VM");
         let vm: &'static VmHandle = Box::leak(Box::new(vm));
         *SHARED.lock().unwrap() = Some(vm);
         vm
@@ -61,7 +67,9 @@ pub fn shared_vm() -> &'static VmHandle {
 
 /// Runs a shell snippet in `vm` and returns (stdout, stderr, status).
 pub fn sh(vm: &VmHandle, script: &str) -> vm::ExecOutput {
-    runtime().block_on(vm.agent().run(vm::exec_request(["sh", "-c", script]), None)).expect("exec")
+    runtime()
+        .block_on(vm.agent().run(vm::exec_request(["sh", "-c", script]), None))
+        .expect("exec")
 }
 
 pub fn text(b: &[u8]) -> String {
@@ -71,7 +79,12 @@ pub fn text(b: &[u8]) -> String {
 /// Whether a process with this pid exists (zombies count as gone).
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }

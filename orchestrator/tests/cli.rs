@@ -1,0 +1,237 @@
+//! The `ironclaw` command line, end to end, as a user runs it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root(name: &str) -> PathBuf {
+    let p = PathBuf::from(format!("/tmp/ironclaw-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn ironclaw(runtime_root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ironclaw"));
+    c.env("IRONCLAW_RUNTIME_DIR", runtime_root)
+        .stdin(Stdio::null());
+    c
+}
+
+fn run(runtime_root: &Path, args: &[&str]) -> Output {
+    ironclaw(runtime_root).args(args).output().unwrap()
+}
+
+fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn vm_dirs(runtime_root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(runtime_root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+fn recorded_pids(runtime_root: &Path) -> Vec<i32> {
+    vm_dirs(runtime_root)
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("pids"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// Starts `ironclaw run -- sh -c 'echo ready; sleep 100'` and waits for "ready".
+fn start_long_run(runtime_root: &Path) -> (Child, BufReader<std::process::ChildStdout>) {
+    let mut child = ironclaw(runtime_root)
+        .args(["run", "--", "sh", "-c", "echo ready; sleep 100"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    (child, out)
+}
+
+#[test]
+fn run_prints_output_and_exits_with_the_command_code() {
+    let r = root("run");
+    let out = run(
+        &r,
+        &[
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo hello from $(uname -r); echo oops >&2; exit 3",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3), "stderr: {}", s(&out.stderr));
+    assert!(
+        s(&out.stdout).starts_with("hello from 6."),
+        "{}",
+        s(&out.stdout)
+    );
+    assert_eq!(s(&out.stderr), "oops\n");
+    assert!(
+        vm_dirs(&r).is_empty(),
+        "runtime files left: {:?}",
+        vm_dirs(&r)
+    );
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
+fn run_forwards_stdin_env_workdir_and_timeout() {
+    let r = root("flags");
+    let mut child = ironclaw(&r)
+        .args([
+            "run",
+            "--env",
+            "A=1",
+            "-e",
+            "B=two words",
+            "--workdir",
+            "/tmp",
+            "--",
+            "sh",
+            "-c",
+            "echo $A $B $(pwd); tr a-z A-Z",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped in\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        s(&out.stdout),
+        "1 two words /tmp\nPIPED IN\n",
+        "stderr: {}",
+        s(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0));
+
+    let out = run(&r, &["run", "--timeout", "1", "--", "sleep", "1000"]);
+    assert_eq!(out.status.code(), Some(124), "stderr: {}", s(&out.stderr));
+    assert!(s(&out.stderr).contains("timed out"), "{}", s(&out.stderr));
+    assert!(vm_dirs(&r).is_empty());
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
+fn bad_arguments_are_refused_before_a_vm_starts() {
+    let r = root("bad");
+    let out = run(&r, &["run", "--vcpus", "0", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(s(&out.stderr).contains("vcpus"), "{}", s(&out.stderr));
+    let out = run(&r, &["run", "--mem", "1", "--", "true"]);
+    assert!(s(&out.stderr).contains("memory_mib"), "{}", s(&out.stderr));
+    let out = run(&r, &["run", "--env", "NOEQUALS", "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(s(&out.stderr).contains("K=V"), "{}", s(&out.stderr));
+    assert!(vm_dirs(&r).is_empty());
+}
+
+#[test]
+fn ctrl_c_destroys_the_vm() {
+    let r = root("sigint");
+    let (mut child, _out) = start_long_run(&r);
+    let pids = recorded_pids(&r);
+    assert_eq!(pids.len(), 2);
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(
+        pids.iter().all(|p| !pid_alive(*p)),
+        "VM processes outlived ironclaw"
+    );
+    assert!(
+        vm_dirs(&r).is_empty(),
+        "runtime files left: {:?}",
+        vm_dirs(&r)
+    );
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
+fn a_killed_orchestrator_leaves_nothing_running_and_is_reaped() {
+    let r = root("sigkill");
+    let (mut child, _out) = start_long_run(&r);
+    let pids = recorded_pids(&r);
+    assert_eq!(pids.len(), 2);
+    child.kill().unwrap(); // SIGKILL: no chance to clean up itself
+    child.wait().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || pids
+            .iter()
+            .all(|p| !pid_alive(*p))),
+        "VM processes outlived the killed orchestrator"
+    );
+    assert_eq!(
+        vm_dirs(&r).len(),
+        1,
+        "the dead orchestrator's directory is still there to be reaped"
+    );
+    // The next orchestrator removes the leftover.
+    let out = run(&r, &["run", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
+    assert!(
+        vm_dirs(&r).is_empty(),
+        "leftover not reaped: {:?}",
+        vm_dirs(&r)
+    );
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
+fn doctor_reports_the_choice() {
+    let out = run(&root("doctor"), &["doctor"]);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stdout));
+    let text = s(&out.stdout);
+    assert!(
+        text.contains("chosen") && text.contains("qemu microvm"),
+        "{text}"
+    );
+    assert!(text.contains("kvm") && text.contains("usable"), "{text}");
+    let json = run(&root("doctor"), &["doctor", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(v["chosen"].is_string());
+}

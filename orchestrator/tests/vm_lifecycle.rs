@@ -1,0 +1,185 @@
+//! Spawning and destroying real VMs: refusal before start, cleanup, isolation
+//! between VMs, boot failures.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{pid_alive, runtime, sh, test_root, text};
+use ironclaw_orchestrator::vm::{self, VmConfig, VmError};
+
+fn default_config() -> VmConfig {
+    runtime(); // sets the private runtime root
+    vm::default_config("cfg").expect("default config (run scripts/setup.sh first)")
+}
+
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn invalid_config_is_refused_before_anything_starts() {
+    let base = default_config();
+    let cases: Vec<(&str, VmConfig)> = vec![
+        (
+            "enable_networking",
+            VmConfig {
+                enable_networking: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "vcpus",
+            VmConfig {
+                vcpus: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "memory_mib",
+            VmConfig {
+                memory_mib: 1 << 30,
+                ..base.clone()
+            },
+        ),
+        (
+            "kernel",
+            VmConfig {
+                kernel: "/nonexistent/vmlinuz".into(),
+                ..base.clone()
+            },
+        ),
+        (
+            "initramfs",
+            VmConfig {
+                initramfs: "/nonexistent/initrd".into(),
+                ..base.clone()
+            },
+        ),
+    ];
+    for (field, cfg) in cases {
+        let err = runtime()
+            .block_on(vm::spawn_vm_with_config("refused", &cfg))
+            .err()
+            .expect("must be refused");
+        match err {
+            VmError::Config(e) => assert_eq!(e.field, field),
+            other => panic!("{field}: expected a config error, got {other}"),
+        }
+        assert!(
+            !test_root().join("refused").exists(),
+            "{field}: a runtime directory was created"
+        );
+    }
+    for bad_id in ["../escape", "", "a/b", &"x".repeat(65)] {
+        let err = runtime()
+            .block_on(vm::spawn_vm_with_config(bad_id, &base))
+            .err()
+            .expect("bad id refused");
+        assert!(
+            matches!(err, VmError::Config(ref e) if e.field == "id"),
+            "{bad_id:?}: {err}"
+        );
+        let err = runtime()
+            .block_on(vm::spawn_vm(bad_id))
+            .err()
+            .expect("bad id refused");
+        assert!(
+            matches!(err, VmError::Config(ref e) if e.field == "id"),
+            "{bad_id:?}: {err}"
+        );
+    }
+}
+
+#[test]
+fn destroy_leaves_nothing_behind() {
+    let vm = runtime().block_on(vm::spawn_vm("destroy-me")).unwrap();
+    let pids = vm.pids();
+    let dir = vm.runtime_dir();
+    assert_eq!(pids.len(), 2, "qemu and vhost-device-vsock");
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+    assert!(dir.join("vsock.sock").exists());
+    assert!(vm.timings.total > Duration::ZERO && vm.timings.total >= vm.timings.boot);
+    assert_eq!(text(&sh(&vm, "echo up").stdout), "up\n");
+    runtime().block_on(vm::destroy_vm(vm)).unwrap();
+    for p in pids {
+        assert!(!pid_alive(p), "process {p} outlived its VM");
+    }
+    assert!(!dir.exists(), "{} outlived its VM", dir.display());
+}
+
+#[test]
+fn two_vms_at_once_stay_separate() {
+    let (a, b) =
+        runtime().block_on(async { tokio::join!(vm::spawn_vm("sep-a"), vm::spawn_vm("sep-b")) });
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_ne!(a.runtime_dir(), b.runtime_dir());
+    assert!(a.pids().iter().all(|p| !b.pids().contains(p)));
+    assert_eq!(sh(&a, "echo secret-a > /tmp/marker").status.code, Some(0));
+    let seen = sh(&b, "cat /tmp/marker");
+    assert_ne!(
+        seen.status.code,
+        Some(0),
+        "VM b sees VM a's file: {}",
+        text(&seen.stdout)
+    );
+    assert_eq!(text(&sh(&a, "cat /tmp/marker").stdout), "secret-a\n");
+    // The same id cannot run twice.
+    let dup = runtime()
+        .block_on(vm::spawn_vm("sep-a"))
+        .err()
+        .expect("duplicate id refused");
+    assert!(matches!(dup, VmError::AlreadyRunning(_)), "{dup}");
+    assert!(
+        a.runtime_dir().exists(),
+        "the refused duplicate removed the running VM's directory"
+    );
+    runtime().block_on(async {
+        vm::destroy_vm(a).await.unwrap();
+        vm::destroy_vm(b).await.unwrap();
+    });
+}
+
+#[test]
+fn boot_timeout_is_an_error_with_the_console_and_cleans_up() {
+    let cfg = VmConfig {
+        boot_timeout_ms: 1000,
+        ..default_config()
+    };
+    let err = runtime()
+        .block_on(vm::spawn_vm_with_config("too-slow", &cfg))
+        .err()
+        .expect("1 s cannot boot under TCG");
+    match &err {
+        VmError::BootTimeout { timeout_ms, .. } => assert_eq!(*timeout_ms, 1000),
+        other => panic!("expected a boot timeout, got {other}"),
+    }
+    assert!(err.to_string().contains("serial console"), "{err}");
+    assert!(!test_root().join("too-slow").exists());
+}
+
+#[test]
+fn a_kernel_that_cannot_boot_fails_fast() {
+    // Any file is accepted by validation; QEMU refuses a non-kernel at once.
+    let not_a_kernel = std::env::current_exe().unwrap();
+    let cfg = VmConfig {
+        kernel: not_a_kernel,
+        ..default_config()
+    };
+    let err = runtime()
+        .block_on(vm::spawn_vm_with_config("bad-kernel", &cfg))
+        .err()
+        .expect("must fail");
+    assert!(
+        matches!(err, VmError::Backend(_) | VmError::BootFailed { .. }),
+        "expected a backend failure, got {err}"
+    );
+    assert!(!test_root().join("bad-kernel").exists());
+    assert!(entries(&test_root()).iter().all(|e| e != "bad-kernel"));
+}
