@@ -158,14 +158,19 @@ pub fn run() -> Report {
         level: Level::Info,
         detail: match (&firecracker, kvm.usable) {
             (Some(p), true) => format!(
-                "{} found, but the firecracker backend is not implemented yet",
+                "{} found and KVM is usable: the firecracker backend can be used, and auto prefers it",
                 p.display()
             ),
             (Some(p), false) => format!(
-                "{} found, but unusable here: KVM is not usable",
-                p.display()
+                "{} found, but unusable here: Firecracker needs usable KVM ({}); auto uses QEMU",
+                p.display(),
+                kvm.reason
             ),
-            (None, _) => "not on PATH (cannot be used here)".into(),
+            (None, true) => "not on PATH: install it (or set $IRONCLAW_FIRECRACKER) to use it; KVM is usable here".into(),
+            (None, false) => format!(
+                "not on PATH, and it could not run here anyway: it needs usable KVM ({}); auto uses QEMU",
+                kvm.reason
+            ),
         },
     });
     let (accel, reason) = accel::choose(AccelChoice::Auto);

@@ -59,14 +59,20 @@ pub trait VmInstance: Send + Sync {
     fn kill(&mut self);
 }
 
-/// The backend for `choice`.
+/// The backend for `choice`. `auto` takes Firecracker when it is installed and
+/// KVM is really usable (Firecracker has no emulator to fall back on), QEMU otherwise.
 pub fn select(choice: BackendChoice) -> Result<Box<dyn Hypervisor>, VmError> {
     match choice {
         BackendChoice::Qemu => Ok(Box::new(super::qemu::QemuBackend::from_env()?)),
-        BackendChoice::Firecracker => Err(VmError::Unsupported(
-            "the firecracker backend is not implemented yet (tracked as issue 3); use --backend qemu".into(),
-        )),
-        // Firecracker is preferred once it exists; until then auto means QEMU.
-        BackendChoice::Auto => Ok(Box::new(super::qemu::QemuBackend::from_env()?)),
+        BackendChoice::Firecracker => {
+            Ok(Box::new(super::firecracker::FirecrackerBackend::from_env()?))
+        }
+        BackendChoice::Auto => {
+            if super::firecracker::find_binary().is_some() && super::accel::probe_kvm().usable {
+                Ok(Box::new(super::firecracker::FirecrackerBackend::from_env()?))
+            } else {
+                Ok(Box::new(super::qemu::QemuBackend::from_env()?))
+            }
+        }
     }
 }

@@ -14,6 +14,7 @@ pub mod accel;
 pub mod backend;
 pub mod channel;
 pub mod config;
+pub mod firecracker;
 pub mod process;
 pub mod qemu;
 pub mod qmp;

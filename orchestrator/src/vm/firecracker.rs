@@ -1,0 +1,808 @@
+//! Firecracker backend: one `firecracker` process per VM, driven over its API
+//! socket (`firecracker.sock` in the VM's runtime directory).
+//!
+//! [`start_firecracker`] validates the config, starts the process, waits for
+//! the socket and then calls [`configure_vm`] (machine, boot source, optional
+//! read-only rootfs drive, [`configure_vsock`]) and [`start_instance`]. The
+//! guest agent is reached over Firecracker's hybrid vsock socket with the same
+//! [`Vsock`] type as under QEMU.
+//!
+//! What is never done: no `/network-interfaces` request exists in [`api`], so
+//! no path of this code can give a VM a network device; `--no-seccomp` is never
+//! passed, so Firecracker always runs under its built-in seccomp filters (or
+//! the filter file given with `--seccomp-filter`).
+//!
+//! Launching through Firecracker's `jailer` is not implemented: a configured
+//! jailer makes the launch fail with [`FirecrackerError::JailerNotImplemented`].
+
+pub mod api;
+pub mod client;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ironclaw_protocol::AGENT_VSOCK_PORT;
+
+use super::accel::Accel;
+use super::backend::{BackendKind, Hypervisor, VmInstance};
+use super::channel::GuestChannel;
+use super::config::{ConfigError, VmConfig, MAX_SOCKET_PATH};
+use super::process::{self, spawn_child};
+use super::runtime::{self, RuntimeDir};
+use super::vsock::Vsock;
+use super::VmError;
+
+pub use client::{ApiClient, ClientError};
+
+pub const FIRECRACKER_BINARY: &str = "firecracker";
+/// The API socket's file name in the runtime directory.
+pub const API_SOCKET: &str = "firecracker.sock";
+/// The hybrid vsock socket's file name in the runtime directory (when the
+/// config names none).
+pub const VSOCK_SOCKET: &str = "vsock.sock";
+/// The guest's serial console: Firecracker writes the guest's ttyS0 to its stdout.
+pub const CONSOLE_LOG: &str = "console.log";
+/// Firecracker's own log (`--log-path`).
+pub const FIRECRACKER_LOG: &str = "firecracker.log";
+/// Drive id of the optional root file system image.
+pub const ROOTFS_DRIVE_ID: &str = "rootfs";
+
+/// How long the process gets to create its API socket.
+const SOCKET_WAIT: Duration = Duration::from_secs(10);
+/// Bound of snapshot calls: writing or mapping guest memory takes longer than
+/// an ordinary API call.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long [`FirecrackerProcess::stop`] waits after Ctrl-Alt-Del by default.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Parts of [`super::qemu::KERNEL_ARGS`] that only make sense under QEMU:
+/// `tsc_early_khz` works around TSC calibration under TCG (Firecracker always
+/// runs on KVM), `panic=-1`/`reboot=t` pair with QEMU's `-no-reboot`.
+const QEMU_ONLY_ARGS: &[&str] = &["tsc_early_khz=", "panic=", "reboot="];
+/// Firecracker's recommended arguments: a guest reboot (`reboot=k`, also what
+/// a panic leads to after 1 s) ends the Firecracker process; there is no PCI bus.
+const FIRECRACKER_ARGS: &[&str] = &["reboot=k", "panic=1", "pci=off"];
+
+/// The guest kernel command line under Firecracker: QEMU's without its
+/// QEMU-specific parts, plus Firecracker's.
+pub fn kernel_args() -> String {
+    super::qemu::KERNEL_ARGS
+        .split_whitespace()
+        .filter(|a| !QEMU_ONLY_ARGS.iter().any(|q| a.starts_with(q)))
+        .chain(FIRECRACKER_ARGS.iter().copied())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirecrackerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("firecracker not found: set $IRONCLAW_FIRECRACKER or put `firecracker` on PATH (it needs a host with usable KVM)")]
+    MissingBinary,
+    #[error("the seccomp filter file {path} given for Firecracker is not usable: {reason}")]
+    SeccompFilter { path: PathBuf, reason: String },
+    #[error("launching Firecracker through the jailer ({jailer}) is not implemented; leave `jailer` unset to start firecracker directly")]
+    JailerNotImplemented { jailer: PathBuf },
+    #[error("a VM with id {0:?} is already running (its runtime directory exists)")]
+    AlreadyRunning(String),
+    #[error("socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter runtime directory ($IRONCLAW_RUNTIME_DIR) or VM id")]
+    SocketPathTooLong { path: PathBuf },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("firecracker ({binary}) could not be started: {source}")]
+    Spawn {
+        binary: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("firecracker exited ({status}) before creating its API socket {socket}; its log: {log_tail}")]
+    ExitedEarly {
+        status: String,
+        socket: PathBuf,
+        log_tail: String,
+    },
+    #[error("firecracker did not create its API socket {socket} within {waited:?}")]
+    SocketTimeout { socket: PathBuf, waited: Duration },
+    #[error("{step}: {source}")]
+    Api {
+        step: &'static str,
+        #[source]
+        source: ClientError,
+    },
+    #[error("{step}: {source}")]
+    Drive {
+        step: &'static str,
+        #[source]
+        source: api::BadDriveId,
+    },
+}
+
+impl FirecrackerError {
+    fn io(context: impl Into<String>, source: std::io::Error) -> FirecrackerError {
+        FirecrackerError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Firecracker's own explanation, when an API request was refused.
+    pub fn fault_message(&self) -> Option<&str> {
+        match self {
+            FirecrackerError::Api { source, .. } => source.fault_message(),
+            _ => None,
+        }
+    }
+}
+
+impl From<FirecrackerError> for VmError {
+    fn from(e: FirecrackerError) -> VmError {
+        match e {
+            FirecrackerError::Config(c) => VmError::Config(c),
+            FirecrackerError::MissingBinary => VmError::MissingTool {
+                tool: FIRECRACKER_BINARY.into(),
+                hint: "set $IRONCLAW_FIRECRACKER or put it on PATH; it needs a host with usable KVM (or use --backend qemu)".into(),
+            },
+            FirecrackerError::AlreadyRunning(id) => VmError::AlreadyRunning(id),
+            FirecrackerError::JailerNotImplemented { .. } => VmError::Unsupported(e.to_string()),
+            other => VmError::Backend(other.to_string()),
+        }
+    }
+}
+
+/// Firecracker's `jailer` settings. Launching through the jailer is not
+/// implemented yet: setting this makes every launch fail with
+/// [`FirecrackerError::JailerNotImplemented`] rather than run unjailed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailerConfig {
+    pub binary: PathBuf,
+    pub uid: u32,
+    pub gid: u32,
+    pub chroot_base: PathBuf,
+}
+
+/// How Firecracker processes are started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirecrackerOptions {
+    /// The `firecracker` executable.
+    pub binary: PathBuf,
+    /// A custom seccomp filter (Firecracker's compiled BPF format), passed as
+    /// `--seccomp-filter`. Without it Firecracker uses its built-in filters.
+    pub seccomp_filter: Option<PathBuf>,
+    pub jailer: Option<JailerConfig>,
+}
+
+/// `$IRONCLAW_FIRECRACKER`, else `firecracker` on PATH.
+pub fn find_binary() -> Option<PathBuf> {
+    std::env::var_os("IRONCLAW_FIRECRACKER")
+        .map(PathBuf::from)
+        .or_else(|| super::qemu::which(FIRECRACKER_BINARY))
+}
+
+impl FirecrackerOptions {
+    /// Options from the environment: the binary from `$IRONCLAW_FIRECRACKER`
+    /// or PATH, a seccomp filter from `$IRONCLAW_FIRECRACKER_SECCOMP_FILTER`.
+    pub fn from_env() -> Result<FirecrackerOptions, FirecrackerError> {
+        Ok(FirecrackerOptions {
+            binary: find_binary().ok_or(FirecrackerError::MissingBinary)?,
+            seccomp_filter: std::env::var_os("IRONCLAW_FIRECRACKER_SECCOMP_FILTER")
+                .map(PathBuf::from),
+            jailer: None,
+        })
+    }
+
+    /// The command that starts Firecracker with its API socket at `api_socket`.
+    /// Checks the options first (filter file, jailer).
+    pub fn command(&self, api_socket: &Path, log: &Path) -> Result<Command, FirecrackerError> {
+        if let Some(jailer) = &self.jailer {
+            return Err(FirecrackerError::JailerNotImplemented {
+                jailer: jailer.binary.clone(),
+            });
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--api-sock").arg(api_socket);
+        cmd.arg("--log-path").arg(log);
+        // Never `--no-seccomp`: either Firecracker's built-in filters or this file.
+        if let Some(filter) = &self.seccomp_filter {
+            match std::fs::metadata(filter) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => {
+                    return Err(FirecrackerError::SeccompFilter {
+                        path: filter.clone(),
+                        reason: "not a regular file".into(),
+                    })
+                }
+                Err(e) => {
+                    return Err(FirecrackerError::SeccompFilter {
+                        path: filter.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+            cmd.arg("--seccomp-filter").arg(filter);
+        }
+        Ok(cmd)
+    }
+}
+
+/// The files of a Firecracker snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotFiles {
+    /// The microVM state (`snapshot_path`).
+    pub state: PathBuf,
+    /// The guest memory (`mem_file_path` / memory backend file).
+    pub memory: PathBuf,
+}
+
+/// `configure_vm`: `PUT /machine-config`, `PUT /boot-source`, `PUT /drives/rootfs`
+/// (read-only, when the config has a rootfs), then [`configure_vsock`] with
+/// the host socket `vsock_uds`. Nothing else: in particular no network device.
+pub async fn configure_vm(
+    api: &ApiClient,
+    config: &VmConfig,
+    vsock_uds: &Path,
+) -> Result<(), FirecrackerError> {
+    let step = |step| move |source| FirecrackerError::Api { step, source };
+    api.send(&api::MachineConfiguration {
+        vcpu_count: config.vcpus,
+        mem_size_mib: config.memory_mib,
+        smt: false,
+        track_dirty_pages: false,
+    })
+    .await
+    .map_err(step("setting the machine configuration"))?;
+    api.send(&api::BootSource {
+        kernel_image_path: config.kernel.clone(),
+        initrd_path: Some(config.initramfs.clone()),
+        boot_args: Some(kernel_args()),
+    })
+    .await
+    .map_err(step("setting the boot source"))?;
+    if let Some(rootfs) = &config.rootfs {
+        // The guest boots from the initramfs; the image is an extra disk the
+        // agent mounts, so it is not the root device. VmConfig has no
+        // writable-rootfs setting, so the drive is always read-only.
+        let drive = api::Drive::new(ROOTFS_DRIVE_ID, rootfs, false, true).map_err(|source| {
+            FirecrackerError::Drive {
+                step: "adding the rootfs drive",
+                source,
+            }
+        })?;
+        api.send(&drive)
+            .await
+            .map_err(step("adding the rootfs drive"))?;
+    }
+    configure_vsock(api, config.vsock.guest_cid, vsock_uds).await
+}
+
+/// `PUT /vsock`: the guest's vsock device; Firecracker listens on `uds_path`.
+pub async fn configure_vsock(
+    api: &ApiClient,
+    guest_cid: u32,
+    uds_path: &Path,
+) -> Result<(), FirecrackerError> {
+    api.send(&api::Vsock {
+        guest_cid,
+        uds_path: uds_path.to_path_buf(),
+    })
+    .await
+    .map_err(|source| FirecrackerError::Api {
+        step: "adding the vsock device",
+        source,
+    })
+}
+
+/// `PUT /actions` `InstanceStart`: boots the configured VM.
+pub async fn start_instance(api: &ApiClient) -> Result<(), FirecrackerError> {
+    action(api, api::ActionType::InstanceStart, "starting the VM").await
+}
+
+/// `PUT /actions` `SendCtrlAltDel`: asks the guest to reboot, which ends Firecracker.
+pub async fn send_ctrl_alt_del(api: &ApiClient) -> Result<(), FirecrackerError> {
+    action(api, api::ActionType::SendCtrlAltDel, "sending Ctrl-Alt-Del").await
+}
+
+async fn action(
+    api: &ApiClient,
+    action_type: api::ActionType,
+    step: &'static str,
+) -> Result<(), FirecrackerError> {
+    api.send(&api::InstanceActionInfo { action_type })
+        .await
+        .map_err(|source| FirecrackerError::Api { step, source })
+}
+
+/// `PATCH /vm` `Paused`.
+pub async fn pause_vm(api: &ApiClient) -> Result<(), FirecrackerError> {
+    set_state(api, api::VmState::Paused, "pausing the VM").await
+}
+
+/// `PATCH /vm` `Resumed`.
+pub async fn resume_vm(api: &ApiClient) -> Result<(), FirecrackerError> {
+    set_state(api, api::VmState::Resumed, "resuming the VM").await
+}
+
+async fn set_state(
+    api: &ApiClient,
+    state: api::VmState,
+    step: &'static str,
+) -> Result<(), FirecrackerError> {
+    api.send(&api::Vm { state })
+        .await
+        .map_err(|source| FirecrackerError::Api { step, source })
+}
+
+/// `PUT /snapshot/create`: a full snapshot of the (paused) VM into `files`.
+pub async fn create_snapshot(
+    api: &ApiClient,
+    files: &SnapshotFiles,
+) -> Result<(), FirecrackerError> {
+    api.with_timeout(SNAPSHOT_TIMEOUT)
+        .send(&api::SnapshotCreateParams {
+            snapshot_type: api::SnapshotType::Full,
+            snapshot_path: files.state.clone(),
+            mem_file_path: files.memory.clone(),
+        })
+        .await
+        .map_err(|source| FirecrackerError::Api {
+            step: "creating a snapshot",
+            source,
+        })
+}
+
+/// `PUT /snapshot/load` on a fresh Firecracker process: restores `files`, with
+/// the vsock device's host socket moved to `vsock_uds` (each clone of one
+/// snapshot needs its own; `vsock_override` in the API), resuming the VM when
+/// `resume` is set.
+pub async fn load_snapshot(
+    api: &ApiClient,
+    files: &SnapshotFiles,
+    vsock_uds: &Path,
+    resume: bool,
+) -> Result<(), FirecrackerError> {
+    api.with_timeout(SNAPSHOT_TIMEOUT)
+        .send(&api::SnapshotLoadParams {
+            snapshot_path: files.state.clone(),
+            mem_backend: api::MemoryBackend {
+                backend_type: api::MemoryBackendType::File,
+                backend_path: files.memory.clone(),
+            },
+            track_dirty_pages: None,
+            resume_vm: resume,
+            vsock_override: Some(api::VsockOverride {
+                uds_path: vsock_uds.to_path_buf(),
+            }),
+        })
+        .await
+        .map_err(|source| FirecrackerError::Api {
+            step: "loading a snapshot",
+            source,
+        })
+}
+
+/// How [`FirecrackerProcess::stop`] ended the process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// It had already exited, or exited after Ctrl-Alt-Del within the bound.
+    Exited(String),
+    /// It was killed: Ctrl-Alt-Del failed or the bound passed.
+    Killed { reason: String },
+}
+
+/// A running Firecracker process and its API client. Dropping it kills the
+/// process and, when it owns its runtime directory ([`start_firecracker`]),
+/// removes that directory.
+pub struct FirecrackerProcess {
+    child: Child,
+    api: ApiClient,
+    vsock: Arc<Vsock>,
+    console: PathBuf,
+    dir_path: PathBuf,
+    // Declared last so it is removed after `Drop::drop` has killed the process.
+    dir: Option<RuntimeDir>,
+}
+
+impl std::fmt::Debug for FirecrackerProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FirecrackerProcess")
+            .field("pid", &self.child.id())
+            .field("api", &self.api.socket())
+            .field("vsock", &self.vsock.uds_path)
+            .finish()
+    }
+}
+
+impl FirecrackerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    pub fn api(&self) -> &ApiClient {
+        &self.api
+    }
+    /// The hybrid vsock of the guest (agent port [`AGENT_VSOCK_PORT`]).
+    pub fn vsock(&self) -> Arc<Vsock> {
+        self.vsock.clone()
+    }
+    pub fn runtime_dir(&self) -> &Path {
+        &self.dir_path
+    }
+    pub fn console_log(&self) -> &Path {
+        &self.console
+    }
+    pub async fn pause(&self) -> Result<(), FirecrackerError> {
+        pause_vm(&self.api).await
+    }
+    pub async fn resume(&self) -> Result<(), FirecrackerError> {
+        resume_vm(&self.api).await
+    }
+    /// Writes a full snapshot; the VM must be paused.
+    pub async fn create_snapshot(&self, files: &SnapshotFiles) -> Result<(), FirecrackerError> {
+        create_snapshot(&self.api, files).await
+    }
+    pub async fn describe(&self) -> Result<api::InstanceInfo, FirecrackerError> {
+        self.api
+            .describe_instance()
+            .await
+            .map_err(|source| FirecrackerError::Api {
+                step: "describing the instance",
+                source,
+            })
+    }
+
+    /// How the process ended, if it has.
+    pub fn exit_status(&mut self) -> Option<String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Some(status.to_string()),
+            Ok(None) => None,
+            Err(e) => Some(format!("unknown ({e})")),
+        }
+    }
+
+    /// Stops the VM: Ctrl-Alt-Del (the guest reboots, which ends Firecracker),
+    /// then SIGKILL if the process has not exited within `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Stopped {
+        if let Some(status) = self.exit_status() {
+            return Stopped::Exited(status);
+        }
+        let reason = match send_ctrl_alt_del(&self.api).await {
+            Ok(()) => {
+                let child = &mut self.child;
+                let exited = process::poll_until(grace, || match child.try_wait() {
+                    Ok(Some(status)) => Some(status.to_string()),
+                    _ => None,
+                })
+                .await;
+                if let Some(status) = exited {
+                    return Stopped::Exited(status);
+                }
+                format!("still running {grace:?} after Ctrl-Alt-Del")
+            }
+            Err(e) => e.to_string(),
+        };
+        process::kill_and_reap(&mut self.child);
+        Stopped::Killed { reason }
+    }
+
+    /// SIGKILLs the process and reaps it. Idempotent.
+    pub fn kill(&mut self) {
+        process::kill_and_reap(&mut self.child);
+    }
+}
+
+impl Drop for FirecrackerProcess {
+    fn drop(&mut self) {
+        self.kill();
+        // A vsock socket placed outside the runtime directory (config
+        // `vsock.uds_path`) is not removed with it; Firecracker leaves it behind.
+        if !self.vsock.uds_path.starts_with(&self.dir_path) {
+            let _ = std::fs::remove_file(&self.vsock.uds_path);
+        }
+    }
+}
+
+impl VmInstance for FirecrackerProcess {
+    fn accel(&self) -> Accel {
+        // Firecracker has no emulator: it always runs on KVM.
+        Accel::Kvm
+    }
+    fn channel(&self) -> Arc<dyn GuestChannel> {
+        self.vsock.clone()
+    }
+    fn pids(&self) -> Vec<u32> {
+        vec![self.child.id()]
+    }
+    fn console_log(&self) -> PathBuf {
+        self.console.clone()
+    }
+    fn exited(&mut self) -> Option<String> {
+        self.exit_status()
+            .map(|s| format!("firecracker exited: {s}"))
+    }
+    fn kill(&mut self) {
+        // Destroying a VM kills without Ctrl-Alt-Del: the guest has nothing to
+        // flush (its rootfs is read-only) and destroy must be quick and total.
+        // `stop` is the graceful path.
+        FirecrackerProcess::kill(self);
+    }
+}
+
+fn socket_path(path: PathBuf) -> Result<PathBuf, FirecrackerError> {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(FirecrackerError::SocketPathTooLong { path });
+    }
+    Ok(path)
+}
+
+/// Starts a Firecracker process in `dir` and waits for its API socket. The
+/// VM is not configured yet.
+async fn spawn_in(
+    opts: &FirecrackerOptions,
+    dir: &RuntimeDir,
+    vsock: Vsock,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    let api_socket = socket_path(dir.file(API_SOCKET))?;
+    let log = dir.file(FIRECRACKER_LOG);
+    // --log-path expects an existing file.
+    File::create(&log)
+        .map_err(|e| FirecrackerError::io(format!("creating {}", log.display()), e))?;
+    let console = dir.file(CONSOLE_LOG);
+    let console_file = File::create(&console)
+        .map_err(|e| FirecrackerError::io(format!("creating {}", console.display()), e))?;
+    let stderr = console_file
+        .try_clone()
+        .map_err(|e| FirecrackerError::io("duplicating the console file", e))?;
+    let mut cmd = opts.command(&api_socket, &log)?;
+    // The guest's serial console goes to stdout; stdin stays closed so the
+    // guest reads nothing from the orchestrator's terminal.
+    cmd.stdin(Stdio::null()).stdout(console_file).stderr(stderr);
+    tracing::debug!(cmd = ?cmd, "starting firecracker");
+    let child = spawn_child(cmd).map_err(|source| FirecrackerError::Spawn {
+        binary: opts.binary.clone(),
+        source,
+    })?;
+    let mut fc = FirecrackerProcess {
+        child,
+        api: ApiClient::new(&api_socket),
+        vsock: Arc::new(vsock),
+        console,
+        dir_path: dir.path().to_path_buf(),
+        dir: None,
+    };
+    // From here on, dropping `fc` on an error kills the process.
+    dir.record_pid(fc.pid())
+        .map_err(|e| FirecrackerError::io("recording the firecracker pid", e))?;
+    let found = process::poll_until(SOCKET_WAIT, || {
+        if api_socket.exists() {
+            return Some(Ok(()));
+        }
+        fc.exit_status().map(Err)
+    })
+    .await;
+    match found {
+        Some(Ok(())) => Ok(fc),
+        Some(Err(status)) => Err(FirecrackerError::ExitedEarly {
+            status,
+            socket: api_socket,
+            log_tail: format!(
+                "{} / console: {}",
+                super::qemu::tail(&log, 1500),
+                super::qemu::tail(&fc.console, 1500)
+            ),
+        }),
+        None => Err(FirecrackerError::SocketTimeout {
+            socket: api_socket,
+            waited: SOCKET_WAIT,
+        }),
+    }
+}
+
+/// Starts, configures and boots the VM of (validated) `config` in `dir`.
+/// On error the process is killed; `dir` is the caller's to remove.
+pub async fn launch_in(
+    opts: &FirecrackerOptions,
+    config: &VmConfig,
+    dir: &RuntimeDir,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    config.validate()?;
+    let uds = socket_path(
+        config
+            .vsock
+            .uds_path
+            .clone()
+            .unwrap_or_else(|| dir.file(VSOCK_SOCKET)),
+    )?;
+    let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
+    let fc = spawn_in(opts, dir, vsock).await?;
+    configure_vm(&fc.api, config, &uds).await?;
+    start_instance(&fc.api).await?;
+    Ok(fc)
+}
+
+fn create_dir(root: &Path, id: &str) -> Result<RuntimeDir, FirecrackerError> {
+    RuntimeDir::create(root, id).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            FirecrackerError::AlreadyRunning(id.into())
+        } else {
+            FirecrackerError::io(
+                format!("creating the runtime directory under {}", root.display()),
+                e,
+            )
+        }
+    })
+}
+
+/// Validates `config`, starts Firecracker (options from the environment) with
+/// its API socket in the VM's runtime directory, configures and boots the VM.
+/// On any failure the process is killed and the runtime directory removed.
+pub async fn start_firecracker(config: &VmConfig) -> Result<FirecrackerProcess, FirecrackerError> {
+    config.validate()?;
+    let opts = FirecrackerOptions::from_env()?;
+    start_firecracker_in(&opts, config, &runtime::runtime_root()).await
+}
+
+/// [`start_firecracker`] with explicit options and runtime root.
+pub async fn start_firecracker_in(
+    opts: &FirecrackerOptions,
+    config: &VmConfig,
+    root: &Path,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    // Before anything exists on disk: a refused config leaves no trace.
+    config.validate()?;
+    let dir = create_dir(root, &config.id)?;
+    // On error `dir` is dropped here, after the process was killed.
+    let mut fc = launch_in(opts, config, &dir).await?;
+    fc.dir = Some(dir);
+    Ok(fc)
+}
+
+/// Starts a fresh Firecracker process as VM `config.id` under `root` and loads
+/// the snapshot `files` into it, its vsock socket moved into the new runtime
+/// directory. `config` is the prototype's (for the guest CID); its boot
+/// settings are in the snapshot and are not sent again.
+pub async fn restore_firecracker_in(
+    opts: &FirecrackerOptions,
+    config: &VmConfig,
+    root: &Path,
+    files: &SnapshotFiles,
+    resume: bool,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    config.validate()?;
+    let dir = create_dir(root, &config.id)?;
+    let uds = socket_path(dir.file(VSOCK_SOCKET))?;
+    let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
+    let mut fc = spawn_in(opts, &dir, vsock).await?;
+    load_snapshot(&fc.api, files, &uds, resume).await?;
+    fc.dir = Some(dir);
+    Ok(fc)
+}
+
+/// The Firecracker backend behind [`Hypervisor`].
+#[derive(Debug, Clone)]
+pub struct FirecrackerBackend {
+    pub options: FirecrackerOptions,
+}
+
+impl FirecrackerBackend {
+    pub fn from_env() -> Result<FirecrackerBackend, VmError> {
+        Ok(FirecrackerBackend {
+            options: FirecrackerOptions::from_env()?,
+        })
+    }
+}
+
+#[async_trait]
+impl Hypervisor for FirecrackerBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Firecracker
+    }
+
+    async fn launch(
+        &self,
+        config: &VmConfig,
+        dir: &RuntimeDir,
+    ) -> Result<Box<dyn VmInstance>, VmError> {
+        let fc = launch_in(&self.options, config, dir).await?;
+        Ok(Box::new(fc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> FirecrackerOptions {
+        FirecrackerOptions {
+            binary: "/usr/bin/firecracker".into(),
+            seccomp_filter: None,
+            jailer: None,
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn command_keeps_seccomp_on() {
+        let cmd = opts()
+            .command(
+                Path::new("/run/x/firecracker.sock"),
+                Path::new("/run/x/fc.log"),
+            )
+            .unwrap();
+        let a = args(&cmd);
+        assert_eq!(&a[..2], ["--api-sock", "/run/x/firecracker.sock"]);
+        assert!(!a.iter().any(|x| x.contains("no-seccomp")), "{a:?}");
+        assert!(!a.iter().any(|x| x.contains("seccomp-filter")), "{a:?}");
+
+        let filter = std::env::current_exe().unwrap();
+        let with_filter = FirecrackerOptions {
+            seccomp_filter: Some(filter.clone()),
+            ..opts()
+        };
+        let a = args(
+            &with_filter
+                .command(Path::new("/s"), Path::new("/l"))
+                .unwrap(),
+        );
+        let i = a.iter().position(|x| x == "--seccomp-filter").unwrap();
+        assert_eq!(a[i + 1], filter.to_string_lossy());
+        assert!(!a.iter().any(|x| x.contains("no-seccomp")), "{a:?}");
+    }
+
+    #[test]
+    fn missing_filter_file_is_refused() {
+        let o = FirecrackerOptions {
+            seccomp_filter: Some("/nonexistent/filter.bpf".into()),
+            ..opts()
+        };
+        let err = o.command(Path::new("/s"), Path::new("/l")).unwrap_err();
+        assert!(matches!(err, FirecrackerError::SeccompFilter { .. }));
+        assert!(err.to_string().contains("/nonexistent/filter.bpf"), "{err}");
+    }
+
+    #[test]
+    fn jailer_is_a_clear_error() {
+        let o = FirecrackerOptions {
+            jailer: Some(JailerConfig {
+                binary: "/usr/bin/jailer".into(),
+                uid: 1000,
+                gid: 1000,
+                chroot_base: "/srv/jailer".into(),
+            }),
+            ..opts()
+        };
+        let err = o.command(Path::new("/s"), Path::new("/l")).unwrap_err();
+        assert!(err.to_string().contains("not implemented"), "{err}");
+    }
+
+    #[test]
+    fn kernel_args_drop_qemu_only_parts() {
+        let a = kernel_args();
+        assert!(!a.contains("tsc_early_khz"), "{a}");
+        assert!(!a.contains("panic=-1"), "{a}");
+        assert!(!a.contains("reboot=t"), "{a}");
+        for want in [
+            "console=ttyS0",
+            "rdinit=/init",
+            "reboot=k",
+            "panic=1",
+            "pci=off",
+        ] {
+            assert!(
+                a.split_whitespace().any(|x| x == want),
+                "{want} missing in {a}"
+            );
+        }
+    }
+}

@@ -1,0 +1,869 @@
+//! The Firecracker backend against Firecracker's own API description.
+//!
+//! Firecracker cannot run on the development machines, so these tests drive
+//! the real client code (`start_firecracker_in`, snapshots, stop) against a
+//! fake Firecracker: a hyper server on the API unix socket that checks every
+//! request against `firecracker-swagger.yaml` (parsed here, at test time),
+//! answers as the API describes (204, or 400 with `fault_message`), and
+//! records the calls in order. The "firecracker" process is a shell script
+//! that sleeps, so process start, pid recording, kill and cleanup are real.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use ironclaw_orchestrator::vm::backend::Hypervisor;
+use ironclaw_orchestrator::vm::firecracker::{
+    self, api, FirecrackerBackend, FirecrackerOptions, SnapshotFiles, Stopped,
+};
+use ironclaw_orchestrator::vm::runtime::RuntimeDir;
+use ironclaw_orchestrator::vm::{VmConfig, VmError};
+use serde_json::{json, Value as Json};
+use serde_yaml::Value as Yaml;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+
+const SPEC: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../shared/spec/firecracker-swagger.yaml"
+);
+
+fn spec() -> Arc<Yaml> {
+    let text = std::fs::read_to_string(SPEC)
+        .unwrap_or_else(|e| panic!("Firecracker's API description {SPEC}: {e}"));
+    Arc::new(serde_yaml::from_str(&text).expect("parsing the Firecracker API description"))
+}
+
+// ---- a small Swagger 2.0 schema checker ----------------------------------
+
+fn resolve<'a>(spec: &'a Yaml, schema: &'a Yaml) -> &'a Yaml {
+    match schema.get("$ref").and_then(Yaml::as_str) {
+        Some(r) => {
+            let name = r
+                .strip_prefix("#/definitions/")
+                .unwrap_or_else(|| panic!("unsupported $ref {r}"));
+            let def = &spec["definitions"][name];
+            assert!(!def.is_null(), "$ref {r} names no definition");
+            resolve(spec, def)
+        }
+        None => schema,
+    }
+}
+
+fn enum_has(values: &Yaml, v: &Json) -> bool {
+    values.as_sequence().is_some_and(|vals| {
+        vals.iter().any(|e| match (e, v) {
+            (Yaml::String(a), Json::String(b)) => a == b,
+            (Yaml::Number(a), Json::Number(b)) => a.to_string() == b.to_string(),
+            (Yaml::Bool(a), Json::Bool(b)) => a == b,
+            _ => false,
+        })
+    })
+}
+
+/// Appends to `errs` every way `v` violates `schema`: wrong type, missing
+/// required field, a field the schema lacks, value outside an enum or range.
+fn check(spec: &Yaml, schema: &Yaml, v: &Json, at: &str, errs: &mut Vec<String>) {
+    let schema = resolve(spec, schema);
+    if let Some(values) = schema.get("enum") {
+        if !enum_has(values, v) {
+            errs.push(format!("{at}: {v} is not one of {values:?}"));
+        }
+    }
+    let ty = schema
+        .get("type")
+        .and_then(Yaml::as_str)
+        .or_else(|| schema.get("properties").is_some().then_some("object"));
+    match ty {
+        Some("object") => {
+            let Some(obj) = v.as_object() else {
+                errs.push(format!("{at}: expected an object, got {v}"));
+                return;
+            };
+            for req in schema
+                .get("required")
+                .and_then(Yaml::as_sequence)
+                .into_iter()
+                .flatten()
+            {
+                let req = req.as_str().unwrap();
+                if !obj.contains_key(req) {
+                    errs.push(format!("{at}: required field `{req}` missing"));
+                }
+            }
+            let props = schema.get("properties");
+            for (k, val) in obj {
+                match props.and_then(|p| p.get(k.as_str())) {
+                    Some(s) => check(spec, s, val, &format!("{at}.{k}"), errs),
+                    None => errs.push(format!("{at}: field `{k}` is not in the schema")),
+                }
+            }
+        }
+        Some("string") if !v.is_string() => errs.push(format!("{at}: expected a string, got {v}")),
+        Some("string") => {}
+        Some("boolean") if !v.is_boolean() => {
+            errs.push(format!("{at}: expected a boolean, got {v}"))
+        }
+        Some("boolean") => {}
+        Some("integer") => match v.as_i64() {
+            None => errs.push(format!("{at}: expected an integer, got {v}")),
+            Some(n) => {
+                if let Some(min) = schema.get("minimum").and_then(Yaml::as_i64) {
+                    if n < min {
+                        errs.push(format!("{at}: {n} is below the minimum {min}"));
+                    }
+                }
+                if let Some(max) = schema.get("maximum").and_then(Yaml::as_i64) {
+                    if n > max {
+                        errs.push(format!("{at}: {n} is above the maximum {max}"));
+                    }
+                }
+            }
+        },
+        Some("number") if !v.is_number() => errs.push(format!("{at}: expected a number, got {v}")),
+        Some("number") => {}
+        Some("array") => match v.as_array() {
+            None => errs.push(format!("{at}: expected an array, got {v}")),
+            Some(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    check(spec, &schema["items"], item, &format!("{at}[{i}]"), errs);
+                }
+            }
+        },
+        Some(other) => errs.push(format!(
+            "{at}: schema type {other} not handled by the checker"
+        )),
+        None => {}
+    }
+}
+
+/// The operation for `method` on a concrete `path`, matching templated
+/// segments like `{drive_id}`: (template, operation).
+fn operation<'a>(spec: &'a Yaml, method: &str, path: &str) -> Option<(String, &'a Yaml)> {
+    let want: Vec<&str> = path.split('/').collect();
+    spec["paths"].as_mapping()?.iter().find_map(|(tmpl, ops)| {
+        let tmpl = tmpl.as_str()?;
+        let segs: Vec<&str> = tmpl.split('/').collect();
+        let matches = segs.len() == want.len()
+            && segs
+                .iter()
+                .zip(&want)
+                .all(|(s, w)| s == w || (s.starts_with('{') && s.ends_with('}') && !w.is_empty()));
+        let op = ops.get(method.to_ascii_lowercase().as_str())?;
+        matches.then(|| (tmpl.to_string(), op))
+    })
+}
+
+/// Every violation of the spec by a request: unknown path or method, a
+/// missing required body, a body that does not fit its schema.
+fn check_request(spec: &Yaml, method: &str, path: &str, body: Option<&Json>) -> Vec<String> {
+    let Some((tmpl, op)) = operation(spec, method, path) else {
+        return vec![format!(
+            "{method} {path}: no such operation in the API description"
+        )];
+    };
+    let mut errs = Vec::new();
+    let body_param = op["parameters"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|p| p["in"].as_str() == Some("body"));
+    match (body_param, body) {
+        (Some(p), Some(b)) => check(
+            spec,
+            &p["schema"],
+            b,
+            &format!("{method} {tmpl}"),
+            &mut errs,
+        ),
+        (Some(p), None) if p["required"].as_bool() == Some(true) => {
+            errs.push(format!("{method} {tmpl}: the required body is missing"))
+        }
+        (None, Some(b)) => errs.push(format!("{method} {tmpl}: takes no body, got {b}")),
+        _ => {}
+    }
+    errs
+}
+
+fn definition_errors(spec: &Yaml, name: &str, value: &Json) -> Vec<String> {
+    let mut errs = Vec::new();
+    let def = &spec["definitions"][name];
+    assert!(!def.is_null(), "no definition {name}");
+    check(spec, def, value, name, &mut errs);
+    errs
+}
+
+// ---- the fake Firecracker -------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    path: String,
+    body: Option<Json>,
+}
+
+impl Call {
+    fn key(&self) -> String {
+        let action = self
+            .body
+            .as_ref()
+            .and_then(|b| b.get("action_type").or_else(|| b.get("state")))
+            .and_then(Json::as_str)
+            .map(|a| format!(" {a}"))
+            .unwrap_or_default();
+        format!("{} {}{action}", self.method, self.path)
+    }
+}
+
+#[derive(Default)]
+struct Recorded {
+    calls: Vec<Call>,
+    violations: Vec<String>,
+    /// "Not started", "Running" or "Paused", as `GET /` reports it.
+    state: &'static str,
+    /// The pid of the process the fake stands in for (from the runtime dir).
+    pid: Option<i32>,
+}
+
+struct Fake {
+    spec: Arc<Yaml>,
+    dir: PathBuf,
+    /// (method, path) → fault message answered with 400.
+    faults: HashMap<(String, String), String>,
+    rec: Mutex<Recorded>,
+}
+
+type Body = Full<Bytes>;
+
+fn answer(status: StatusCode, body: Option<Json>) -> Response<Body> {
+    let mut r = Response::builder().status(status);
+    let bytes = match body {
+        Some(b) => {
+            r = r.header("content-type", "application/json");
+            Bytes::from(b.to_string())
+        }
+        None => Bytes::new(),
+    };
+    r.body(Full::new(bytes)).unwrap()
+}
+
+fn fault(msg: impl Into<String>) -> Response<Body> {
+    answer(
+        StatusCode::BAD_REQUEST,
+        Some(json!({ "fault_message": msg.into() })),
+    )
+}
+
+/// What Firecracker does for a hybrid vsock host socket: listen, and answer
+/// `CONNECT <port>\n` with `OK <host port>\n`.
+fn serve_vsock(path: &Path) {
+    let listener = UnixListener::bind(path).expect("binding the fake vsock socket");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                if s.read_line(&mut line).await.is_ok() && line.starts_with("CONNECT ") {
+                    let _ = s.get_mut().write_all(b"OK 1073741824\n").await;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        }
+    });
+}
+
+impl Fake {
+    fn pid_of_vm(&self) -> Option<i32> {
+        std::fs::read_to_string(self.dir.join("pids"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
+        let method = req.method().as_str().to_string();
+        let path = req.uri().path().to_string();
+        let raw = req.into_body().collect().await.unwrap().to_bytes();
+        let body = if raw.is_empty() {
+            None
+        } else {
+            match serde_json::from_slice::<Json>(&raw) {
+                Ok(b) => Some(b),
+                Err(e) => return fault(format!("invalid JSON body: {e}")),
+            }
+        };
+        let mut rec = self.rec.lock().unwrap();
+        if rec.pid.is_none() {
+            rec.pid = self.pid_of_vm();
+        }
+        rec.calls.push(Call {
+            method: method.clone(),
+            path: path.clone(),
+            body: body.clone(),
+        });
+        let errs = check_request(&self.spec, &method, &path, body.as_ref());
+        if !errs.is_empty() {
+            rec.violations.extend(errs.iter().cloned());
+            return fault(errs.join("; "));
+        }
+        if let Some(msg) = self.faults.get(&(method.clone(), path.clone())) {
+            return fault(msg.clone());
+        }
+        let b = body.unwrap_or(Json::Null);
+        let first_call = rec.calls.len() == 1;
+        match (method.as_str(), path.as_str()) {
+            ("GET", "/") => {
+                let info = json!({
+                    "app_name": "Firecracker",
+                    "id": "anonymous-instance",
+                    "state": rec.state,
+                    "vmm_version": "1.17.0-dev",
+                });
+                let errs = definition_errors(&self.spec, "InstanceInfo", &info);
+                assert!(errs.is_empty(), "the fake's own answer: {errs:?}");
+                return answer(StatusCode::OK, Some(info));
+            }
+            ("PUT", "/vsock") => serve_vsock(Path::new(b["uds_path"].as_str().unwrap())),
+            ("PUT", "/actions") => match b["action_type"].as_str() {
+                Some("InstanceStart") if rec.state != "Not started" => {
+                    return fault(
+                        "The requested operation is not supported after starting the microVM.",
+                    )
+                }
+                Some("InstanceStart") => rec.state = "Running",
+                Some("SendCtrlAltDel") => {
+                    // The guest reboots and Firecracker exits: end the stand-in process.
+                    if let Some(pid) = rec.pid {
+                        // SAFETY: kill(2) on the pid of the stand-in process this test started.
+                        unsafe { libc::kill(pid, libc::SIGTERM) };
+                    }
+                }
+                _ => {}
+            },
+            ("PATCH", "/vm") => match (b["state"].as_str(), rec.state) {
+                (Some("Paused"), "Running") => rec.state = "Paused",
+                (Some("Resumed"), "Paused") => rec.state = "Running",
+                _ => return fault(format!("cannot move from {} to {}", rec.state, b["state"])),
+            },
+            ("PUT", "/snapshot/create") if rec.state != "Paused" => {
+                return fault("Cannot create a snapshot: the microVM is not paused")
+            }
+            ("PUT", "/snapshot/load") => {
+                if !first_call {
+                    return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+                }
+                for file in ["snapshot_path"] {
+                    if !Path::new(b[file].as_str().unwrap()).exists() {
+                        return fault(format!("{} does not exist", b[file]));
+                    }
+                }
+                let uds = b["vsock_override"]["uds_path"]
+                    .as_str()
+                    .expect("every clone gets its own vsock socket");
+                serve_vsock(Path::new(uds));
+                rec.state = if b["resume_vm"] == json!(true) {
+                    "Running"
+                } else {
+                    "Paused"
+                };
+            }
+            ("PUT", "/snapshot/create") => {
+                for file in ["snapshot_path", "mem_file_path"] {
+                    std::fs::write(b[file].as_str().unwrap(), b"fake snapshot").unwrap();
+                }
+            }
+            _ => {}
+        }
+        answer(StatusCode::NO_CONTENT, None)
+    }
+}
+
+/// Starts a fake Firecracker that binds `<root>/<id>/firecracker.sock` as soon
+/// as the VM's runtime directory appears.
+fn fake_firecracker(
+    spec: &Arc<Yaml>,
+    root: &Path,
+    id: &str,
+    faults: &[(&str, &str, &str)],
+) -> Arc<Fake> {
+    let fake = Arc::new(Fake {
+        spec: spec.clone(),
+        dir: root.join(id),
+        faults: faults
+            .iter()
+            .map(|(m, p, msg)| ((m.to_string(), p.to_string()), msg.to_string()))
+            .collect(),
+        rec: Mutex::new(Recorded {
+            state: "Not started",
+            ..Default::default()
+        }),
+    });
+    let server = fake.clone();
+    tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !server.dir.join("owner").exists() {
+            assert!(tokio::time::Instant::now() < deadline, "no runtime dir");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let listener = UnixListener::bind(server.dir.join(firecracker::API_SOCKET)).unwrap();
+        while let Ok((stream, _)) = listener.accept().await {
+            let server = server.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let server = server.clone();
+                    async move { Ok::<_, Infallible>(server.handle(req).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    fake
+}
+
+// ---- fixtures ---------------------------------------------------------------
+
+/// A temporary directory (short: socket paths are limited to 107 bytes).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let mut b = [0u8; 4];
+        getrandom::getrandom(&mut b).unwrap();
+        let p = PathBuf::from(format!("/tmp/icfc-{}", hex::encode(b)));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct Fixture {
+    tmp: TempDir,
+    root: PathBuf,
+    opts: FirecrackerOptions,
+    spec: Arc<Yaml>,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let tmp = TempDir::new();
+        let root = tmp.0.join("run");
+        // Stands in for the firecracker binary: a process that lives until killed.
+        let bin = tmp.0.join("firecracker");
+        std::fs::write(&bin, "#!/bin/sh\nexec sleep 600\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for f in ["vmlinuz", "initrd.cpio", "rootfs.ext4"] {
+            std::fs::write(tmp.0.join(f), b"x").unwrap();
+        }
+        Fixture {
+            opts: FirecrackerOptions {
+                binary: bin,
+                seccomp_filter: None,
+                jailer: None,
+            },
+            root,
+            spec: spec(),
+            tmp,
+        }
+    }
+
+    fn config(&self, id: &str, rootfs: bool) -> VmConfig {
+        let mut c = VmConfig::new(
+            id,
+            self.tmp.0.join("vmlinuz"),
+            self.tmp.0.join("initrd.cpio"),
+        );
+        c.vcpus = 2;
+        c.memory_mib = 512;
+        c.vsock.guest_cid = 7;
+        if rootfs {
+            c.rootfs = Some(self.tmp.0.join("rootfs.ext4"));
+        }
+        c
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    ironclaw_orchestrator::vm::process::alive(pid)
+}
+
+fn keys(fake: &Fake) -> Vec<String> {
+    fake.rec
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .map(Call::key)
+        .collect()
+}
+
+fn body_of(fake: &Fake, method: &str, path: &str) -> Json {
+    fake.rec
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .find(|c| c.method == method && c.path == path)
+        .and_then(|c| c.body.clone())
+        .unwrap_or_else(|| panic!("no {method} {path} call"))
+}
+
+fn assert_clean(fake: &Fake) {
+    let rec = fake.rec.lock().unwrap();
+    assert!(
+        rec.violations.is_empty(),
+        "spec violations: {:#?}",
+        rec.violations
+    );
+    for c in &rec.calls {
+        assert!(
+            !c.path.contains("network-interfaces"),
+            "a network interface was configured: {c:?}"
+        );
+    }
+}
+
+// ---- tests ------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_lifecycle_follows_the_api_description() {
+    let fx = Fixture::new();
+    let config = fx.config("proto", true);
+    let fake = fake_firecracker(&fx.spec, &fx.root, "proto", &[]);
+
+    let mut vm = firecracker::start_firecracker_in(&fx.opts, &config, &fx.root)
+        .await
+        .expect("start_firecracker");
+    let dir = vm.runtime_dir().to_path_buf();
+    assert_eq!(dir, fx.root.join("proto"));
+    assert_eq!(vm.describe().await.unwrap().state, "Running");
+    // The agent's channel is Firecracker's hybrid vsock socket, spoken by the existing Vsock.
+    let vsock = vm.vsock();
+    assert_eq!(vsock.uds_path, dir.join("vsock.sock"));
+    assert_eq!(vsock.port, ironclaw_protocol::AGENT_VSOCK_PORT);
+    vsock.connect().await.expect("vsock handshake with the VM");
+
+    vm.pause().await.unwrap();
+    assert_eq!(vm.describe().await.unwrap().state, "Paused");
+    let snap_dir = fx.tmp.0.join("snap");
+    std::fs::create_dir(&snap_dir).unwrap();
+    let files = SnapshotFiles {
+        state: snap_dir.join("vm.state"),
+        memory: snap_dir.join("vm.mem"),
+    };
+    vm.create_snapshot(&files).await.unwrap();
+    vm.resume().await.unwrap();
+
+    // A clone from the snapshot, in a fresh process with its own vsock socket.
+    let clone_fake = fake_firecracker(&fx.spec, &fx.root, "clone-1", &[]);
+    let clone_config = VmConfig {
+        id: "clone-1".into(),
+        ..config.clone()
+    };
+    let mut clone =
+        firecracker::restore_firecracker_in(&fx.opts, &clone_config, &fx.root, &files, false)
+            .await
+            .expect("restoring the snapshot");
+    assert_eq!(clone.describe().await.unwrap().state, "Paused");
+    clone.resume().await.unwrap();
+    let clone_vsock = clone.vsock();
+    assert_eq!(clone_vsock.uds_path, fx.root.join("clone-1/vsock.sock"));
+    clone_vsock
+        .connect()
+        .await
+        .expect("vsock handshake with the clone");
+
+    // Stop: Ctrl-Alt-Del ends the (fake) Firecracker within the bound.
+    let pid = vm.pid() as i32;
+    let stopped = vm.stop(Duration::from_secs(5)).await;
+    assert!(matches!(stopped, Stopped::Exited(_)), "{stopped:?}");
+    assert!(!alive(pid));
+    let clone_pid = clone.pid() as i32;
+    assert!(matches!(
+        clone.stop(Duration::from_secs(5)).await,
+        Stopped::Exited(_)
+    ));
+    drop(vm);
+    drop(clone);
+    assert!(!alive(clone_pid));
+    assert!(!dir.exists(), "runtime dir left behind");
+    assert!(
+        !fx.root.join("clone-1").exists(),
+        "clone runtime dir left behind"
+    );
+
+    assert_clean(&fake);
+    assert_clean(&clone_fake);
+    assert_eq!(
+        keys(&fake),
+        [
+            "PUT /machine-config",
+            "PUT /boot-source",
+            "PUT /drives/rootfs",
+            "PUT /vsock",
+            "PUT /actions InstanceStart",
+            "GET /",
+            "PATCH /vm Paused",
+            "GET /",
+            "PUT /snapshot/create",
+            "PATCH /vm Resumed",
+            "PUT /actions SendCtrlAltDel",
+        ]
+    );
+    assert_eq!(
+        keys(&clone_fake),
+        [
+            "PUT /snapshot/load",
+            "GET /",
+            "PATCH /vm Resumed",
+            "PUT /actions SendCtrlAltDel",
+        ]
+    );
+
+    // What was sent, field by field.
+    assert_eq!(
+        body_of(&fake, "PUT", "/machine-config"),
+        json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": false, "track_dirty_pages": false})
+    );
+    let boot = body_of(&fake, "PUT", "/boot-source");
+    assert_eq!(boot["kernel_image_path"], json!(fx.tmp.0.join("vmlinuz")));
+    assert_eq!(boot["initrd_path"], json!(fx.tmp.0.join("initrd.cpio")));
+    assert_eq!(boot["boot_args"], json!(firecracker::kernel_args()));
+    assert_eq!(
+        body_of(&fake, "PUT", "/drives/rootfs"),
+        json!({"drive_id": "rootfs", "path_on_host": fx.tmp.0.join("rootfs.ext4"),
+               "is_root_device": false, "is_read_only": true})
+    );
+    assert_eq!(
+        body_of(&fake, "PUT", "/vsock"),
+        json!({"guest_cid": 7, "uds_path": dir.join("vsock.sock")})
+    );
+    assert_eq!(
+        body_of(&fake, "PUT", "/snapshot/create"),
+        json!({"snapshot_type": "Full", "snapshot_path": files.state, "mem_file_path": files.memory})
+    );
+    assert_eq!(
+        body_of(&clone_fake, "PUT", "/snapshot/load"),
+        json!({
+            "snapshot_path": files.state,
+            "mem_backend": {"backend_type": "File", "backend_path": files.memory},
+            "resume_vm": false,
+            "vsock_override": {"uds_path": fx.root.join("clone-1/vsock.sock")},
+        })
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_message_is_surfaced_and_nothing_is_left() {
+    let fx = Fixture::new();
+    let config = fx.config("bad-kernel", false);
+    let msg =
+        "Invalid kernel path: Cannot open kernel image: No such file or directory (os error 2)";
+    let fake = fake_firecracker(
+        &fx.spec,
+        &fx.root,
+        "bad-kernel",
+        &[("PUT", "/boot-source", msg)],
+    );
+
+    let err = firecracker::start_firecracker_in(&fx.opts, &config, &fx.root)
+        .await
+        .expect_err("the fake refuses the boot source");
+    assert_eq!(err.fault_message(), Some(msg));
+    let text = err.to_string();
+    assert!(text.contains(msg), "{text}");
+    assert!(text.contains("PUT /boot-source"), "{text}");
+    assert!(text.contains("400"), "{text}");
+
+    // The process was killed and the runtime directory removed.
+    let pid = fake
+        .rec
+        .lock()
+        .unwrap()
+        .pid
+        .expect("pid recorded by the VM");
+    assert!(!alive(pid), "firecracker (pid {pid}) still running");
+    assert!(!fx.root.join("bad-kernel").exists());
+    assert_clean(&fake);
+    // Configuration stops at the first refusal; no drive call without a rootfs.
+    assert_eq!(keys(&fake), ["PUT /machine-config", "PUT /boot-source"]);
+
+    // Through the VmError the rest of the code sees, the message survives too.
+    let vm_err: VmError = err.into();
+    assert!(vm_err.to_string().contains(msg), "{vm_err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_trait_launches_without_rootfs_and_kills() {
+    let fx = Fixture::new();
+    let config = fx.config("via-trait", false);
+    let fake = fake_firecracker(&fx.spec, &fx.root, "via-trait", &[]);
+    let backend = FirecrackerBackend {
+        options: fx.opts.clone(),
+    };
+    let dir = RuntimeDir::create(&fx.root, "via-trait").unwrap();
+    let mut inst = backend.launch(&config, &dir).await.expect("launch");
+    let pids = inst.pids();
+    assert_eq!(pids.len(), 1);
+    assert!(inst.exited().is_none());
+    assert_eq!(inst.console_log(), dir.file("console.log"));
+    inst.channel().open().await.expect("agent channel");
+    inst.kill();
+    assert!(inst.exited().is_some());
+    assert!(!alive(pids[0] as i32));
+    drop(inst);
+    drop(dir);
+    assert!(!fx.root.join("via-trait").exists());
+    assert_clean(&fake);
+    assert_eq!(
+        keys(&fake),
+        [
+            "PUT /machine-config",
+            "PUT /boot-source",
+            "PUT /vsock",
+            "PUT /actions InstanceStart",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn refused_config_starts_nothing() {
+    let fx = Fixture::new();
+    let mut config = fx.config("netted", false);
+    config.enable_networking = true;
+    let err = firecracker::start_firecracker_in(&fx.opts, &config, &fx.root)
+        .await
+        .expect_err("networking is refused");
+    assert!(err.to_string().contains("enable_networking"), "{err}");
+    assert!(!fx.root.join("netted").exists());
+}
+
+#[tokio::test]
+async fn exiting_firecracker_is_reported_with_its_log() {
+    let fx = Fixture::new();
+    let bin = fx.tmp.0.join("failing-firecracker");
+    std::fs::write(
+        &bin,
+        "#!/bin/sh\necho 'Error: /dev/kvm: No such file' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let opts = FirecrackerOptions {
+        binary: bin,
+        ..fx.opts.clone()
+    };
+    let err = firecracker::start_firecracker_in(&opts, &fx.config("early", false), &fx.root)
+        .await
+        .expect_err("the process exits");
+    let text = err.to_string();
+    assert!(text.contains("exited"), "{text}");
+    assert!(text.contains("/dev/kvm"), "{text}");
+    assert!(!fx.root.join("early").exists());
+}
+
+/// Every field the typed bodies can carry (all optional ones set) exists in
+/// the API description with the right type; the lifecycle test covers the
+/// fields actually sent.
+#[test]
+fn every_body_field_is_in_the_api_description() {
+    let spec = spec();
+    let bodies: Vec<(&str, Json)> = vec![
+        (
+            "MachineConfiguration",
+            json!(api::MachineConfiguration {
+                vcpu_count: 32,
+                mem_size_mib: 128,
+                smt: false,
+                track_dirty_pages: true,
+            }),
+        ),
+        (
+            "BootSource",
+            json!(api::BootSource {
+                kernel_image_path: "/k".into(),
+                initrd_path: Some("/i".into()),
+                boot_args: Some(firecracker::kernel_args()),
+            }),
+        ),
+        (
+            "Drive",
+            json!(api::Drive::new("rootfs", "/r", false, true).unwrap()),
+        ),
+        (
+            "Vsock",
+            json!(api::Vsock {
+                guest_cid: 3,
+                uds_path: "/v.sock".into(),
+            }),
+        ),
+        (
+            "InstanceActionInfo",
+            json!(api::InstanceActionInfo {
+                action_type: api::ActionType::SendCtrlAltDel,
+            }),
+        ),
+        (
+            "Vm",
+            json!(api::Vm {
+                state: api::VmState::Paused,
+            }),
+        ),
+        (
+            "SnapshotCreateParams",
+            json!(api::SnapshotCreateParams {
+                snapshot_type: api::SnapshotType::Diff,
+                snapshot_path: "/s".into(),
+                mem_file_path: "/m".into(),
+            }),
+        ),
+        (
+            "SnapshotLoadParams",
+            json!(api::SnapshotLoadParams {
+                snapshot_path: "/s".into(),
+                mem_backend: api::MemoryBackend {
+                    backend_type: api::MemoryBackendType::Uffd,
+                    backend_path: "/uffd.sock".into(),
+                },
+                track_dirty_pages: Some(true),
+                resume_vm: true,
+                vsock_override: Some(api::VsockOverride {
+                    uds_path: "/v2.sock".into(),
+                }),
+            }),
+        ),
+    ];
+    for (def, body) in &bodies {
+        let errs = definition_errors(&spec, def, body);
+        assert!(errs.is_empty(), "{def}: {errs:?}");
+    }
+    // The checker itself catches what it must.
+    let errs = definition_errors(&spec, "Vsock", &json!({"guest_cid": 2, "uds": "/x"}));
+    assert_eq!(errs.len(), 3, "{errs:?}"); // below minimum, uds_path missing, unknown `uds`
+    let errs = definition_errors(&spec, "Vm", &json!({"state": "Stopped"}));
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(!check_request(&spec, "PUT", "/no-such-thing", None).is_empty());
+    assert!(!check_request(&spec, "PUT", "/vsock", None).is_empty());
+    assert!(check_request(
+        &spec,
+        "PUT",
+        "/drives/rootfs",
+        Some(&json!({"drive_id": "rootfs", "is_root_device": false}))
+    )
+    .is_empty());
+}

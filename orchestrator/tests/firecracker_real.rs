@@ -1,0 +1,171 @@
+//! The Firecracker backend against a real `firecracker` on a host with usable
+//! KVM. Where either is missing (as on the development machines: Firecracker
+//! cannot be installed there and KVM is provided by PVM) each test prints
+//! "skipped: ..." and returns.
+
+use std::time::{Duration, Instant};
+
+use ironclaw_orchestrator::vm::{self, accel, config::BackendChoice, firecracker, AgentClient};
+
+/// Why these tests cannot run here, if they cannot.
+fn skip_reason() -> Option<String> {
+    if firecracker::find_binary().is_none() {
+        return Some("firecracker is not on PATH and $IRONCLAW_FIRECRACKER is unset".into());
+    }
+    let kvm = accel::probe_kvm();
+    if !kvm.usable {
+        return Some(format!("KVM is not usable here: {}", kvm.reason));
+    }
+    None
+}
+
+macro_rules! require_firecracker {
+    ($test:literal) => {
+        if let Some(reason) = skip_reason() {
+            println!("skipped: {}: {reason}", $test);
+            return;
+        }
+    };
+}
+
+/// Retries the hello on `vsock` until the guest agent answers or `timeout` passes.
+async fn connect_agent(vsock: &vm::vsock::Vsock, timeout: Duration) -> AgentClient {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match vsock.connect().await {
+            Ok(stream) => match AgentClient::handshake(Box::new(stream)).await {
+                Ok(agent) => return agent,
+                Err(e) => e.to_string(),
+            },
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            Instant::now() < deadline,
+            "the guest agent did not answer on {} within {timeout:?}: {last}",
+            vsock.uds_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn test_id(name: &str) -> String {
+    format!("fc-{name}-{}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_and_runs_a_command_through_spawn_vm() {
+    require_firecracker!("boots_and_runs_a_command_through_spawn_vm");
+    let id = test_id("exec");
+    let mut config = vm::default_config(&id).expect("default kernel and initramfs");
+    config.backend = BackendChoice::Firecracker;
+    let handle = vm::spawn_vm_with_config(&id, &config)
+        .await
+        .expect("spawning a Firecracker VM");
+    assert_eq!(handle.backend, vm::BackendKind::Firecracker);
+    println!("firecracker spawn took {:?}", handle.timings);
+    let out = handle
+        .agent()
+        .run(vm::exec_request(["echo", "hello from firecracker"]), None)
+        .await
+        .expect("exec");
+    assert_eq!(out.status.code, Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello from firecracker"
+    );
+    let dir = handle.runtime_dir();
+    let pids = handle.pids();
+    vm::destroy_vm(handle).await.expect("destroy");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    for pid in pids {
+        assert!(!vm::process::alive(pid as i32), "pid {pid} left running");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_clone_answers_and_stop_is_graceful() {
+    require_firecracker!("snapshot_clone_answers_and_stop_is_graceful");
+    let id = test_id("proto");
+    let config = vm::default_config(&id).expect("default kernel and initramfs");
+    let boot = Duration::from_millis(config.boot_timeout_ms);
+    let mut proto = firecracker::start_firecracker(&config)
+        .await
+        .expect("start_firecracker");
+    let agent = connect_agent(&proto.vsock(), boot).await;
+    drop(agent);
+
+    proto.pause().await.expect("pause");
+    let snap_dir = proto.runtime_dir().join("snapshot");
+    std::fs::create_dir(&snap_dir).unwrap();
+    let files = firecracker::SnapshotFiles {
+        state: snap_dir.join("vm.state"),
+        memory: snap_dir.join("vm.mem"),
+    };
+    proto
+        .create_snapshot(&files)
+        .await
+        .expect("snapshot create");
+    proto.resume().await.expect("resume");
+
+    let opts = firecracker::FirecrackerOptions::from_env().unwrap();
+    let root = vm::runtime::runtime_root();
+    let mut clones = Vec::new();
+    for n in 0..2 {
+        let clone_config = vm::VmConfig {
+            id: format!("{id}-c{n}"),
+            ..config.clone()
+        };
+        let t0 = Instant::now();
+        let clone = firecracker::restore_firecracker_in(&opts, &clone_config, &root, &files, true)
+            .await
+            .expect("snapshot load");
+        let agent = connect_agent(&clone.vsock(), boot).await;
+        let out = agent
+            .run(vm::exec_request(["echo", "clone"]), None)
+            .await
+            .expect("exec in the clone");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "clone");
+        println!(
+            "clone {n}: restore to first exec result in {:?}",
+            t0.elapsed()
+        );
+        clones.push(clone);
+    }
+
+    let stopped = proto.stop(firecracker::STOP_GRACE).await;
+    println!("prototype stop: {stopped:?}");
+    assert!(
+        matches!(stopped, firecracker::Stopped::Exited(_)),
+        "{stopped:?}"
+    );
+    let dir = proto.runtime_dir().to_path_buf();
+    drop(proto);
+    assert!(!dir.exists());
+    for mut clone in clones {
+        clone.stop(firecracker::STOP_GRACE).await;
+        let dir = clone.runtime_dir().to_path_buf();
+        drop(clone);
+        assert!(!dir.exists());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_request_reports_fault_message() {
+    require_firecracker!("refused_request_reports_fault_message");
+    let id = test_id("fault");
+    let config = vm::default_config(&id).expect("default kernel and initramfs");
+    let vm = firecracker::start_firecracker(&config)
+        .await
+        .expect("start_firecracker");
+    // A second InstanceStart is refused by Firecracker with a fault message.
+    let before = vm.describe().await.expect("GET /");
+    assert_eq!(before.state, "Running");
+    let err = firecracker::start_instance(vm.api())
+        .await
+        .expect_err("a second InstanceStart is refused");
+    let msg = err
+        .fault_message()
+        .expect("Firecracker explains the refusal");
+    assert!(!msg.is_empty());
+    assert!(err.to_string().contains(msg), "{err}");
+}
