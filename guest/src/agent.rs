@@ -35,6 +35,7 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
                 let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
                 let listener = bind_with_retry(|| tokio_vsock::VsockListener::bind(addr)).await?;
                 eprintln!("ironclaw-guest: agent listening on vsock port {port}");
+                tokio::spawn(announce_ready());
                 loop {
                     match listener.accept().await {
                         Ok((stream, _)) => {
@@ -58,6 +59,26 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
             }
         }
     })
+}
+
+/// Tells the host the agent is listening, by connecting to its ready port.
+/// Probing a booting guest from the host instead can wedge the hybrid vsock
+/// device (a connection request queued before the driver has RX buffers).
+async fn announce_ready() {
+    use tokio::io::AsyncWriteExt;
+    let host = tokio_vsock::VsockAddr::new(
+        tokio_vsock::VMADDR_CID_HOST,
+        ironclaw_protocol::AGENT_READY_PORT,
+    );
+    for _ in 0..20 {
+        if let Ok(mut s) = tokio_vsock::VsockStream::connect(host).await {
+            let _ = s.write_all(b"ready\n").await;
+            let _ = s.shutdown(std::net::Shutdown::Both);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("ironclaw-guest: the host did not take the ready notice; it will probe instead");
 }
 
 /// The vsock transport may still be probing right after module load.

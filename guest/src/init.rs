@@ -12,6 +12,8 @@ const MODULE_LIST: &str = "/etc/ironclaw/modules";
 
 pub fn run_as_pid1() -> ! {
     let started = Instant::now();
+    // The benchmark's bare-QEMU reference waits for this line on the console.
+    log("/init started");
     mount_basics();
     load_modules();
     set_hostname("ironclaw");

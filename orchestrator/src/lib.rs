@@ -5,6 +5,7 @@
 //! image; [`doctor`] tells what this host can run.
 
 pub mod agent;
+pub mod bench;
 pub mod doctor;
 pub mod image;
 pub mod vm;

@@ -40,6 +40,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure spawn and exec latency side by side with bare QEMU (writes docs/benchmarks.md with --output).
+    Bench(ironclaw_orchestrator::bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -106,6 +108,10 @@ fn main() -> ExitCode {
         let result = match cli.command {
             Command::Run(args) => run(args, cli.verbose).await,
             Command::Doctor { json } => Ok(doctor_cmd(json)),
+            Command::Bench(args) => ironclaw_orchestrator::bench::run(args)
+                .await
+                .map(|()| 0)
+                .map_err(Into::into),
         };
         result.unwrap_or_else(|e| {
             eprintln!("ironclaw: {e:#}");

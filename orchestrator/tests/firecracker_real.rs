@@ -22,7 +22,10 @@ fn skip_reason() -> Option<String> {
 macro_rules! require_firecracker {
     ($test:literal) => {
         if let Some(reason) = skip_reason() {
-            println!("skipped: {}: {reason}", $test);
+            // Written to the stderr handle, not with eprintln!: the test harness
+            // captures the print macros, and a skip must be visible in every run.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipped: {}: {reason}", $test);
             return;
         }
     };

@@ -29,6 +29,11 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The vsock port the guest agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// The host port the agent connects to (guest-initiated vsock, which hybrid
+/// vsock maps to the unix socket `<uds_path>_<port>`) once it is listening:
+/// the host waits for this instead of probing a guest that is still booting.
+pub const AGENT_READY_PORT: u32 = 1025;
+
 /// The stream id of the session itself (hello, session errors).
 pub const SESSION_STREAM: u32 = 0;
 

@@ -57,6 +57,11 @@ pub trait VmInstance: Send + Sync {
     fn exited(&mut self) -> Option<String>;
     /// Kills every process of the VM and waits for them. Idempotent.
     fn kill(&mut self);
+    /// Where the agent announces that it listens, if the backend set that up.
+    /// Without it the host probes the channel until the agent answers.
+    fn take_ready_listener(&mut self) -> Option<tokio::net::UnixListener> {
+        None
+    }
 }
 
 /// The backend for `choice`. `auto` takes Firecracker when it is installed and

@@ -195,7 +195,8 @@ pub async fn spawn_vm_with_config(task_id: &str, config: &VmConfig) -> Result<Vm
     })
 }
 
-/// Retries the channel until the agent answers its hello, the VM dies, or the
+/// Waits for the agent's ready notice (where the backend provides one), then
+/// connects; retries until the agent answers its hello, the VM dies, or the
 /// boot timeout passes.
 async fn connect_agent(
     instance: &mut dyn VmInstance,
@@ -203,23 +204,47 @@ async fn connect_agent(
 ) -> Result<AgentClient, VmError> {
     let channel = instance.channel();
     let deadline = Instant::now() + Duration::from_millis(boot_timeout_ms);
+    let console = instance.console_log();
+    let failed = |instance: &mut dyn VmInstance| {
+        instance.exited().map(|status| VmError::BootFailed {
+            status,
+            console_tail: qemu::tail(&console, 3000),
+        })
+    };
+    let timed_out = |last_error: String| VmError::BootTimeout {
+        timeout_ms: boot_timeout_ms,
+        last_error,
+        console_tail: qemu::tail(&console, 3000),
+    };
+    if let Some(ready) = instance.take_ready_listener() {
+        loop {
+            if let Some(e) = failed(instance) {
+                return Err(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(timed_out(
+                    "the agent never announced that it is listening".into(),
+                ));
+            }
+            // Short waits so a VM that died is noticed promptly.
+            if let Ok(accepted) =
+                tokio::time::timeout(left.min(Duration::from_millis(100)), ready.accept()).await
+            {
+                accepted.map_err(|e| VmError::io("accepting the agent's ready notice", e))?;
+                break;
+            }
+        }
+    }
     let mut last_error = String::from("no attempt");
+    let mut pause = Duration::from_millis(10);
     loop {
-        if let Some(status) = instance.exited() {
-            let console_tail = qemu::tail(&instance.console_log(), 3000);
-            return Err(VmError::BootFailed {
-                status,
-                console_tail,
-            });
+        if let Some(e) = failed(instance) {
+            return Err(e);
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            let console_tail = qemu::tail(&instance.console_log(), 3000);
-            return Err(VmError::BootTimeout {
-                timeout_ms: boot_timeout_ms,
-                last_error,
-                console_tail,
-            });
+            return Err(timed_out(last_error));
         }
         match tokio::time::timeout(left, channel.open()).await {
             Ok(Ok(stream)) => match AgentClient::handshake(stream).await {
@@ -229,7 +254,11 @@ async fn connect_agent(
             Ok(Err(e)) => last_error = e.to_string(),
             Err(_) => last_error = format!("{} did not connect", channel.describe()),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tracing::trace!(%last_error, "agent not reachable yet");
+        // Back off: a flood of connection requests to a guest that is still
+        // booting is what wedges a hybrid vsock device.
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
     }
 }
 

@@ -152,11 +152,16 @@ impl Hypervisor for QemuBackend {
         let (accel, reason) = accel::choose(config.accel);
         tracing::info!(vm = %config.id, %accel, %reason, "accelerator chosen");
         let uds = uds_path(config, dir);
+        let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
+        let ready = vsock
+            .bind_ready_listener()
+            .map_err(|e| VmError::io("binding the agent's ready socket", e))?;
         let mut inst = QemuInstance {
             accel,
             children: Vec::new(),
             console: dir.file("console.log"),
-            vsock: Arc::new(Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT)),
+            vsock: Arc::new(vsock),
+            ready: Some(ready),
         };
         // On any error below, dropping `inst` kills what was started.
 
@@ -221,6 +226,7 @@ struct QemuInstance {
     children: Vec<(&'static str, Child)>,
     console: PathBuf,
     vsock: Arc<Vsock>,
+    ready: Option<tokio::net::UnixListener>,
 }
 
 impl QemuInstance {
@@ -282,6 +288,9 @@ impl VmInstance for QemuInstance {
                 Ok(Some(status)) => Some(format!("{name} exited: {status}")),
                 _ => None,
             })
+    }
+    fn take_ready_listener(&mut self) -> Option<tokio::net::UnixListener> {
+        self.ready.take()
     }
     fn kill(&mut self) {
         // QEMU first, so the device process never sees a half-dead frontend.

@@ -52,6 +52,22 @@ impl Vsock {
         }
     }
 
+    /// The unix socket where guest-initiated connections to host `port` arrive
+    /// (`<uds_path>_<port>`, the hybrid vsock convention).
+    pub fn guest_initiated_path(&self, port: u32) -> PathBuf {
+        let mut p = self.uds_path.clone().into_os_string();
+        p.push(format!("_{port}"));
+        p.into()
+    }
+
+    /// Listens for the agent's "I am listening" connection. Must be bound before
+    /// the VM starts.
+    pub fn bind_ready_listener(&self) -> std::io::Result<tokio::net::UnixListener> {
+        tokio::net::UnixListener::bind(
+            self.guest_initiated_path(ironclaw_protocol::AGENT_READY_PORT),
+        )
+    }
+
     /// One connection attempt with the `CONNECT` handshake.
     pub async fn connect(&self) -> Result<UnixStream, VsockError> {
         let mut stream = UnixStream::connect(&self.uds_path)
