@@ -31,6 +31,17 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
         .build()?;
     rt.block_on(async move {
         match listen {
+            Listen::Vsock(_) if serial_transport() => {
+                let path =
+                    crate::serial::find_port(ironclaw_protocol::AGENT_SERIAL_PORT_NAME).await?;
+                let port = crate::serial::SerialPort::open(&path)?;
+                eprintln!("ironclaw-guest: agent serving on {}", path.display());
+                loop {
+                    port.wait_for_host().await;
+                    // One session per host connection; it ends at EOF (host gone).
+                    serve_session(port.clone()).await;
+                }
+            }
             Listen::Vsock(port) => {
                 let addr = tokio_vsock::VsockAddr::new(tokio_vsock::VMADDR_CID_ANY, port);
                 let listener = bind_with_retry(|| tokio_vsock::VsockListener::bind(addr)).await?;
@@ -58,6 +69,14 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
                 }
             }
         }
+    })
+}
+
+/// Whether the kernel command line selects the virtio-serial transport.
+fn serial_transport() -> bool {
+    std::fs::read_to_string("/proc/cmdline").is_ok_and(|c| {
+        c.split_whitespace()
+            .any(|a| a == ironclaw_protocol::SERIAL_TRANSPORT_ARG)
     })
 }
 
@@ -164,6 +183,32 @@ async fn session_loop<R: AsyncRead + Unpin>(
         let id = frame.stream;
         match frame.kind {
             FrameKind::Control => match frame.message().map_err(|e| e.to_string())? {
+                // On a transport without connections (virtio-serial) a new host
+                // may start over without the old session having seen EOF, e.g.
+                // a clone restored from a snapshot taken mid-session: start afresh.
+                Message::Hello { version }
+                    if id == SESSION_STREAM && version == PROTOCOL_VERSION =>
+                {
+                    for (_, handle) in running.lock().expect("lock").drain() {
+                        handle.kill();
+                    }
+                    stdin.clear();
+                    out.send(Frame::control(SESSION_STREAM, &ack))
+                        .await
+                        .map_err(|_| "writer closed")?;
+                }
+                Message::Reseed {
+                    entropy,
+                    unix_time_ns,
+                } => {
+                    let reply = match crate::reseed::reseed(&entropy, unix_time_ns) {
+                        Ok(()) => Message::Done,
+                        Err(e) => Message::Error {
+                            message: format!("reseed: {e}"),
+                        },
+                    };
+                    let _ = out.send(Frame::control(id, &reply)).await;
+                }
                 Message::Exec(req) => {
                     if id == SESSION_STREAM || running.lock().expect("lock").contains_key(&id) {
                         reply_error(

@@ -8,6 +8,8 @@
 mod agent;
 mod exec;
 mod init;
+mod reseed;
+mod serial;
 
 use std::path::PathBuf;
 

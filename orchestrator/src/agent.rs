@@ -173,6 +173,35 @@ impl AgentClient {
         Ok(session)
     }
 
+    /// Mixes `entropy` into the guest kernel's random pool, reseeds it and sets
+    /// the guest's wall clock (used on every VM restored from a snapshot).
+    pub async fn reseed(&self, entropy: Vec<u8>, unix_time_ns: u64) -> Result<(), AgentError> {
+        let id = self.shared.next_id.fetch_add(2, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(4);
+        self.streams().lock().expect("streams lock").insert(id, tx);
+        let answer = async {
+            self.send(Frame::control(
+                id,
+                &Message::Reseed {
+                    entropy,
+                    unix_time_ns,
+                },
+            ))
+            .await?;
+            let frame = rx.recv().await.ok_or(AgentError::Closed)?;
+            match frame.message()? {
+                Message::Done => Ok(()),
+                Message::Error { message } => Err(AgentError::Remote(message)),
+                other => Err(AgentError::Unexpected(format!("{other:?}"))),
+            }
+        };
+        let result = tokio::time::timeout(HANDSHAKE_TIMEOUT, answer)
+            .await
+            .map_err(|_| AgentError::Timeout(HANDSHAKE_TIMEOUT));
+        self.streams().lock().expect("streams lock").remove(&id);
+        result?
+    }
+
     /// Runs `req` to completion, feeding it `stdin`, and collects its output.
     pub async fn run(
         &self,

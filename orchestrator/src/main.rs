@@ -40,12 +40,45 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Build, list or remove prototypes (snapshots that VMs are cloned from).
+    #[command(subcommand)]
+    Prototype(PrototypeCmd),
     /// Measure spawn and exec latency side by side with bare QEMU (writes docs/benchmarks.md with --output).
     Bench(ironclaw_orchestrator::bench::BenchArgs),
 }
 
+#[derive(Subcommand)]
+enum PrototypeCmd {
+    /// Build (or check) the prototype for the given machine shape.
+    Build(MachineArgs),
+    /// List the prototypes in the cache.
+    List,
+    /// Remove prototypes whose key starts with KEY.
+    Rm { key: String },
+}
+
+#[derive(clap::Args, Clone)]
+struct MachineArgs {
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    mem: u32,
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    accel: AccelChoice,
+    /// Kernel to boot (default: newest /boot/vmlinuz-*).
+    #[arg(long)]
+    kernel: Option<PathBuf>,
+    /// Initramfs to boot (default: generated from the kernel's modules and ironclaw-guest).
+    #[arg(long)]
+    initramfs: Option<PathBuf>,
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Boot the VM from scratch instead of cloning it from a prototype snapshot.
+    #[arg(long)]
+    cold: bool,
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
     /// Guest memory in MiB.
@@ -108,6 +141,7 @@ fn main() -> ExitCode {
         let result = match cli.command {
             Command::Run(args) => run(args, cli.verbose).await,
             Command::Doctor { json } => Ok(doctor_cmd(json)),
+            Command::Prototype(cmd) => prototype_cmd(cmd).await,
             Command::Bench(args) => ironclaw_orchestrator::bench::run(args)
                 .await
                 .map(|()| 0)
@@ -145,6 +179,58 @@ fn doctor_cmd(json: bool) -> i32 {
     } else {
         1
     }
+}
+
+async fn prototype_cmd(cmd: PrototypeCmd) -> anyhow::Result<i32> {
+    match cmd {
+        PrototypeCmd::Build(m) => {
+            let kernel = match m.kernel {
+                Some(k) => k,
+                None => image::default_kernel()?,
+            };
+            let initramfs = match m.initramfs {
+                Some(i) => i,
+                None => image::default_initramfs(&kernel)?,
+            };
+            let mut config = vm::VmConfig::new("prototype", kernel, initramfs);
+            config.vcpus = m.vcpus;
+            config.memory_mib = m.mem;
+            config.accel = m.accel;
+            let progress = |msg: &str| eprintln!("ironclaw: {msg}");
+            let p = vm::prototype::ensure(&config, &progress).await?;
+            println!("{}\t{}", p.meta.key, p.dir.display());
+        }
+        PrototypeCmd::List => {
+            println!(
+                "{:<22} {:>5} {:>7} {:>5} {:>9} {:>8}  kernel",
+                "key", "vcpus", "mem_mib", "accel", "snap_mib", "boot_ms"
+            );
+            for p in vm::prototype::list() {
+                let m = &p.meta;
+                println!(
+                    "{:<22} {:>5} {:>7} {:>5} {:>9} {:>8}  {}",
+                    m.key,
+                    m.vcpus,
+                    m.memory_mib,
+                    m.accel,
+                    m.snapshot_bytes >> 20,
+                    m.boot_ms,
+                    m.kernel.display()
+                );
+            }
+        }
+        PrototypeCmd::Rm { key } => {
+            let removed = vm::prototype::remove(&key)?;
+            anyhow::ensure!(
+                !removed.is_empty(),
+                "no prototype key starts with {key:?} (see `ironclaw prototype list`)"
+            );
+            for k in removed {
+                println!("removed {k}");
+            }
+        }
+    }
+    Ok(0)
 }
 
 fn secs_to_ms(field: &str, s: f64) -> anyhow::Result<u64> {
@@ -197,8 +283,16 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     config.validate()?;
 
     let mut signals = Signals::new()?;
+    let progress = |msg: &str| eprintln!("ironclaw: {msg}");
+    let spawn = async {
+        if args.cold {
+            vm::spawn_vm_with_config(&id, &config).await
+        } else {
+            vm::prototype::spawn_from_prototype(&id, &config, &progress).await
+        }
+    };
     let vm = tokio::select! {
-        vm = vm::spawn_vm_with_config(&id, &config) => vm?,
+        vm = spawn => vm?,
         sig = signals.recv() => {
             // Dropping the spawn future drops what it started.
             return Ok(128 + sig);

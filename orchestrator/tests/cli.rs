@@ -112,6 +112,32 @@ fn run_prints_output_and_exits_with_the_command_code() {
 }
 
 #[test]
+fn run_cold_boots_without_a_prototype() {
+    let r = root("cold");
+    let out = run(
+        &r,
+        &["run", "--cold", "--", "sh", "-c", "echo cold; exit 4"],
+    );
+    assert_eq!(out.status.code(), Some(4), "stderr: {}", s(&out.stderr));
+    assert_eq!(s(&out.stdout), "cold\n");
+    assert!(vm_dirs(&r).is_empty());
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+#[test]
+fn prototype_subcommands() {
+    let r = root("proto");
+    let out = run(&r, &["prototype", "build"]);
+    assert_eq!(out.status.code(), Some(0), "{}", s(&out.stderr));
+    let key = s(&out.stdout).split('\t').next().unwrap().to_string();
+    let list = run(&r, &["prototype", "list"]);
+    assert!(s(&list.stdout).contains(&key), "{}", s(&list.stdout));
+    let rm = run(&r, &["prototype", "rm", "no-such-key"]);
+    assert_eq!(rm.status.code(), Some(125));
+    assert!(s(&rm.stderr).contains("no prototype"), "{}", s(&rm.stderr));
+}
+
+#[test]
 fn run_forwards_stdin_env_workdir_and_timeout() {
     let r = root("flags");
     let mut child = ironclaw(&r)
@@ -174,7 +200,7 @@ fn ctrl_c_destroys_the_vm() {
     let r = root("sigint");
     let (mut child, _out) = start_long_run(&r);
     let pids = recorded_pids(&r);
-    assert_eq!(pids.len(), 2);
+    assert!(!pids.is_empty());
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let status = child.wait().unwrap();
@@ -196,7 +222,7 @@ fn a_killed_orchestrator_leaves_nothing_running_and_is_reaped() {
     let r = root("sigkill");
     let (mut child, _out) = start_long_run(&r);
     let pids = recorded_pids(&r);
-    assert_eq!(pids.len(), 2);
+    assert!(!pids.is_empty());
     child.kill().unwrap(); // SIGKILL: no chance to clean up itself
     child.wait().unwrap();
     assert!(

@@ -34,6 +34,17 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// the host waits for this instead of probing a guest that is still booting.
 pub const AGENT_READY_PORT: u32 = 1025;
 
+/// Name of the virtio-serial port the agent serves on when the kernel command
+/// line says `ironclaw.transport=serial` (QEMU VMs that are snapshotted: a
+/// vhost-user vsock device cannot be migrated).
+pub const AGENT_SERIAL_PORT_NAME: &str = "ironclaw.agent";
+
+/// Kernel command-line switch selecting the virtio-serial transport.
+pub const SERIAL_TRANSPORT_ARG: &str = "ironclaw.transport=serial";
+
+/// Largest entropy blob accepted in a `Reseed`.
+pub const MAX_RESEED_ENTROPY: usize = 512;
+
 /// The stream id of the session itself (hello, session errors).
 pub const SESSION_STREAM: u32 = 0;
 

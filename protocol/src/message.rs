@@ -27,6 +27,13 @@ pub enum Message {
     Started { pid: u32 },
     /// Guest → host: the process on this stream ended; last message of the stream.
     Exited(ExitStatus),
+    /// Host → guest, on its own stream: mix `entropy` into the kernel's random
+    /// pool and reseed it, and set the wall clock. Sent to every VM restored
+    /// from a snapshot before any user command runs, so clones of one
+    /// prototype share no random state and see the right time.
+    Reseed { entropy: Vec<u8>, unix_time_ns: u64 },
+    /// Guest → host: the request on this stream (a `Reseed`) is done.
+    Done,
     /// Either way: the request on this stream (or, on stream 0, the session) failed.
     Error { message: String },
 }

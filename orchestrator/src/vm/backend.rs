@@ -13,7 +13,7 @@ use super::config::{BackendChoice, VmConfig};
 use super::runtime::RuntimeDir;
 use super::VmError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Qemu,

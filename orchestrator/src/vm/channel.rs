@@ -19,3 +19,26 @@ pub trait GuestChannel: Send + Sync {
     /// For messages: what this channel is (`vsock <path> port <n>`).
     fn describe(&self) -> String;
 }
+
+/// The host end of a virtio-serial port: a unix socket QEMU serves. There is
+/// one byte stream per VM; each new connection starts a new agent session.
+pub struct SerialChannel {
+    path: std::path::PathBuf,
+}
+
+impl SerialChannel {
+    pub fn new(path: impl Into<std::path::PathBuf>) -> SerialChannel {
+        SerialChannel { path: path.into() }
+    }
+}
+
+#[async_trait]
+impl GuestChannel for SerialChannel {
+    async fn open(&self) -> std::io::Result<BoxedStream> {
+        Ok(Box::new(tokio::net::UnixStream::connect(&self.path).await?))
+    }
+
+    fn describe(&self) -> String {
+        format!("virtio-serial {}", self.path.display())
+    }
+}

@@ -15,7 +15,9 @@ pub mod backend;
 pub mod channel;
 pub mod config;
 pub mod firecracker;
+pub mod pool;
 pub mod process;
+pub mod prototype;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime;
@@ -161,19 +163,7 @@ pub async fn spawn_vm_with_config(task_id: &str, config: &VmConfig) -> Result<Vm
     config.validate()?;
     runtime::reap_stale_once();
     let backend = backend::select(config.backend)?;
-    let dir = RuntimeDir::create(&runtime::runtime_root(), &config.id).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            VmError::AlreadyRunning(config.id.clone())
-        } else {
-            VmError::io(
-                format!(
-                    "creating runtime directory under {}",
-                    runtime::runtime_root().display()
-                ),
-                e,
-            )
-        }
-    })?;
+    let dir = create_runtime_dir(&config.id)?;
     let mut instance = backend.launch(&config, &dir).await?;
     let launched = t0.elapsed();
     let agent = connect_agent(instance.as_mut(), config.boot_timeout_ms).await?;
@@ -192,6 +182,22 @@ pub async fn spawn_vm_with_config(task_id: &str, config: &VmConfig) -> Result<Vm
         agent,
         instance,
         dir,
+    })
+}
+
+fn create_runtime_dir(id: &str) -> Result<RuntimeDir, VmError> {
+    RuntimeDir::create(&runtime::runtime_root(), id).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            VmError::AlreadyRunning(id.to_string())
+        } else {
+            VmError::io(
+                format!(
+                    "creating runtime directory under {}",
+                    runtime::runtime_root().display()
+                ),
+                e,
+            )
+        }
     })
 }
 

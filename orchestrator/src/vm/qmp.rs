@@ -69,6 +69,37 @@ impl Qmp {
         Ok(serde_json::from_slice(&line)?)
     }
 
+    /// Runs `command`, passing `file` along as SCM_RIGHTS ancillary data (for
+    /// `getfd`), and returns its `return` value.
+    pub async fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: Value,
+        file: &std::fs::File,
+    ) -> Result<Value, QmpError> {
+        use std::os::fd::AsRawFd;
+        let mut line = serde_json::to_vec(&json!({ "execute": command, "arguments": arguments }))?;
+        line.push(b'\n');
+        let fd = file.as_raw_fd();
+        let sock = self.stream.get_ref();
+        loop {
+            sock.writable().await?;
+            match sock.try_io(tokio::io::Interest::WRITABLE, || {
+                send_with_fd(sock.as_raw_fd(), &line, fd)
+            }) {
+                Ok(n) if n == line.len() => break,
+                Ok(n) => {
+                    return Err(QmpError::Io(std::io::Error::other(format!(
+                        "short write of {n} bytes"
+                    ))))
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.read_answer(command).await
+    }
+
     /// Runs `command` and returns its `return` value.
     pub async fn execute(
         &mut self,
@@ -82,6 +113,10 @@ impl Qmp {
         let mut line = serde_json::to_vec(&req)?;
         line.push(b'\n');
         self.stream.get_mut().write_all(&line).await?;
+        self.read_answer(command).await
+    }
+
+    async fn read_answer(&mut self, command: &str) -> Result<Value, QmpError> {
         let answer = async {
             loop {
                 let v = self.read_value().await?;
@@ -102,5 +137,37 @@ impl Qmp {
         tokio::time::timeout(Duration::from_secs(60), answer)
             .await
             .map_err(|_| QmpError::Timeout(command.into()))?
+    }
+}
+
+/// One `sendmsg` of `data` with `fd` attached.
+fn send_with_fd(sock: i32, data: &[u8], fd: i32) -> std::io::Result<usize> {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    let mut control = vec![0u8; space];
+    // SAFETY: msghdr is plain data; every pointer set below points into live
+    // buffers (iov, control) that outlive the sendmsg call, and the cmsg
+    // header written is the first one of a buffer sized by CMSG_SPACE.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
+        if n < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
     }
 }

@@ -1,0 +1,215 @@
+//! A warm pool of clones restored from one prototype.
+//!
+//! The pool keeps up to `size` clones running and connected, refilling in the
+//! background. `acquire` hands one out (reseeded: fresh entropy and clock) and
+//! never hands the same VM out twice; `release` destroys it — a VM is never
+//! reused for another task. Size is bounded by a count and by memory.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Notify;
+
+use super::prototype::{self, Prototype};
+use super::{VmConfig, VmError, VmHandle};
+
+/// Upper bound on the pool size, whatever is asked.
+pub const MAX_POOL_SIZE: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// Clones kept ready.
+    pub size: usize,
+    /// Total guest memory the ready clones may take; the size is lowered to fit.
+    pub max_memory_mib: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PoolStats {
+    pub target: usize,
+    pub ready: usize,
+    pub in_use: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub created: u64,
+    pub refill_failures: u64,
+    /// Duration of the last background restore, in milliseconds.
+    pub last_refill_ms: u64,
+}
+
+struct Inner {
+    proto: Prototype,
+    config: VmConfig,
+    target: usize,
+    prefix: String,
+    ready: Mutex<VecDeque<VmHandle>>,
+    next: AtomicU64,
+    in_use: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    created: AtomicU64,
+    refill_failures: AtomicU64,
+    last_refill_ms: AtomicU64,
+    wake: Notify,
+    stopped: AtomicBool,
+}
+
+pub struct Pool {
+    inner: Arc<Inner>,
+    refill: tokio::task::JoinHandle<()>,
+}
+
+impl Pool {
+    /// Starts a pool of clones of the prototype for `config` (built if needed).
+    pub async fn start(config: &VmConfig, pool: PoolConfig) -> Result<Pool, VmError> {
+        let proto = prototype::ensure(config, &|m| tracing::info!("{m}")).await?;
+        let by_memory = (pool.max_memory_mib / u64::from(proto.meta.memory_mib).max(1)) as usize;
+        let target = pool.size.min(by_memory).min(MAX_POOL_SIZE);
+        let mut rnd = [0u8; 3];
+        getrandom::getrandom(&mut rnd).map_err(|e| VmError::Backend(format!("random: {e}")))?;
+        let inner = Arc::new(Inner {
+            proto,
+            config: config.clone(),
+            target,
+            prefix: format!("pool-{}", hex::encode(rnd)),
+            ready: Mutex::new(VecDeque::new()),
+            next: AtomicU64::new(0),
+            in_use: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            created: AtomicU64::new(0),
+            refill_failures: AtomicU64::new(0),
+            last_refill_ms: AtomicU64::new(0),
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+        });
+        let refill = tokio::spawn(refill_loop(inner.clone()));
+        Ok(Pool { inner, refill })
+    }
+
+    /// A ready VM (a hit), or a freshly restored one when none is ready (a miss).
+    pub async fn acquire(&self) -> Result<VmHandle, VmError> {
+        let ready = self.inner.ready.lock().expect("pool lock").pop_front();
+        self.inner.wake.notify_one();
+        let vm = match ready {
+            Some(vm) => {
+                self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                // Time has passed since the restore: fresh entropy and clock again.
+                prototype::reseed(vm.agent()).await?;
+                vm
+            }
+            None => {
+                self.inner.misses.fetch_add(1, Ordering::Relaxed);
+                restore_one(&self.inner).await?
+            }
+        };
+        self.inner.in_use.fetch_add(1, Ordering::Relaxed);
+        Ok(vm)
+    }
+
+    /// Destroys a VM handed out by [`Pool::acquire`].
+    pub async fn release(&self, vm: VmHandle) -> Result<(), VmError> {
+        self.inner.in_use.fetch_sub(1, Ordering::Relaxed);
+        super::destroy_vm(vm).await
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let i = &self.inner;
+        PoolStats {
+            target: i.target,
+            ready: i.ready.lock().expect("pool lock").len(),
+            in_use: i.in_use.load(Ordering::Relaxed),
+            hits: i.hits.load(Ordering::Relaxed),
+            misses: i.misses.load(Ordering::Relaxed),
+            created: i.created.load(Ordering::Relaxed),
+            refill_failures: i.refill_failures.load(Ordering::Relaxed),
+            last_refill_ms: i.last_refill_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Waits until `n` clones are ready (or `timeout` passes).
+    pub async fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.stats().ready >= n.min(self.inner.target) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Stops refilling and destroys every ready clone.
+    pub async fn shutdown(self) -> Result<(), VmError> {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_one();
+        self.refill.abort();
+        let ready: Vec<VmHandle> = self
+            .inner
+            .ready
+            .lock()
+            .expect("pool lock")
+            .drain(..)
+            .collect();
+        for vm in ready {
+            super::destroy_vm(vm).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Dropping the handles kills their processes and removes their files.
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.refill.abort();
+        if let Ok(mut ready) = self.inner.ready.lock() {
+            ready.clear();
+        }
+    }
+}
+
+async fn restore_one(inner: &Inner) -> Result<VmHandle, VmError> {
+    let n = inner.next.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{}-{n}", inner.prefix);
+    let vm = prototype::restore(&inner.proto, &id, &inner.config).await?;
+    inner.created.fetch_add(1, Ordering::Relaxed);
+    Ok(vm)
+}
+
+async fn refill_loop(inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if inner.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        let have = inner.ready.lock().expect("pool lock").len();
+        if have >= inner.target {
+            inner.wake.notified().await;
+            continue;
+        }
+        let t0 = Instant::now();
+        match restore_one(&inner).await {
+            Ok(vm) => {
+                inner
+                    .last_refill_ms
+                    .store(t0.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if inner.stopped.load(Ordering::SeqCst) {
+                    let _ = super::destroy_vm(vm).await;
+                    return;
+                }
+                inner.ready.lock().expect("pool lock").push_back(vm);
+                backoff = Duration::from_millis(100);
+            }
+            Err(e) => {
+                inner.refill_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("pool refill failed: {e}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

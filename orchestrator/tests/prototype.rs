@@ -1,0 +1,185 @@
+//! Prototypes and the warm pool, with real QEMU snapshots.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::{pid_alive, runtime, sh, test_root, text};
+use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
+use ironclaw_orchestrator::vm::{self, prototype, VmConfig};
+
+fn config() -> VmConfig {
+    runtime();
+    vm::default_config("proto-test").expect("default config (run scripts/setup.sh first)")
+}
+
+fn quiet(_: &str) {}
+
+fn vm_dirs() -> Vec<String> {
+    std::fs::read_dir(test_root())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn clones_run_commands_with_their_own_randomness_and_the_current_time() {
+    let cfg = config();
+    let (a, b) = runtime().block_on(async {
+        let proto = prototype::ensure(&cfg, &quiet).await.unwrap();
+        let a = prototype::restore(&proto, "clone-a", &cfg).await.unwrap();
+        let b = prototype::restore(&proto, "clone-b", &cfg).await.unwrap();
+        (a, b)
+    });
+    let ra = sh(&a, "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'");
+    let rb = sh(&b, "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'");
+    assert_eq!(text(&ra.stdout).len(), 64, "{}", text(&ra.stderr));
+    assert_ne!(
+        ra.stdout, rb.stdout,
+        "two clones produced the same random bytes"
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    for vm in [&a, &b] {
+        let t: i64 = text(&sh(vm, "date +%s").stdout).trim().parse().unwrap();
+        assert!((t - now).abs() <= 10, "guest clock {t}, host {now}");
+        let out = sh(vm, "echo out; echo err >&2; exit 7");
+        assert_eq!(
+            (
+                text(&out.stdout).as_str(),
+                text(&out.stderr).as_str(),
+                out.status.code
+            ),
+            ("out\n", "err\n", Some(7))
+        );
+    }
+    // Writes in one clone stay there.
+    sh(&a, "echo a > /tmp/only-in-a");
+    assert_ne!(sh(&b, "cat /tmp/only-in-a").status.code, Some(0));
+    let pids: Vec<u32> = a.pids().into_iter().chain(b.pids()).collect();
+    runtime().block_on(async {
+        vm::destroy_vm(a).await.unwrap();
+        vm::destroy_vm(b).await.unwrap();
+    });
+    assert!(pids.iter().all(|p| !pid_alive(*p)));
+    assert!(!vm_dirs().iter().any(|d| d.starts_with("clone-")));
+}
+
+#[test]
+fn a_changed_machine_or_image_gets_its_own_prototype() {
+    let cfg = config();
+    let (k1, _) = prototype::key_for(&cfg).unwrap();
+    assert_eq!(k1, prototype::key_for(&cfg).unwrap().0, "the key is stable");
+    let (k2, _) = prototype::key_for(&VmConfig {
+        memory_mib: 192,
+        ..cfg.clone()
+    })
+    .unwrap();
+    let (k3, _) = prototype::key_for(&VmConfig {
+        vcpus: 2,
+        ..cfg.clone()
+    })
+    .unwrap();
+    // A different initramfs (same content plus one byte) is a different input.
+    let other = test_root().join("other-initramfs.cpio");
+    std::fs::create_dir_all(test_root()).unwrap();
+    let mut bytes = std::fs::read(&cfg.initramfs).unwrap();
+    bytes.extend_from_slice(&[0; 512]);
+    std::fs::write(&other, bytes).unwrap();
+    let (k4, _) = prototype::key_for(&VmConfig {
+        initramfs: other,
+        ..cfg.clone()
+    })
+    .unwrap();
+    let keys: HashSet<_> = [&k1, &k2, &k3, &k4].into_iter().collect();
+    assert_eq!(keys.len(), 4, "{k1} {k2} {k3} {k4}");
+    // And a prototype built for another shape is a different prototype that works.
+    let small = VmConfig {
+        memory_mib: 192,
+        ..cfg.clone()
+    };
+    runtime().block_on(async {
+        let p = prototype::ensure(&small, &quiet).await.unwrap();
+        assert_eq!((p.meta.key.as_str(), p.meta.memory_mib), (k2.as_str(), 192));
+        let vm = prototype::restore(&p, "small-clone", &small).await.unwrap();
+        let mem = vm
+            .agent()
+            .run(
+                vm::exec_request(["grep", "MemTotal", "/proc/meminfo"]),
+                None,
+            )
+            .await
+            .unwrap();
+        assert!(text(&mem.stdout).contains("kB"), "{}", text(&mem.stdout));
+        vm::destroy_vm(vm).await.unwrap();
+    });
+}
+
+#[test]
+fn the_pool_refills_and_never_hands_out_a_vm_twice() {
+    let cfg = config();
+    runtime().block_on(async {
+        let pool = Pool::start(
+            &cfg,
+            PoolConfig {
+                size: 2,
+                max_memory_mib: 4096,
+            },
+        )
+        .await
+        .unwrap();
+        assert!(
+            pool.wait_ready(2, Duration::from_secs(120)).await,
+            "pool never filled: {:?}",
+            pool.stats()
+        );
+        let mut ids = HashSet::new();
+        let mut vms = Vec::new();
+        for i in 0..3 {
+            let vm = pool.acquire().await.unwrap();
+            assert!(ids.insert(vm.id.clone()), "{} handed out twice", vm.id);
+            let out = vm
+                .agent()
+                .run(
+                    vm::exec_request(["sh", "-c", &format!("echo task {i}")]),
+                    None,
+                )
+                .await
+                .unwrap();
+            assert_eq!(text(&out.stdout), format!("task {i}\n"));
+            vms.push(vm);
+        }
+        let s = pool.stats();
+        assert_eq!(s.in_use, 3);
+        assert_eq!(s.hits + s.misses, 3);
+        assert!(s.hits >= 2, "{s:?}");
+        // It refills behind the acquires.
+        assert!(
+            pool.wait_ready(2, Duration::from_secs(120)).await,
+            "pool did not refill: {:?}",
+            pool.stats()
+        );
+        let pids: Vec<u32> = vms.iter().flat_map(|v| v.pids()).collect();
+        for vm in vms {
+            pool.release(vm).await.unwrap();
+        }
+        assert!(
+            pids.iter().all(|p| !pid_alive(*p)),
+            "released VMs still running"
+        );
+        assert_eq!(pool.stats().in_use, 0);
+        pool.shutdown().await.unwrap();
+    });
+    // Nothing of the pool is left: no runtime directory, no process.
+    assert!(
+        !vm_dirs().iter().any(|d| d.starts_with("pool-")),
+        "{:?}",
+        vm_dirs()
+    );
+}

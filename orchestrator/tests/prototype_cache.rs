@@ -1,0 +1,91 @@
+//! A damaged prototype is detected and rebuilt, never restored. Runs in its
+//! own test binary because it points the cache at a private directory.
+
+mod common;
+
+use std::sync::Mutex;
+
+use common::{runtime, sh, text};
+use ironclaw_orchestrator::vm::{self, prototype};
+
+#[test]
+fn truncated_or_corrupt_snapshots_are_rebuilt() {
+    let cache =
+        std::path::PathBuf::from(format!("/tmp/ironclaw-cache-test-{}", std::process::id()));
+    // SAFETY: the only test of this binary sets it before any thread reads it.
+    std::env::set_var("IRONCLAW_CACHE_DIR", &cache);
+    let cfg = {
+        runtime();
+        vm::default_config("cache-test").unwrap()
+    };
+    let messages = Mutex::new(Vec::<String>::new());
+    let progress = |m: &str| messages.lock().unwrap().push(m.to_string());
+
+    let built = runtime()
+        .block_on(prototype::ensure(&cfg, &progress))
+        .unwrap();
+    let snap = built.snapshot();
+    let size = std::fs::metadata(&snap).unwrap().len();
+
+    // Truncated: the size no longer matches the metadata.
+    let f = std::fs::OpenOptions::new().write(true).open(&snap).unwrap();
+    f.set_len(size / 2).unwrap();
+    drop(f);
+    messages.lock().unwrap().clear();
+    let rebuilt = runtime()
+        .block_on(prototype::ensure(&cfg, &progress))
+        .unwrap();
+    assert!(
+        messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("rebuilding")),
+        "{:?}",
+        messages.lock().unwrap()
+    );
+    assert_eq!(
+        std::fs::metadata(rebuilt.snapshot()).unwrap().len(),
+        rebuilt.meta.snapshot_bytes
+    );
+
+    // Corrupt: same size, different bytes in the middle.
+    let mut bytes = std::fs::read(rebuilt.snapshot()).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 4096] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(rebuilt.snapshot(), &bytes).unwrap();
+    messages.lock().unwrap().clear();
+    let again = runtime()
+        .block_on(prototype::ensure(&cfg, &progress))
+        .unwrap();
+    assert!(
+        messages
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains("rebuilding")),
+        "{:?}",
+        messages.lock().unwrap()
+    );
+
+    // The rebuilt prototype restores and runs.
+    let vm = runtime()
+        .block_on(prototype::restore(&again, "after-rebuild", &cfg))
+        .unwrap();
+    assert_eq!(text(&sh(&vm, "echo ok").stdout), "ok\n");
+    runtime().block_on(vm::destroy_vm(vm)).unwrap();
+    // An unchanged prototype is reused, not rebuilt.
+    messages.lock().unwrap().clear();
+    let reused = runtime()
+        .block_on(prototype::ensure(&cfg, &progress))
+        .unwrap();
+    assert_eq!(reused.meta.created_unix, again.meta.created_unix);
+    assert!(
+        messages.lock().unwrap().is_empty(),
+        "{:?}",
+        messages.lock().unwrap()
+    );
+    let _ = std::fs::remove_dir_all(&cache);
+}
