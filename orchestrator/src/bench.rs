@@ -7,6 +7,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::vm::pool::{Pool, PoolConfig};
+use crate::vm::prototype::{self, Prototype};
+use crate::vm::qemu::{LaunchOptions, QemuBackend, Transport};
+use crate::vm::qmp::Qmp;
+use crate::vm::runtime::{self, RuntimeDir};
 use crate::vm::{self, accel, qemu, VmConfig, VmError};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -17,6 +22,9 @@ pub struct BenchArgs {
     /// Exec round trips measured on one VM.
     #[arg(long, default_value_t = 20)]
     pub execs: usize,
+    /// Parallel clone spawns measured together.
+    #[arg(long, default_value_t = 10)]
+    pub parallel: usize,
     /// Write the markdown report here as well as to stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -112,6 +120,102 @@ async fn ironclaw_cold(
     Ok((elapsed, timings))
 }
 
+/// Bare QEMU restoring the prototype's snapshot: from starting QEMU with
+/// `-incoming` until the resumed VM reports `running` over QMP, and until the
+/// first guest round trip (a hello written as raw bytes to the serial socket,
+/// the guest's answer read back): the reference for a prototype restore.
+async fn bare_qemu_restore(
+    proto: &Prototype,
+    config: &VmConfig,
+    i: usize,
+) -> Result<(Duration, Duration), VmError> {
+    let backend = QemuBackend::from_env()?;
+    let id = format!("bench-bare-{}-{i}", std::process::id());
+    let dir = RuntimeDir::create(&runtime::runtime_root(), &id)
+        .map_err(|e| VmError::io("runtime dir", e))?;
+    let (accel, _) = accel::choose(config.accel);
+    let opts = LaunchOptions {
+        transport: Transport::Serial,
+        incoming: Some(proto.snapshot()),
+    };
+    let mut cmd = backend.qemu_command(config, accel, &dir, &opts);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let snapshot = std::fs::File::open(proto.snapshot())
+        .map_err(|e| VmError::io("opening the snapshot", e))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&snapshot);
+    // SAFETY: dup2 is async-signal-safe; the copy lacks CLOEXEC so QEMU inherits it as fd 3.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let t0 = Instant::now();
+    let mut child =
+        vm::process::spawn_child(cmd).map_err(|e| VmError::io("starting bare qemu", e))?;
+    let qmp_path = dir.file("qmp.sock");
+    let result = async {
+        let mut qmp = loop {
+            match Qmp::connect(&qmp_path).await {
+                Ok(q) => break q,
+                Err(_) if t0.elapsed() < Duration::from_secs(30) => {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Err(e) => return Err(VmError::Backend(format!("bare QMP: {e}"))),
+            }
+        };
+        let q = |e| VmError::Backend(format!("bare QMP: {e}"));
+        loop {
+            let st = qmp.execute("query-status", None).await.map_err(q)?;
+            if st.get("status").and_then(|s| s.as_str()) != Some("inmigrate") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        qmp.execute("cont", None).await.map_err(q)?;
+        let running = t0.elapsed();
+        // First guest round trip: a hello frame, hand-encoded, and its answer's header.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(dir.file(qemu::SERIAL_SOCKET))
+            .await
+            .map_err(|e| VmError::io("bare: serial socket", e))?;
+        let body = br#"{"type":"hello","version":1}"#;
+        let mut frame = ((body.len() + 5) as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0, 0, 0, 0, 0]);
+        frame.extend_from_slice(body);
+        s.write_all(&frame)
+            .await
+            .map_err(|e| VmError::io("bare: hello", e))?;
+        let mut header = [0u8; 9];
+        tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut header))
+            .await
+            .map_err(|_| VmError::Backend("bare: no answer from the guest".into()))?
+            .map_err(|e| VmError::io("bare: answer", e))?;
+        Ok((running, t0.elapsed()))
+    }
+    .await;
+    vm::process::kill_and_reap(&mut child);
+    drop(dir);
+    result
+}
+
+/// Proportional set size of a process, in KiB.
+fn pss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Pss:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 pub async fn run(args: BenchArgs) -> Result<(), VmError> {
     let runs = args.runs.max(1);
     let config = vm::default_config("bench")?;
@@ -139,6 +243,90 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
         boot_parts.push(t);
     }
 
+    // Prototype restore vs bare QEMU -incoming of the same snapshot.
+    let proto = prototype::ensure(&config, &|m| eprintln!("bench: {m}")).await?;
+    let mut bare_running = Vec::new();
+    let mut bare_restore = Vec::new();
+    let mut restore = Vec::new();
+    for i in 0..runs {
+        let (running, b) = bare_qemu_restore(&proto, &config, i).await?;
+        bare_running.push(running);
+        let t0 = Instant::now();
+        let clone = prototype::restore(
+            &proto,
+            &format!("bench-{}-clone-{i}", std::process::id()),
+            &config,
+        )
+        .await?;
+        clone.agent().run(vm::exec_request(["true"]), None).await?;
+        let r = t0.elapsed();
+        vm::destroy_vm(clone).await?;
+        eprintln!("bench: run {}/{runs}: bare QEMU -incoming {} ms, IronClaw restore to first result {} ms", i + 1, ms(b), ms(r));
+        bare_restore.push(b);
+        restore.push(r);
+    }
+
+    // Warm pool: acquire to first result, with the pool refilled between runs.
+    let pool = Pool::start(
+        &config,
+        PoolConfig {
+            size: 2,
+            max_memory_mib: 8192,
+        },
+    )
+    .await?;
+    let mut acquire = Vec::new();
+    let mut idle_pss = Vec::new();
+    for i in 0..runs {
+        if !pool.wait_ready(2, Duration::from_secs(120)).await {
+            return Err(VmError::Backend(format!(
+                "the pool did not fill: {:?}",
+                pool.stats()
+            )));
+        }
+        if i == 0 {
+            // Memory of idle pooled VMs, measured while they sit ready.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            idle_pss.extend(
+                pool.ready_pids()
+                    .iter()
+                    .map(|p| p.iter().map(|pid| pss_kib(*pid)).sum::<u64>()),
+            );
+        }
+        let t0 = Instant::now();
+        let vm = pool.acquire().await?;
+        vm.agent().run(vm::exec_request(["true"]), None).await?;
+        acquire.push(t0.elapsed());
+        pool.release(vm).await?;
+    }
+    let pool_stats = pool.stats();
+    pool.shutdown().await?;
+
+    // Parallel clone spawns: all started at once, until the last first result.
+    let n = args.parallel.max(1);
+    let t0 = Instant::now();
+    let spawns = (0..n).map(|i| {
+        let proto = &proto;
+        let config = &config;
+        async move {
+            let vm = prototype::restore(
+                proto,
+                &format!("bench-{}-par-{i}", std::process::id()),
+                config,
+            )
+            .await?;
+            vm.agent().run(vm::exec_request(["true"]), None).await?;
+            let done = t0.elapsed();
+            vm::destroy_vm(vm).await?;
+            Ok::<_, VmError>(done)
+        }
+    });
+    let par: Vec<Duration> = futures::future::join_all(spawns)
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let par_all = par.iter().max().copied().unwrap_or_default();
+
     // Exec round trip on one running VM.
     let handle =
         vm::spawn_vm_with_config(&format!("bench-{}-exec", std::process::id()), &config).await?;
@@ -153,6 +341,8 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
     let (bare_m, cold_m) = (median(bare.clone()), median(cold.clone()));
     let launch_m = median(boot_parts.iter().map(|t| t.launch).collect());
     let ratio = cold_m.as_secs_f64() / bare_m.as_secs_f64();
+    let restore_ratio =
+        median(restore.clone()).as_secs_f64() / median(bare_restore.clone()).as_secs_f64();
     let kernel = crate::image::kernel_release(&config.kernel).unwrap_or_default();
     let date = Command::new("date")
         .arg("-u")
@@ -179,6 +369,19 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
          The bare reference stops at the first line of `/init`; IronClaw's path goes on through loading \
          the virtio/vsock modules, the agent's vsock handshake and one exec round trip, all under the \
          same emulation.\n\n\
+         ## Prototype restore and warm pool\n\n\
+         | measurement | median ms | runs (ms) |\n|---|---:|---|\n\
+         | bare QEMU: start with `-incoming` (same snapshot) → resumed, `running` | {} | {} |\n\
+         | bare QEMU: same → first guest round trip (raw hello frame on the serial socket) | {} | {} |\n\
+         | IronClaw: restore a clone → first exec result of `true` (incl. reseed) | {} | {} |\n\
+         | IronClaw: warm-pool `acquire` → first exec result of `true` | {} | {} |\n\n\
+         **Ratio restore / bare QEMU restore to first round trip: {restore_ratio:.2}** (goal: at most 1.20). \
+         **Warm-pool acquire median: {} ms** (goal: under 50 ms). Pool stats after the runs: {:?}.\n\n\
+         Prototype snapshot: {} MiB for {} MiB of guest memory (prototype boot {} ms, snapshot {} ms).\n\n\
+         | measurement | value |\n|---|---:|\n\
+         | {n} clones restored in parallel: all first results after (ms) | {} |\n\
+         | same, median per clone (ms) | {} |\n\
+         | host memory (PSS) per idle pooled VM, MiB | {} |\n\n\
          ## Exec round trip\n\n\
          | measurement | median ms | samples |\n|---|---:|---:|\n\
          | `true` on a running VM (exec request → exit status) | {} | {} |\n",
@@ -189,6 +392,23 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
         ms(cold_m),
         list(&cold),
         ms(launch_m),
+        ms(median(bare_running.clone())),
+        list(&bare_running),
+        ms(median(bare_restore.clone())),
+        list(&bare_restore),
+        ms(median(restore.clone())),
+        list(&restore),
+        ms(median(acquire.clone())),
+        list(&acquire),
+        ms(median(acquire.clone())),
+        pool_stats,
+        proto.meta.snapshot_bytes >> 20,
+        proto.meta.memory_mib,
+        proto.meta.boot_ms,
+        proto.meta.snapshot_ms,
+        ms(par_all),
+        ms(median(par.clone())),
+        format!("{:.1}", idle_pss.iter().sum::<u64>() as f64 / idle_pss.len().max(1) as f64 / 1024.0),
         ms(median(execs.clone())),
         execs.len(),
     );

@@ -130,6 +130,17 @@ impl Pool {
         }
     }
 
+    /// Host pids of each ready (idle) clone.
+    pub fn ready_pids(&self) -> Vec<Vec<u32>> {
+        self.inner
+            .ready
+            .lock()
+            .expect("pool lock")
+            .iter()
+            .map(|vm| vm.pids())
+            .collect()
+    }
+
     /// Waits until `n` clones are ready (or `timeout` passes).
     pub async fn wait_ready(&self, n: usize, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -180,6 +191,21 @@ async fn restore_one(inner: &Inner) -> Result<VmHandle, VmError> {
     Ok(vm)
 }
 
+/// Runs one command in a fresh clone before it is offered. A restored QEMU
+/// starts with an empty translation cache (TCG) and cold host page mappings,
+/// which makes the first exec in a clone several times slower than the next;
+/// the pool pays that in the background instead of at `acquire`.
+async fn warm_up(vm: &VmHandle) -> Result<(), VmError> {
+    let out = vm.agent().run(super::exec_request(["true"]), None).await?;
+    if out.status.code != Some(0) {
+        return Err(VmError::Backend(format!(
+            "warm-up command failed in {}: {:?}",
+            vm.id, out.status
+        )));
+    }
+    Ok(())
+}
+
 async fn refill_loop(inner: Arc<Inner>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -192,7 +218,12 @@ async fn refill_loop(inner: Arc<Inner>) {
             continue;
         }
         let t0 = Instant::now();
-        match restore_one(&inner).await {
+        let restored = async {
+            let vm = restore_one(&inner).await?;
+            warm_up(&vm).await?;
+            Ok::<_, VmError>(vm)
+        };
+        match restored.await {
             Ok(vm) => {
                 inner
                     .last_refill_ms

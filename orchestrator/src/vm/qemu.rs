@@ -107,7 +107,7 @@ impl QemuBackend {
         })
     }
 
-    fn qemu_command(
+    pub(crate) fn qemu_command(
         &self,
         config: &VmConfig,
         accel: Accel,
