@@ -8,4 +8,5 @@ pub mod agent;
 pub mod bench;
 pub mod doctor;
 pub mod image;
+pub mod pool_server;
 pub mod vm;

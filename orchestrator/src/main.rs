@@ -40,6 +40,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Keep a warm pool of VMs for `ironclaw run --pool` (a long-lived daemon).
+    #[command(subcommand)]
+    Pool(PoolCmd),
     /// Build, list or remove prototypes (snapshots that VMs are cloned from).
     #[command(subcommand)]
     Prototype(PrototypeCmd),
@@ -55,6 +58,24 @@ enum PrototypeCmd {
     List,
     /// Remove prototypes whose key starts with KEY.
     Rm { key: String },
+}
+
+#[derive(Subcommand)]
+enum PoolCmd {
+    /// Serve a warm pool on a unix socket until interrupted.
+    Serve {
+        /// Clones kept ready.
+        #[arg(long, default_value_t = 2)]
+        size: usize,
+        /// Memory the ready clones may take in total (MiB); lowers the size to fit.
+        #[arg(long, default_value_t = 4096)]
+        max_memory: u64,
+        /// Socket to serve on (default: <runtime dir>/pool.sock).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(flatten)]
+        machine: MachineArgs,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -77,8 +98,14 @@ struct MachineArgs {
 #[derive(clap::Args)]
 struct RunArgs {
     /// Boot the VM from scratch instead of cloning it from a prototype snapshot.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pool")]
     cold: bool,
+    /// Run in a VM from the warm pool of `ironclaw pool serve` (its socket by default,
+    /// or --pool-socket); the pool's machine shape applies.
+    #[arg(long)]
+    pool: bool,
+    #[arg(long, requires = "pool")]
+    pool_socket: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
     /// Guest memory in MiB.
@@ -142,6 +169,12 @@ fn main() -> ExitCode {
             Command::Run(args) => run(args, cli.verbose).await,
             Command::Doctor { json } => Ok(doctor_cmd(json)),
             Command::Prototype(cmd) => prototype_cmd(cmd).await,
+            Command::Pool(PoolCmd::Serve {
+                size,
+                max_memory,
+                socket,
+                machine,
+            }) => pool_serve(size, max_memory, socket, machine).await,
             Command::Bench(args) => ironclaw_orchestrator::bench::run(args)
                 .await
                 .map(|()| 0)
@@ -181,21 +214,66 @@ fn doctor_cmd(json: bool) -> i32 {
     }
 }
 
+fn machine_config(id: &str, m: MachineArgs) -> anyhow::Result<vm::VmConfig> {
+    let kernel = match m.kernel {
+        Some(k) => k,
+        None => image::default_kernel()?,
+    };
+    let initramfs = match m.initramfs {
+        Some(i) => i,
+        None => image::default_initramfs(&kernel)?,
+    };
+    let mut config = vm::VmConfig::new(id, kernel, initramfs);
+    config.vcpus = m.vcpus;
+    config.memory_mib = m.mem;
+    config.accel = m.accel;
+    config.validate()?;
+    Ok(config)
+}
+
+async fn pool_serve(
+    size: usize,
+    max_memory: u64,
+    socket: Option<PathBuf>,
+    m: MachineArgs,
+) -> anyhow::Result<i32> {
+    use ironclaw_orchestrator::pool_server;
+    use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
+    let config = machine_config("pool", m)?;
+    let socket = socket.unwrap_or_else(pool_server::default_socket);
+    let pool = std::sync::Arc::new(
+        Pool::start(
+            &config,
+            PoolConfig {
+                size,
+                max_memory_mib: max_memory,
+            },
+        )
+        .await?,
+    );
+    eprintln!(
+        "ironclaw: pool of {} serving on {} (Ctrl-C to stop)",
+        pool.stats().target,
+        socket.display()
+    );
+    let mut signals = Signals::new()?;
+    pool_server::serve(&pool, &socket, async move {
+        signals.recv().await;
+    })
+    .await?;
+    eprintln!("ironclaw: stopping the pool: {:?}", pool.stats());
+    match std::sync::Arc::try_unwrap(pool) {
+        Ok(pool) => pool.shutdown().await?,
+        // Requests still running hold the pool; dropping it kills every VM.
+        Err(shared) => drop(shared),
+    }
+    Ok(0)
+}
+
 async fn prototype_cmd(cmd: PrototypeCmd) -> anyhow::Result<i32> {
     match cmd {
         PrototypeCmd::Build(m) => {
-            let kernel = match m.kernel {
-                Some(k) => k,
-                None => image::default_kernel()?,
-            };
-            let initramfs = match m.initramfs {
-                Some(i) => i,
-                None => image::default_initramfs(&kernel)?,
-            };
-            let mut config = vm::VmConfig::new("prototype", kernel, initramfs);
-            config.vcpus = m.vcpus;
-            config.memory_mib = m.mem;
-            config.accel = m.accel;
+            let config = machine_config("prototype", m)?;
             let progress = |msg: &str| eprintln!("ironclaw: {msg}");
             let p = vm::prototype::ensure(&config, &progress).await?;
             println!("{}\t{}", p.meta.key, p.dir.display());
@@ -249,6 +327,35 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             .with_context(|| format!("--env {kv:?} is not of the form K=V"))?;
         anyhow::ensure!(!k.is_empty(), "--env {kv:?} has an empty name");
         env.insert(k.to_string(), v.to_string());
+    }
+    let forward_stdin = !std::io::stdin().is_terminal();
+    if args.pool {
+        let timeout_ms = args.timeout.map(|t| secs_to_ms("timeout", t)).transpose()?;
+        let socket = args
+            .pool_socket
+            .unwrap_or_else(ironclaw_orchestrator::pool_server::default_socket);
+        let stream = tokio::net::UnixStream::connect(&socket)
+            .await
+            .with_context(|| {
+                format!(
+                    "no pool daemon at {} (start one with `ironclaw pool serve`)",
+                    socket.display()
+                )
+            })?;
+        let client = ironclaw_orchestrator::agent::AgentClient::handshake(Box::new(stream)).await?;
+        let req = ExecRequest {
+            argv: args.command,
+            env,
+            cwd: args.workdir,
+            stdin: forward_stdin,
+            timeout_ms,
+        };
+        let mut signals = Signals::new()?;
+        return tokio::select! {
+            r = stream_exec(&client, req) => r,
+            // Closing the connection makes the daemon kill the command and destroy its VM.
+            sig = signals.recv() => Ok(128 + sig),
+        };
     }
     let kernel = match args.kernel {
         Some(k) => k,
@@ -310,7 +417,6 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             vm.timings.boot.as_secs_f64() * 1e3
         );
     }
-    let forward_stdin = !std::io::stdin().is_terminal();
     let req = ExecRequest {
         argv: args.command,
         env,
@@ -319,17 +425,20 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         timeout_ms: Some(config.exec_timeout_ms),
     };
     let outcome = tokio::select! {
-        r = stream_exec(&vm, req) => r,
+        r = stream_exec(vm.agent(), req) => r,
         sig = signals.recv() => Ok(128 + sig),
     };
     vm::destroy_vm(vm).await?;
     outcome
 }
 
-async fn stream_exec(vm: &vm::VmHandle, req: ExecRequest) -> anyhow::Result<i32> {
+async fn stream_exec(
+    agent: &ironclaw_orchestrator::agent::AgentClient,
+    req: ExecRequest,
+) -> anyhow::Result<i32> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let forward_stdin = req.stdin;
-    let mut session = vm.agent().exec(req).await?;
+    let mut session = agent.exec(req).await?;
     if forward_stdin {
         let writer = session.stdin_writer();
         tokio::spawn(async move {

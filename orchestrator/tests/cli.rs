@@ -261,3 +261,74 @@ fn doctor_reports_the_choice() {
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(v["chosen"].is_string());
 }
+
+#[test]
+fn the_pool_daemon_serves_runs_and_cleans_up_when_stopped() {
+    let r = root("pool");
+    let socket = r.join("pool.sock");
+    let mut daemon = ironclaw(&r)
+        .args(["pool", "serve", "--size", "1", "--socket"])
+        .arg(&socket)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(120), || socket.exists()),
+        "the daemon never listened"
+    );
+    let sock = socket.to_str().unwrap();
+    for i in 0..2 {
+        let out = run(
+            &r,
+            &[
+                "run",
+                "--pool",
+                "--pool-socket",
+                sock,
+                "--",
+                "sh",
+                "-c",
+                &format!("echo pooled {i}; exit 6"),
+            ],
+        );
+        assert_eq!(out.status.code(), Some(6), "stderr: {}", s(&out.stderr));
+        assert_eq!(s(&out.stdout), format!("pooled {i}\n"));
+    }
+    let mut child = ironclaw(&r)
+        .args([
+            "run",
+            "--pool",
+            "--pool-socket",
+            sock,
+            "--",
+            "tr",
+            "a-z",
+            "A-Z",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"via the pool\n")
+        .unwrap();
+    assert_eq!(
+        s(&child.wait_with_output().unwrap().stdout),
+        "VIA THE POOL\n"
+    );
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.id() as i32, libc::SIGINT) };
+    assert_eq!(daemon.wait().unwrap().code(), Some(0));
+    assert!(vm_dirs(&r).is_empty(), "left behind: {:?}", vm_dirs(&r));
+    let out = run(&r, &["run", "--pool", "--pool-socket", sock, "--", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        s(&out.stderr).contains("ironclaw pool serve"),
+        "{}",
+        s(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&r);
+}

@@ -59,7 +59,7 @@ struct Inner {
 
 pub struct Pool {
     inner: Arc<Inner>,
-    refill: tokio::task::JoinHandle<()>,
+    refill: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pool {
@@ -87,7 +87,10 @@ impl Pool {
             stopped: AtomicBool::new(false),
         });
         let refill = tokio::spawn(refill_loop(inner.clone()));
-        Ok(Pool { inner, refill })
+        Ok(Pool {
+            inner,
+            refill: Some(refill),
+        })
     }
 
     /// A ready VM (a hit), or a freshly restored one when none is ready (a miss).
@@ -130,6 +133,12 @@ impl Pool {
         }
     }
 
+    /// The guest kernel release of the pool's prototype.
+    pub fn kernel_release(&self) -> String {
+        crate::image::kernel_release(&self.inner.proto.meta.kernel)
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
     /// Host pids of each ready (idle) clone.
     pub fn ready_pids(&self) -> Vec<Vec<u32>> {
         self.inner
@@ -154,10 +163,15 @@ impl Pool {
     }
 
     /// Stops refilling and destroys every ready clone.
-    pub async fn shutdown(self) -> Result<(), VmError> {
+    pub async fn shutdown(mut self) -> Result<(), VmError> {
         self.inner.stopped.store(true, Ordering::SeqCst);
         self.inner.wake.notify_one();
-        self.refill.abort();
+        if let Some(refill) = self.refill.take() {
+            refill.abort();
+            // Wait until the task is really dropped: a restore it had in flight
+            // is cleaned up by that drop (processes killed, directory removed).
+            let _ = refill.await;
+        }
         let ready: Vec<VmHandle> = self
             .inner
             .ready
@@ -176,7 +190,9 @@ impl Drop for Pool {
     fn drop(&mut self) {
         // Dropping the handles kills their processes and removes their files.
         self.inner.stopped.store(true, Ordering::SeqCst);
-        self.refill.abort();
+        if let Some(refill) = &self.refill {
+            refill.abort();
+        }
         if let Ok(mut ready) = self.inner.ready.lock() {
             ready.clear();
         }
