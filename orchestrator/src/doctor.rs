@@ -174,8 +174,12 @@ pub fn run() -> Report {
         },
     });
     let (accel, reason) = accel::choose(AccelChoice::Auto);
-    let chosen = (qemu.is_some() && vhost.is_some() && boot_ok)
-        .then(|| format!("qemu microvm, accel {accel}"));
+    let auto = crate::vm::backend::select(crate::vm::config::BackendChoice::Auto).map(|b| b.kind());
+    let chosen = match auto {
+        Ok(crate::vm::BackendKind::Firecracker) if boot_ok => Some("firecracker (KVM)".to_string()),
+        _ => (qemu.is_some() && vhost.is_some() && boot_ok)
+            .then(|| format!("qemu microvm, accel {accel}")),
+    };
     checks.push(Check {
         name: "chosen",
         level: if chosen.is_some() { Level::Ok } else { Level::Fail },
@@ -185,4 +189,65 @@ pub fn run() -> Report {
         },
     });
     Report { checks, chosen }
+}
+
+/// The prototype feasibility check: build (or reuse) the default prototype,
+/// restore a clone, run `true` in it, and time each step.
+pub async fn prototype_check() -> Check {
+    use std::time::Instant;
+    let name = "prototype";
+    let fail = |detail: String| Check {
+        name,
+        level: Level::Fail,
+        detail,
+    };
+    let config = match crate::vm::default_config("doctor") {
+        Ok(c) => c,
+        Err(e) => return fail(format!("no default config: {e}")),
+    };
+    let t0 = Instant::now();
+    let built = std::sync::atomic::AtomicBool::new(false);
+    let proto = match crate::vm::prototype::ensure(&config, &|_| {
+        built.store(true, std::sync::atomic::Ordering::Relaxed)
+    })
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => return fail(format!("cannot build a prototype here: {e}")),
+    };
+    let ensure_ms = t0.elapsed().as_millis();
+    let t1 = Instant::now();
+    let id = format!("doctor-{}", std::process::id());
+    let vm = match crate::vm::prototype::restore(&proto, &id, &config).await {
+        Ok(vm) => vm,
+        Err(e) => {
+            return fail(format!(
+                "prototype {} built but cannot be restored: {e}",
+                proto.meta.key
+            ))
+        }
+    };
+    let restore_ms = t1.elapsed().as_millis();
+    let t2 = Instant::now();
+    let ran = vm
+        .agent()
+        .run(crate::vm::exec_request(["true"]), None)
+        .await;
+    let exec_ms = t2.elapsed().as_millis();
+    let _ = crate::vm::destroy_vm(vm).await;
+    match ran {
+        Ok(out) if out.status.code == Some(0) => Check {
+            name,
+            level: Level::Ok,
+            detail: format!(
+                "works: {} (boot {} ms, snapshot {} ms, {} MiB); restore {restore_ms} ms, first exec {exec_ms} ms",
+                if built.into_inner() { format!("built in {ensure_ms} ms") } else { format!("cached, checked in {ensure_ms} ms") },
+                proto.meta.boot_ms,
+                proto.meta.snapshot_ms,
+                proto.meta.snapshot_bytes >> 20
+            ),
+        },
+        Ok(out) => fail(format!("a restored clone ran `true` with {:?}", out.status)),
+        Err(e) => fail(format!("a restored clone does not answer: {e}")),
+    }
 }

@@ -39,6 +39,9 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Skip the prototype check (building, restoring and timing a snapshot clone).
+        #[arg(long)]
+        quick: bool,
     },
     /// Keep a warm pool of VMs for `ironclaw run --pool` (a long-lived daemon).
     #[command(subcommand)]
@@ -167,7 +170,7 @@ fn main() -> ExitCode {
     let code = rt.block_on(async {
         let result = match cli.command {
             Command::Run(args) => run(args, cli.verbose).await,
-            Command::Doctor { json } => Ok(doctor_cmd(json)),
+            Command::Doctor { json, quick } => Ok(doctor_cmd(json, quick).await),
             Command::Prototype(cmd) => prototype_cmd(cmd).await,
             Command::Pool(PoolCmd::Serve {
                 size,
@@ -190,8 +193,11 @@ fn main() -> ExitCode {
     std::process::exit(code);
 }
 
-fn doctor_cmd(json: bool) -> i32 {
-    let report = doctor::run();
+async fn doctor_cmd(json: bool, quick: bool) -> i32 {
+    let mut report = doctor::run();
+    if report.can_run() && !quick {
+        report.checks.push(doctor::prototype_check().await);
+    }
     if json {
         println!(
             "{}",
