@@ -12,11 +12,9 @@
 //! VM with a vhost-user-vsock device. Every clone gets fresh entropy and the
 //! current wall clock before it is handed out.
 
-use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -80,22 +78,24 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     move |e| VmError::io(context, e)
 }
 
-/// Identity of a file for the key: content hash for the boot files (small),
-/// path + size + mtime + inode for a rootfs image (large, and never modified
-/// in place: images are rebuilt under a new name).
-fn file_identity(path: &Path, hash_content: bool) -> Result<String, VmError> {
-    use std::os::unix::fs::MetadataExt;
+/// Identity of an input file for the key: path, size, modification time and
+/// inode. Cheap (no hashing on the spawn path) and changes whenever the file
+/// is replaced or rewritten: the generated initramfs and images are named by
+/// their content hash, and a kernel package upgrade writes a new file.
+fn file_identity(path: &Path) -> Result<String, VmError> {
     let m = fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
-    if !hash_content {
-        return Ok(format!(
-            "{}:{}:{}:{}",
-            path.display(),
-            m.len(),
-            m.mtime_nsec() + m.mtime() * 1_000_000_000,
-            m.ino()
-        ));
-    }
-    Ok(hex::encode(sha256_file(path)?))
+    Ok(format!("{}:{}", path.display(), stat_stamp(&m)))
+}
+
+/// Size, mtime (ns) and inode: what changes when a file is rewritten or replaced.
+fn stat_stamp(m: &fs::Metadata) -> String {
+    use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}",
+        m.len(),
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.ino()
+    )
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
@@ -125,14 +125,14 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
     let mut h = Sha256::new();
     for part in [
         format!("format={FORMAT_VERSION}"),
-        format!("kernel={}", file_identity(&config.kernel, true)?),
-        format!("initramfs={}", file_identity(&config.initramfs, true)?),
+        format!("kernel={}", file_identity(&config.kernel)?),
+        format!("initramfs={}", file_identity(&config.initramfs)?),
         format!(
             "rootfs={}",
             config
                 .rootfs
                 .as_deref()
-                .map(|r| file_identity(r, false))
+                .map(file_identity)
                 .transpose()?
                 .unwrap_or_default()
         ),
@@ -140,7 +140,7 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
             "vcpus={} memory={} accel={accel}",
             config.vcpus, config.memory_mib
         ),
-        format!("qemu={}", file_identity(&qemu, false)?),
+        format!("qemu={}", file_identity(&qemu)?),
     ] {
         h.update(part.as_bytes());
         h.update(b"\n");
@@ -148,15 +148,14 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
     Ok((hex::encode(&h.finalize()[..10]), accel))
 }
 
-/// Snapshots already checked by this process (path, size, mtime).
-fn verified() -> &'static Mutex<HashSet<(PathBuf, u64, i64)>> {
-    static V: std::sync::OnceLock<Mutex<HashSet<(PathBuf, u64, i64)>>> = std::sync::OnceLock::new();
-    V.get_or_init(Default::default)
-}
+/// Records that the snapshot, as it is on disk now (size, mtime, inode), has
+/// been checked against its SHA-256. Hashing ~100 MB on every spawn would cost
+/// more than the restore itself; any rewrite of the file changes the stamp and
+/// so forces a new check.
+const VERIFIED_FILE: &str = "verified";
 
 /// Loads the prototype in `dir` if it is complete and intact.
 fn load_checked(dir: &Path) -> Result<Option<Prototype>, VmError> {
-    use std::os::unix::fs::MetadataExt;
     let Ok(text) = fs::read_to_string(dir.join(META_FILE)) else {
         return Ok(None);
     };
@@ -175,17 +174,14 @@ fn load_checked(dir: &Path) -> Result<Option<Prototype>, VmError> {
         tracing::warn!(snapshot = %snap.display(), size = m.len(), expected = proto.meta.snapshot_bytes, "prototype snapshot truncated or stale");
         return Ok(None);
     }
-    let id = (
-        snap.clone(),
-        m.len(),
-        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-    );
-    if !verified().lock().expect("lock").contains(&id) {
+    let stamp = stat_stamp(&m);
+    let verified = dir.join(VERIFIED_FILE);
+    if fs::read_to_string(&verified).ok().as_deref() != Some(stamp.as_str()) {
         if hex::encode(sha256_file(&snap)?) != proto.meta.snapshot_sha256 {
             tracing::warn!(snapshot = %snap.display(), "prototype snapshot checksum mismatch");
             return Ok(None);
         }
-        verified().lock().expect("lock").insert(id);
+        fs::write(&verified, &stamp).map_err(io(format!("writing {}", verified.display())))?;
     }
     Ok(Some(proto))
 }

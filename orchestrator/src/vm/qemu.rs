@@ -300,9 +300,20 @@ impl QemuBackend {
                 tail(&dir.file("qemu.log"), 2000)
             ))
         };
-        let mut qmp = match Qmp::connect(&qmp_sock).await {
-            Ok(q) => q,
-            Err(e) => return Err(qmp_failed(&mut inst, e)),
+        // The socket file appears at bind(), a moment before QEMU listens on it.
+        let connect_deadline = std::time::Instant::now() + SOCKET_WAIT;
+        let mut qmp = loop {
+            match Qmp::connect(&qmp_sock).await {
+                Ok(q) => break q,
+                Err(super::qmp::QmpError::Io(e))
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && std::time::Instant::now() < connect_deadline
+                        && inst.exited().is_none() =>
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await
+                }
+                Err(e) => return Err(qmp_failed(&mut inst, e)),
+            }
         };
         if opts.incoming.is_some() {
             // Loading the snapshot; the source was stopped when it was taken,
