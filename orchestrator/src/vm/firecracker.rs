@@ -406,6 +406,9 @@ pub struct FirecrackerProcess {
     vsock: Arc<Vsock>,
     console: PathBuf,
     dir_path: PathBuf,
+    /// Where the agent announces it listens (guest-initiated vsock lands on
+    /// `<uds_path>_<port>`, as with vhost-device-vsock).
+    ready: Option<tokio::net::UnixListener>,
     // Declared last so it is removed after `Drop::drop` has killed the process.
     dir: Option<RuntimeDir>,
 }
@@ -526,6 +529,9 @@ impl VmInstance for FirecrackerProcess {
         self.exit_status()
             .map(|s| format!("firecracker exited: {s}"))
     }
+    fn take_ready_listener(&mut self) -> Option<tokio::net::UnixListener> {
+        self.ready.take()
+    }
     fn kill(&mut self) {
         // Destroying a VM kills without Ctrl-Alt-Del: the guest has nothing to
         // flush (its rootfs is read-only) and destroy must be quick and total.
@@ -574,6 +580,7 @@ async fn spawn_in(
         vsock: Arc::new(vsock),
         console,
         dir_path: dir.path().to_path_buf(),
+        ready: None,
         dir: None,
     };
     // From here on, dropping `fc` on an error kills the process.
@@ -620,7 +627,11 @@ pub async fn launch_in(
             .unwrap_or_else(|| dir.file(VSOCK_SOCKET)),
     )?;
     let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-    let fc = spawn_in(opts, dir, vsock).await?;
+    let ready = vsock
+        .bind_ready_listener()
+        .map_err(|e| FirecrackerError::io("binding the agent's ready socket", e))?;
+    let mut fc = spawn_in(opts, dir, vsock).await?;
+    fc.ready = Some(ready);
     configure_vm(&fc.api, config, &uds).await?;
     start_instance(&fc.api).await?;
     Ok(fc)
