@@ -4,7 +4,7 @@
 set -euo pipefail
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
-APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static)
+APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap e2fsprogs)
 
 cd "$(dirname "$0")/.."
 say() { [ -n "${IRONCLAW_SETUP_QUIET:-}" ] || echo "setup: $*" >&2; }

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::exec;
+use crate::files;
 
 pub enum Listen {
     Vsock(u32),
@@ -178,6 +179,8 @@ async fn session_loop<R: AsyncRead + Unpin>(
 
     // Stdin senders of the running requests, by stream id.
     let mut stdin: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
+    // Data senders of the running puts, by stream id.
+    let mut uploads: HashMap<u32, mpsc::Sender<files::Upload>> = HashMap::new();
     while let Some(frame) = frames.next().await {
         let frame = frame.map_err(|e: ProtocolError| e.to_string())?;
         let id = frame.stream;
@@ -224,6 +227,29 @@ async fn session_loop<R: AsyncRead + Unpin>(
                         stdin.insert(id, tx);
                     }
                 }
+                msg if files::is_file_request(&msg) => {
+                    uploads.retain(|_, tx| !tx.is_closed());
+                    if id == SESSION_STREAM
+                        || running.lock().expect("lock").contains_key(&id)
+                        || uploads.contains_key(&id)
+                    {
+                        reply_error(
+                            out,
+                            id,
+                            format!("stream {id} is not free for a new request"),
+                        )
+                        .await;
+                        continue;
+                    }
+                    if let Some(tx) = files::start(id, msg, out.clone()) {
+                        uploads.insert(id, tx);
+                    }
+                }
+                Message::DataEnd => {
+                    if let Some(tx) = uploads.remove(&id) {
+                        let _ = tx.send(files::Upload::End).await;
+                    }
+                }
                 Message::CloseStdin => {
                     stdin.remove(&id);
                 }
@@ -243,6 +269,15 @@ async fn session_loop<R: AsyncRead + Unpin>(
                     // A process that no longer reads stdin just loses it.
                     if tx.send(frame.body).await.is_err() {
                         stdin.remove(&id);
+                    }
+                }
+            }
+            FrameKind::FileData => {
+                if let Some(tx) = uploads.get(&id) {
+                    // A put that failed (full disk, say) stops taking data; its
+                    // error reply is on its way and the rest is dropped.
+                    if tx.send(files::Upload::Data(frame.body)).await.is_err() {
+                        uploads.remove(&id);
                     }
                 }
             }

@@ -16,6 +16,9 @@ pub fn run_as_pid1() -> ! {
     log("/init started");
     mount_basics();
     load_modules();
+    // With an image on the command line, everything from here on (the agent
+    // included) runs in it.
+    crate::rootfs::switch_if_requested(log);
     set_hostname("ironclaw");
     loopback_up();
     log(&format!(

@@ -7,8 +7,10 @@
 
 mod agent;
 mod exec;
+mod files;
 mod init;
 mod reseed;
+mod rootfs;
 mod serial;
 
 use std::path::PathBuf;

@@ -22,6 +22,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::vm::channel::BoxedStream;
 
+pub mod files;
+pub use files::FileError;
+
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames queued per request before the reader waits for its consumer.
 const STREAM_QUEUE: usize = 256;
@@ -292,8 +295,11 @@ impl ExecSession {
         let event = match frame.kind {
             FrameKind::Stdout => ExecEvent::Stdout(frame.body),
             FrameKind::Stderr => ExecEvent::Stderr(frame.body),
-            FrameKind::Stdin => {
-                return Err(AgentError::Unexpected("stdin frame from the guest".into()))
+            FrameKind::Stdin | FrameKind::FileData => {
+                return Err(AgentError::Unexpected(format!(
+                    "{:?} frame on an exec stream",
+                    frame.kind
+                )))
             }
             FrameKind::Control => match frame.message()? {
                 Message::Started { pid } => ExecEvent::Started { pid },

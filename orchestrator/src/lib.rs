@@ -2,11 +2,14 @@
 //!
 //! [`vm`] is the heart (config, backends, vsock, spawn/destroy); [`agent`] is
 //! the host side of the guest protocol; [`image`] builds the guest's boot
-//! image; [`doctor`] tells what this host can run.
+//! image; [`rootfs`] builds the guest's userland images; [`doctor`] tells
+//! what this host can run.
 
 pub mod agent;
 pub mod bench;
 pub mod doctor;
 pub mod image;
+pub mod image_cli;
 pub mod pool_server;
+pub mod rootfs;
 pub mod vm;

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use ironclaw_orchestrator::agent::ExecEvent;
 use ironclaw_orchestrator::vm::config::{AccelChoice, BackendChoice};
 use ironclaw_orchestrator::vm::{self, ExecRequest};
-use ironclaw_orchestrator::{doctor, image};
+use ironclaw_orchestrator::{doctor, image, image_cli};
 
 /// Exit code for IronClaw's own failures (not the command's), as docker run uses.
 const EXIT_IRONCLAW_ERROR: u8 = 125;
@@ -51,6 +51,9 @@ enum Command {
     Prototype(PrototypeCmd),
     /// Measure spawn and exec latency side by side with bare QEMU (writes docs/benchmarks.md with --output).
     Bench(ironclaw_orchestrator::bench::BenchArgs),
+    /// Build and list root file system images (the guest's userland, e.g. python3).
+    #[command(subcommand)]
+    Image(image_cli::ImageCommand),
 }
 
 #[derive(Subcommand)]
@@ -136,6 +139,22 @@ struct RunArgs {
     /// Initramfs to boot (default: generated from the kernel's modules and ironclaw-guest).
     #[arg(long)]
     initramfs: Option<PathBuf>,
+    /// Root file system image: a name from `ironclaw image list` or a path
+    /// (default: the `default` image when it has been built).
+    #[arg(long, value_name = "NAME|PATH", conflicts_with = "no_image")]
+    image: Option<String>,
+    /// Boot the initramfs only (busybox, no image).
+    #[arg(long)]
+    no_image: bool,
+    /// Size limit of the VM's writable layer over the image, in MiB.
+    #[arg(long, value_name = "MIB")]
+    overlay_mib: Option<u32>,
+    /// Copy a local file into the guest before the command (repeatable).
+    #[arg(long = "copy-in", value_name = "LOCAL:GUEST")]
+    copy_in: Vec<String>,
+    /// Copy a guest file out after the command, to exactly LOCAL (repeatable).
+    #[arg(long = "copy-out", value_name = "GUEST:LOCAL")]
+    copy_out: Vec<String>,
     /// The command and its arguments.
     #[arg(required = true, last = true)]
     command: Vec<String>,
@@ -182,6 +201,7 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| 0)
                 .map_err(Into::into),
+            Command::Image(cmd) => image_cli::image_command(cmd, cli.verbose).await,
         };
         result.unwrap_or_else(|e| {
             eprintln!("ironclaw: {e:#}");
@@ -334,6 +354,24 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         anyhow::ensure!(!k.is_empty(), "--env {kv:?} has an empty name");
         env.insert(k.to_string(), v.to_string());
     }
+    let copy_in = args
+        .copy_in
+        .iter()
+        .map(|s| image_cli::parse_copy_in(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let copy_out = args
+        .copy_out
+        .iter()
+        .map(|s| image_cli::parse_copy_out(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if args.pool {
+        // The daemon's VMs are booted by the daemon; it serves exec only.
+        anyhow::ensure!(
+            copy_in.is_empty() && copy_out.is_empty() && args.image.is_none() && !args.no_image,
+            "--copy-in, --copy-out, --image and --no-image are not supported with --pool yet \
+             (the pool daemon serves exec requests only)"
+        );
+    }
     let forward_stdin = !std::io::stdin().is_terminal();
     if args.pool {
         let timeout_ms = args.timeout.map(|t| secs_to_ms("timeout", t)).transpose()?;
@@ -363,6 +401,7 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             sig = signals.recv() => Ok(128 + sig),
         };
     }
+    let rootfs = image_cli::choose_rootfs(args.image.as_deref(), args.no_image)?;
     let kernel = match args.kernel {
         Some(k) => k,
         None => image::default_kernel()?,
@@ -389,6 +428,10 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     config.backend = args.backend;
     config.accel = args.accel;
     config.boot_timeout_ms = secs_to_ms("boot-timeout", args.boot_timeout)?;
+    config.rootfs = rootfs;
+    if let Some(m) = args.overlay_mib {
+        config.overlay_mib = m;
+    }
     if let Some(t) = args.timeout {
         config.exec_timeout_ms = secs_to_ms("timeout", t)?;
     }
@@ -430,8 +473,23 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         stdin: forward_stdin,
         timeout_ms: Some(config.exec_timeout_ms),
     };
+    let work = async {
+        for (local, guest) in &copy_in {
+            image_cli::copy_in(vm.agent(), local, guest)
+                .await
+                .with_context(|| format!("--copy-in {}:{guest}", local.display()))?;
+        }
+        let code = stream_exec(vm.agent(), req).await?;
+        for (guest, local) in &copy_out {
+            vm.agent()
+                .get_file(guest, local)
+                .await
+                .with_context(|| format!("--copy-out {guest}:{}", local.display()))?;
+        }
+        Ok(code)
+    };
     let outcome = tokio::select! {
-        r = stream_exec(vm.agent(), req) => r,
+        r = work => r,
         sig = signals.recv() => Ok(128 + sig),
     };
     vm::destroy_vm(vm).await?;

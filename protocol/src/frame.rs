@@ -42,6 +42,8 @@ pub enum FrameKind {
     Stdout = 2,
     /// Bytes the process wrote to its standard error.
     Stderr = 3,
+    /// A chunk of a file being transferred (either way; see [`crate::FILE_CHUNK`]).
+    FileData = 4,
 }
 
 impl TryFrom<u8> for FrameKind {
@@ -52,6 +54,7 @@ impl TryFrom<u8> for FrameKind {
             1 => FrameKind::Stdin,
             2 => FrameKind::Stdout,
             3 => FrameKind::Stderr,
+            4 => FrameKind::FileData,
             other => return Err(ProtocolError::UnknownKind(other)),
         })
     }

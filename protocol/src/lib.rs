@@ -10,16 +10,18 @@
 //! The length counts everything after itself and is at most [`MAX_FRAME_LEN`];
 //! a larger length is refused from the 4-byte header alone, before anything is
 //! allocated. `kind` says whether the body is a JSON control [`Message`] or raw
-//! bytes of a stream (stdin, stdout, stderr). Stream 0 is the session itself
+//! bytes of a stream (stdin, stdout, stderr, file data). Stream 0 is the session itself
 //! (hello, session-level errors); the host opens request streams with odd ids.
 //!
 //! A session starts with the host's [`Message::Hello`] and the agent's
 //! [`Message::HelloAck`]; a version mismatch ends it. A malformed or oversized
 //! frame gets a [`Message::Error`] on stream 0 and the connection is closed.
 
+mod files;
 mod frame;
 mod message;
 
+pub use files::{DirEntry, FileKind, FileStat, DIR_BATCH, FILE_CHUNK};
 pub use frame::{Frame, FrameCodec, FrameKind, ProtocolError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{ExecRequest, ExitStatus, Message};
 

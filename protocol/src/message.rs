@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::files::{DirEntry, FileStat};
+
 /// A control message. Unknown message types and unknown fields are refused,
 /// so a mistyped request is an error rather than a silently ignored field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,6 +38,44 @@ pub enum Message {
     Done,
     /// Either way: the request on this stream (or, on stream 0, the session) failed.
     Error { message: String },
+    /// Host → guest: create or replace the file at `path` (absolute, or relative
+    /// to `/root`) with permission bits `mode`; its bytes follow as `FileData`
+    /// frames, then `DataEnd`. The file appears only once complete.
+    PutFile { path: String, mode: u32 },
+    /// Host → guest: no more `FileData` on this stream.
+    DataEnd,
+    /// Host → guest: send the regular file at `path` (`Stat`, `FileData`…, `Done`).
+    GetFile { path: String },
+    /// Host → guest: `lstat` of `path`; answered with `Stat`.
+    StatPath { path: String },
+    /// Host → guest: list the directory `path`; answered with `DirEntries`
+    /// batches, then `Done` with the number of entries.
+    ListDir { path: String },
+    /// Host → guest: create directory `path` (and missing parents if `parents`).
+    MakeDir {
+        path: String,
+        #[serde(default = "default_dir_mode")]
+        mode: u32,
+        #[serde(default)]
+        parents: bool,
+    },
+    /// Host → guest: remove `path` (a directory's contents too if `recursive`).
+    Remove {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Guest → host: what a path is.
+    Stat(FileStat),
+    /// Guest → host: some entries of a listed directory.
+    DirEntries { entries: Vec<DirEntry> },
+    /// Guest → host: the file request on this stream succeeded; last message of
+    /// the stream. `count` is bytes for put/get, entries for a listing, else 0.
+    Done { count: u64 },
+}
+
+fn default_dir_mode() -> u32 {
+    0o755
 }
 
 /// What to run in the guest.
@@ -102,6 +142,41 @@ mod tests {
                 ..Default::default()
             })
         );
+    }
+
+    #[test]
+    fn file_messages_round_trip() {
+        let put: Message =
+            serde_json::from_str(r#"{"type":"put_file","path":"/root/a","mode":420}"#).unwrap();
+        assert_eq!(
+            put,
+            Message::PutFile {
+                path: "/root/a".into(),
+                mode: 0o644
+            }
+        );
+        let mk: Message = serde_json::from_str(r#"{"type":"make_dir","path":"/x"}"#).unwrap();
+        assert_eq!(
+            mk,
+            Message::MakeDir {
+                path: "/x".into(),
+                mode: 0o755,
+                parents: false
+            }
+        );
+        let stat = Message::Stat(FileStat {
+            kind: crate::FileKind::Symlink,
+            size: 3,
+            mode: 0o777,
+            mtime: 1,
+            link_target: Some("/etc".into()),
+        });
+        let text = serde_json::to_string(&stat).unwrap();
+        assert_eq!(serde_json::from_str::<Message>(&text).unwrap(), stat);
+        assert!(serde_json::from_str::<Message>(
+            r#"{"type":"get_file","path":"/a","follow":true}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -61,6 +61,13 @@ impl Default for VsockConfig {
     }
 }
 
+/// Size limit of the writable overlay over a rootfs image, in MiB.
+pub const DEFAULT_OVERLAY_MIB: u32 = 128;
+pub const MIN_OVERLAY_MIB: u32 = 8;
+
+fn default_overlay_mib() -> u32 {
+    DEFAULT_OVERLAY_MIB
+}
 fn default_cid() -> u32 {
     MIN_GUEST_CID
 }
@@ -93,6 +100,11 @@ pub struct VmConfig {
     /// Optional root file system image, attached read-only as a virtio block device.
     #[serde(default)]
     pub rootfs: Option<PathBuf>,
+    /// With a rootfs: size limit (MiB) of the tmpfs overlay that takes the
+    /// VM's writes; a write beyond it fails with ENOSPC in the guest. It is
+    /// guest memory, so it may not exceed `memory_mib`.
+    #[serde(default = "default_overlay_mib")]
+    pub overlay_mib: u32,
     #[serde(default)]
     pub vsock: VsockConfig,
     /// Must stay false: IronClaw VMs have no network device. Present so that a
@@ -139,6 +151,7 @@ impl VmConfig {
             kernel: kernel.into(),
             initramfs: initramfs.into(),
             rootfs: None,
+            overlay_mib: default_overlay_mib(),
             vsock: VsockConfig::default(),
             enable_networking: false,
             boot_timeout_ms: default_boot_timeout(),
@@ -199,6 +212,15 @@ impl VmConfig {
         require_file("initramfs", &self.initramfs)?;
         if let Some(rootfs) = &self.rootfs {
             require_file("rootfs", rootfs)?;
+        }
+        if self.overlay_mib < MIN_OVERLAY_MIB || self.overlay_mib > self.memory_mib {
+            refuse(
+                "overlay_mib",
+                format!(
+                    "is {}, must be between {MIN_OVERLAY_MIB} and memory_mib ({})",
+                    self.overlay_mib, self.memory_mib
+                ),
+            )?;
         }
         if self.vsock.guest_cid < MIN_GUEST_CID || self.vsock.guest_cid == u32::MAX {
             refuse(
@@ -374,6 +396,21 @@ mod tests {
             },
             ..valid()
         };
+        assert_eq!(
+            field_of(&VmConfig {
+                overlay_mib: 1,
+                ..valid()
+            }),
+            "overlay_mib"
+        );
+        assert_eq!(
+            field_of(&VmConfig {
+                overlay_mib: 512,
+                memory_mib: 256,
+                ..valid()
+            }),
+            "overlay_mib"
+        );
         assert_eq!(field_of(&cid(2)), "vsock.guest_cid");
         assert_eq!(field_of(&cid(u32::MAX)), "vsock.guest_cid");
     }

@@ -262,7 +262,7 @@ pub async fn configure_vm(
     api.send(&api::BootSource {
         kernel_image_path: config.kernel.clone(),
         initrd_path: Some(config.initramfs.clone()),
-        boot_args: Some(kernel_args()),
+        boot_args: Some(kernel_args() + &super::rootfs_args::kernel_args(config)),
     })
     .await
     .map_err(step("setting the boot source"))?;

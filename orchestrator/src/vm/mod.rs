@@ -20,6 +20,7 @@ pub mod process;
 pub mod prototype;
 pub mod qemu;
 pub mod qmp;
+pub mod rootfs_args;
 pub mod runtime;
 pub mod vsock;
 

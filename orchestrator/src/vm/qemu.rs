@@ -153,7 +153,10 @@ impl QemuBackend {
         cmd.arg("-initrd").arg(&config.initramfs);
         match opts.transport {
             Transport::Vsock => {
-                cmd.args(["-append", KERNEL_ARGS]);
+                cmd.arg("-append").arg(format!(
+                    "{KERNEL_ARGS}{}",
+                    super::rootfs_args::kernel_args(config)
+                ));
                 cmd.arg("-chardev").arg(format!(
                     "socket,id=vsock0,path={}",
                     dir.file("vhost-vsock.sock").display()
@@ -162,7 +165,10 @@ impl QemuBackend {
                 cmd.args(["-device", "vhost-user-vsock-device,chardev=vsock0"]);
             }
             Transport::Serial => {
-                cmd.args(["-append", &format!("{KERNEL_ARGS} {SERIAL_TRANSPORT_ARG}")]);
+                cmd.arg("-append").arg(format!(
+                    "{KERNEL_ARGS} {SERIAL_TRANSPORT_ARG}{}",
+                    super::rootfs_args::kernel_args(config)
+                ));
                 cmd.args(["-device", "virtio-serial-device"]);
                 cmd.arg("-chardev").arg(format!(
                     "socket,id=agent0,path={},server=on,wait=off",

@@ -1,0 +1,326 @@
+//! File requests of the host: put, get, stat, list, mkdir, remove.
+//!
+//! Transfers are streamed chunk by chunk (see `ironclaw_protocol::files`); a
+//! put writes a hidden temporary file next to its target and renames it into
+//! place only when the host said the data is complete, so an interrupted or
+//! failed upload (a full overlay, say) never leaves a truncated file behind.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use ironclaw_protocol::{
+    DirEntry, FileKind, FileStat, Frame, FrameKind, Message, DIR_BATCH, FILE_CHUNK,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Relative guest paths are taken from the agent's default working directory.
+const BASE_DIR: &str = "/root";
+
+/// What the session forwards to a running put.
+#[derive(Debug)]
+pub enum Upload {
+    Data(Bytes),
+    /// The host sent `DataEnd`: the file is complete.
+    End,
+}
+
+/// Whether `msg` is a file request this module serves.
+pub fn is_file_request(msg: &Message) -> bool {
+    matches!(
+        msg,
+        Message::PutFile { .. }
+            | Message::GetFile { .. }
+            | Message::StatPath { .. }
+            | Message::ListDir { .. }
+            | Message::MakeDir { .. }
+            | Message::Remove { .. }
+    )
+}
+
+/// Starts the file request `msg` on stream `id`; its reply (`Done` or
+/// `Error`, after any data) goes to `out`. For a put, returns the sender the
+/// session feeds the file's data through.
+pub fn start(id: u32, msg: Message, out: mpsc::Sender<Frame>) -> Option<mpsc::Sender<Upload>> {
+    let mut upload = None;
+    let out2 = out.clone();
+    let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send>> =
+        match msg {
+            Message::PutFile { path, mode } => {
+                // A few chunks in flight: enough to keep the disk busy, bounded memory.
+                let (tx, rx) = mpsc::channel(8);
+                upload = Some(tx);
+                Box::pin(async move { put(id, &path, mode, rx).await })
+            }
+            Message::GetFile { path } => Box::pin(async move { get(id, &path, &out2).await }),
+            Message::StatPath { path } => Box::pin(async move {
+                let p = resolve(&path)?;
+                let st = lstat(&p).await.map_err(|e| format!("stat {path}: {e}"))?;
+                send(&out2, Frame::control(id, &Message::Stat(st))).await?;
+                Ok(0)
+            }),
+            Message::ListDir { path } => Box::pin(async move { list(id, &path, &out2).await }),
+            Message::MakeDir {
+                path,
+                mode,
+                parents,
+            } => Box::pin(async move { mkdir(&path, mode, parents).await }),
+            Message::Remove { path, recursive } => {
+                Box::pin(async move { remove(&path, recursive).await })
+            }
+            other => {
+                let message = format!("not a file request: {other:?}");
+                Box::pin(async move { Err(message) })
+            }
+        };
+    tokio::spawn(async move {
+        let reply = match work.await {
+            Ok(count) => Message::Done { count },
+            Err(message) => Message::Error { message },
+        };
+        let _ = out.send(Frame::control(id, &reply)).await;
+    });
+    upload
+}
+
+fn resolve(path: &str) -> Result<PathBuf, String> {
+    if path.is_empty() {
+        return Err("empty guest path".into());
+    }
+    if path.contains('\0') {
+        return Err(format!("guest path {path:?} contains a NUL byte"));
+    }
+    Ok(Path::new(BASE_DIR).join(path))
+}
+
+async fn send(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), String> {
+    out.send(frame)
+        .await
+        .map_err(|_| "the session ended".to_string())
+}
+
+fn stat_of(meta: &std::fs::Metadata, link_target: Option<String>) -> FileStat {
+    let ft = meta.file_type();
+    let kind = if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    FileStat {
+        kind,
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        mtime: meta.mtime(),
+        link_target,
+    }
+}
+
+async fn lstat(p: &Path) -> std::io::Result<FileStat> {
+    let meta = tokio::fs::symlink_metadata(p).await?;
+    let target = if meta.file_type().is_symlink() {
+        tokio::fs::read_link(p)
+            .await
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    Ok(stat_of(&meta, target))
+}
+
+async fn put(
+    id: u32,
+    path: &str,
+    mode: u32,
+    mut rx: mpsc::Receiver<Upload>,
+) -> Result<u64, String> {
+    let target = resolve(path)?;
+    let name = target
+        .file_name()
+        .ok_or_else(|| format!("put {path}: the path names no file"))?
+        .to_string_lossy()
+        .into_owned();
+    let dir = target.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(".{name}.ironclaw-part-{}-{id}", std::process::id()));
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .await
+        .map_err(|e| format!("put {path}: creating {}: {e}", tmp.display()))?;
+    let written = async {
+        let mut total = 0u64;
+        loop {
+            match rx.recv().await {
+                Some(Upload::Data(chunk)) => {
+                    file.write_all(&chunk)
+                        .await
+                        .map_err(|e| format!("put {path}: writing after {total} bytes: {e}"))?;
+                    total += chunk.len() as u64;
+                }
+                Some(Upload::End) => break,
+                None => {
+                    return Err(format!(
+                        "put {path}: the upload was abandoned after {total} bytes"
+                    ))
+                }
+            }
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("put {path}: writing: {e}"))?;
+        // Exact bits, whatever the agent's umask.
+        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777))
+            .await
+            .map_err(|e| format!("put {path}: setting mode {mode:o}: {e}"))?;
+        tokio::fs::rename(&tmp, &target)
+            .await
+            .map_err(|e| format!("put {path}: moving into place: {e}"))?;
+        Ok(total)
+    }
+    .await;
+    if written.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    written
+}
+
+async fn get(id: u32, path: &str, out: &mpsc::Sender<Frame>) -> Result<u64, String> {
+    let p = resolve(path)?;
+    let mut file = tokio::fs::File::open(&p)
+        .await
+        .map_err(|e| format!("get {path}: {e}"))?;
+    let meta = file
+        .metadata()
+        .await
+        .map_err(|e| format!("get {path}: {e}"))?;
+    if !meta.is_file() {
+        let what = if meta.is_dir() {
+            "a directory"
+        } else {
+            "not a regular file"
+        };
+        return Err(format!("get {path}: {what}; only regular files are sent"));
+    }
+    send(
+        out,
+        Frame::control(id, &Message::Stat(stat_of(&meta, None))),
+    )
+    .await?;
+    let mut total = 0u64;
+    loop {
+        let mut buf = BytesMut::zeroed(FILE_CHUNK);
+        let mut filled = 0;
+        // Full chunks: fewer, larger frames.
+        while filled < FILE_CHUNK {
+            let n = file
+                .read(&mut buf[filled..])
+                .await
+                .map_err(|e| format!("get {path}: reading after {total} bytes: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Ok(total);
+        }
+        buf.truncate(filled);
+        total += filled as u64;
+        send(out, Frame::data(id, FrameKind::FileData, buf.freeze())).await?;
+        if filled < FILE_CHUNK {
+            return Ok(total);
+        }
+    }
+}
+
+async fn list(id: u32, path: &str, out: &mpsc::Sender<Frame>) -> Result<u64, String> {
+    let p = resolve(path)?;
+    let mut dir = tokio::fs::read_dir(&p)
+        .await
+        .map_err(|e| format!("list {path}: {e}"))?;
+    let mut batch = Vec::new();
+    let mut count = 0u64;
+    while let Some(entry) = dir
+        .next_entry()
+        .await
+        .map_err(|e| format!("list {path}: {e}"))?
+    {
+        // An entry removed meanwhile is simply not listed.
+        let Ok(stat) = lstat(&entry.path()).await else {
+            continue;
+        };
+        batch.push(DirEntry {
+            name: entry.file_name().to_string_lossy().into_owned(),
+            stat,
+        });
+        count += 1;
+        if batch.len() == DIR_BATCH {
+            let entries = std::mem::take(&mut batch);
+            send(out, Frame::control(id, &Message::DirEntries { entries })).await?;
+        }
+    }
+    if !batch.is_empty() {
+        send(
+            out,
+            Frame::control(id, &Message::DirEntries { entries: batch }),
+        )
+        .await?;
+    }
+    Ok(count)
+}
+
+async fn mkdir(path: &str, mode: u32, parents: bool) -> Result<u64, String> {
+    let p = resolve(path)?;
+    let made = if parents {
+        tokio::fs::create_dir_all(&p).await
+    } else {
+        tokio::fs::create_dir(&p).await
+    };
+    made.map_err(|e| format!("mkdir {path}: {e}"))?;
+    tokio::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & 0o7777))
+        .await
+        .map_err(|e| format!("mkdir {path}: setting mode {mode:o}: {e}"))?;
+    Ok(0)
+}
+
+async fn remove(path: &str, recursive: bool) -> Result<u64, String> {
+    let p = resolve(path)?;
+    if p == Path::new("/") {
+        return Err("remove /: refused".into());
+    }
+    let meta = tokio::fs::symlink_metadata(&p)
+        .await
+        .map_err(|e| format!("remove {path}: {e}"))?;
+    let removed = if meta.is_dir() {
+        if recursive {
+            tokio::fs::remove_dir_all(&p).await
+        } else {
+            tokio::fs::remove_dir(&p).await
+        }
+    } else {
+        tokio::fs::remove_file(&p).await
+    };
+    removed.map_err(|e| format!("remove {path}: {e}"))?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_are_under_root_home() {
+        assert_eq!(resolve("a/b").unwrap(), Path::new("/root/a/b"));
+        assert_eq!(resolve("/etc/x").unwrap(), Path::new("/etc/x"));
+        assert!(resolve("").is_err());
+        assert!(resolve("a\0b").is_err());
+    }
+}
