@@ -30,3 +30,11 @@ fi
 say "building the guest agent and the ironclaw CLI"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p ironclaw-guest --target x86_64-unknown-linux-gnu
 cargo build --quiet --release -p ironclaw-orchestrator
+
+# The guest's userland (Debian minbase + python3, read-only under a per-VM
+# overlay): built once into the cache, later runs only check it is current.
+# Without it `ironclaw run` still works from the initramfs (busybox only).
+if ! target/release/ironclaw image build; then
+  echo "setup: could not build the default image (needs debootstrap and Debian's mirror);" \
+       "ironclaw run will use the initramfs only, and the image tests will try again" >&2
+fi

@@ -412,6 +412,8 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
         ms(median(execs.clone())),
         execs.len(),
     );
+    let report =
+        report + &crate::bench_userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     print!("{report}");
     if let Some(path) = args.output {
         std::fs::write(&path, &report)

@@ -56,11 +56,14 @@ pub async fn image_command(cmd: ImageCommand, verbose: bool) -> anyhow::Result<i
             })
             .await??;
             if built.up_to_date {
-                eprintln!(
-                    "image {} is up to date: {}",
-                    built.meta.name,
-                    built.path.display()
-                );
+                // Quiet on success: set-up runs this on every `scripts/ironclaw`.
+                if verbose {
+                    eprintln!(
+                        "image {} is up to date: {}",
+                        built.meta.name,
+                        built.path.display()
+                    );
+                }
             } else {
                 eprintln!(
                     "built image {} in {:.0} s: {} ({} MiB, sha256 {})",

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod bench_userland;
 pub mod doctor;
 pub mod image;
 pub mod image_cli;
