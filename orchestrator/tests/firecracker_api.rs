@@ -644,7 +644,14 @@ async fn full_lifecycle_follows_the_api_description() {
     let boot = body_of(&fake, "PUT", "/boot-source");
     assert_eq!(boot["kernel_image_path"], json!(fx.tmp.0.join("vmlinuz")));
     assert_eq!(boot["initrd_path"], json!(fx.tmp.0.join("initrd.cpio")));
-    assert_eq!(boot["boot_args"], json!(firecracker::kernel_args()));
+    // With a rootfs, the guest is told to boot into it (issue 6).
+    assert_eq!(
+        boot["boot_args"],
+        json!(format!(
+            "{} ironclaw.rootfs=/dev/vda ironclaw.overlay_mib=128",
+            firecracker::kernel_args()
+        ))
+    );
     assert_eq!(
         body_of(&fake, "PUT", "/drives/rootfs"),
         json!({"drive_id": "rootfs", "path_on_host": fx.tmp.0.join("rootfs.ext4"),
