@@ -39,7 +39,7 @@ pub fn is_file_request(msg: &Message) -> bool {
     )
 }
 
-/// Starts the file request `msg` on stream `id`; its reply (`Done` or
+/// Starts the file request `msg` on stream `id`; its reply (`FileDone` or
 /// `Error`, after any data) goes to `out`. For a put, returns the sender the
 /// session feeds the file's data through.
 pub fn start(id: u32, msg: Message, out: mpsc::Sender<Frame>) -> Option<mpsc::Sender<Upload>> {
@@ -76,7 +76,7 @@ pub fn start(id: u32, msg: Message, out: mpsc::Sender<Frame>) -> Option<mpsc::Se
         };
     tokio::spawn(async move {
         let reply = match work.await {
-            Ok(count) => Message::Done { count },
+            Ok(count) => Message::FileDone { count },
             Err(message) => Message::Error { message },
         };
         let _ = out.send(Frame::control(id, &reply)).await;

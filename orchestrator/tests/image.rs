@@ -359,3 +359,32 @@ fn cli_copies_files_in_and_out_around_the_command() {
     assert!(!dir.join("nope.txt").exists());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn clones_of_an_image_prototype_are_separate_too() {
+    // `ironclaw run` clones VMs from a snapshot of a booted VM by default; a
+    // snapshot taken with the image mounted must give each clone its own overlay.
+    let config = image_config("x");
+    let progress = |msg: &str| eprintln!("image tests: {msg}");
+    let (a, b) = runtime().block_on(async {
+        let a = vm::prototype::spawn_from_prototype("img-clone-a", &config, &progress).await;
+        let b = vm::prototype::spawn_from_prototype("img-clone-b", &config, &progress).await;
+        (a.expect("clone a"), b.expect("clone b"))
+    });
+    let w = sh(
+        &a,
+        "echo from-clone-a > /root/clone-marker && python3 -c 'print(7*6)'",
+    );
+    assert_eq!(text(&w.stdout), "42\n", "{}", text(&w.stderr));
+    let seen = sh(&b, "cat /root/clone-marker 2>&1; cat /etc/debian_version");
+    assert!(
+        !text(&seen.stdout).contains("from-clone-a"),
+        "{}",
+        text(&seen.stdout)
+    );
+    assert!(text(&seen.stdout).contains("12."), "{}", text(&seen.stdout));
+    runtime().block_on(async {
+        vm::destroy_vm(a).await.unwrap();
+        vm::destroy_vm(b).await.unwrap();
+    });
+}

@@ -3,10 +3,10 @@
 //! A transfer is one request stream. Put: the host sends
 //! [`crate::Message::PutFile`], then the file's bytes as
 //! [`crate::FrameKind::FileData`] frames of at most [`FILE_CHUNK`] bytes, then
-//! [`crate::Message::DataEnd`]; the guest answers [`crate::Message::Done`] with
+//! [`crate::Message::DataEnd`]; the guest answers [`crate::Message::FileDone`] with
 //! the byte count once the file is complete and in place (or `Error`). Get: the
 //! host sends [`crate::Message::GetFile`]; the guest answers
-//! [`crate::Message::Stat`], the bytes as `FileData` frames, then `Done`. No
+//! [`crate::Message::Stat`], the bytes as `FileData` frames, then `FileDone`. No
 //! side ever holds a whole file: it is read and written chunk by chunk.
 
 use serde::{Deserialize, Serialize};

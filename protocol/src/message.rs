@@ -44,12 +44,12 @@ pub enum Message {
     PutFile { path: String, mode: u32 },
     /// Host → guest: no more `FileData` on this stream.
     DataEnd,
-    /// Host → guest: send the regular file at `path` (`Stat`, `FileData`…, `Done`).
+    /// Host → guest: send the regular file at `path` (`Stat`, `FileData`…, `FileDone`).
     GetFile { path: String },
     /// Host → guest: `lstat` of `path`; answered with `Stat`.
     StatPath { path: String },
     /// Host → guest: list the directory `path`; answered with `DirEntries`
-    /// batches, then `Done` with the number of entries.
+    /// batches, then `FileDone` with the number of entries.
     ListDir { path: String },
     /// Host → guest: create directory `path` (and missing parents if `parents`).
     MakeDir {
@@ -71,7 +71,7 @@ pub enum Message {
     DirEntries { entries: Vec<DirEntry> },
     /// Guest → host: the file request on this stream succeeded; last message of
     /// the stream. `count` is bytes for put/get, entries for a listing, else 0.
-    Done { count: u64 },
+    FileDone { count: u64 },
 }
 
 fn default_dir_mode() -> u32 {

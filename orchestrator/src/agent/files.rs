@@ -202,8 +202,8 @@ impl AgentClient {
         self.send(Frame::control(stream.id, &Message::DataEnd))
             .await?;
         match stream.reply("put", guest).await? {
-            Message::Done { count } if count == sent => Ok(sent),
-            Message::Done { count } => Err(FileError::SizeMismatch {
+            Message::FileDone { count } if count == sent => Ok(sent),
+            Message::FileDone { count } => Err(FileError::SizeMismatch {
                 op: "put",
                 path: guest.into(),
                 reported: count,
@@ -259,8 +259,8 @@ impl AgentClient {
                     received += frame.body.len() as u64;
                 }
                 FrameKind::Control => match frame.message().map_err(AgentError::from)? {
-                    Message::Done { count } if count == received => break,
-                    Message::Done { count } => {
+                    Message::FileDone { count } if count == received => break,
+                    Message::FileDone { count } => {
                         return Err(FileError::SizeMismatch {
                             op: "get",
                             path: guest.into(),
@@ -315,7 +315,7 @@ impl AgentClient {
             other => return Err(unexpected("stat", guest, other)),
         };
         match stream.reply("stat", guest).await? {
-            Message::Done { .. } => Ok(stat),
+            Message::FileDone { .. } => Ok(stat),
             other => Err(unexpected("stat", guest, other)),
         }
     }
@@ -333,7 +333,7 @@ impl AgentClient {
                     }
                     all.extend(entries);
                 }
-                Message::Done { .. } => break,
+                Message::FileDone { .. } => break,
                 other => return Err(unexpected("list", guest, other)),
             }
         }
@@ -368,7 +368,7 @@ impl AgentClient {
     ) -> Result<(), FileError> {
         let mut stream = FileStream::open(self, request).await?;
         match stream.reply(op, guest).await? {
-            Message::Done { .. } => Ok(()),
+            Message::FileDone { .. } => Ok(()),
             other => Err(unexpected(op, guest, other)),
         }
     }

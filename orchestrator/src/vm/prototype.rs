@@ -132,7 +132,10 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
             config
                 .rootfs
                 .as_deref()
-                .map(file_identity)
+                // The overlay size is on the guest's command line, so in the snapshot.
+                .map(|r| {
+                    file_identity(r).map(|id| format!("{id} overlay_mib={}", config.overlay_mib))
+                })
                 .transpose()?
                 .unwrap_or_default()
         ),
