@@ -173,6 +173,19 @@ pub fn run() -> Report {
             ),
         },
     });
+    checks.push(Check {
+        name: "image",
+        level: Level::Info,
+        detail: match crate::rootfs::default_image() {
+            Some(p) => format!(
+                "default userland image {}: `ironclaw run` boots it",
+                p.display()
+            ),
+            None => "no default userland image: `ironclaw run` uses the initramfs (busybox); \
+                     `ironclaw image build` makes one with python3"
+                .into(),
+        },
+    });
     let (accel, reason) = accel::choose(AccelChoice::Auto);
     let auto = crate::vm::backend::select(crate::vm::config::BackendChoice::Auto).map(|b| b.kind());
     let chosen = match auto {
