@@ -117,7 +117,9 @@ pub async fn section(base: &VmConfig, runs: usize, execs: usize) -> Result<Strin
          | upload 64 MiB (host memory → guest overlay file, `put`) | {:.1} MiB/s | {} |\n\
          | download 64 MiB (guest overlay file → host, `get`) | {:.1} MiB/s | {} |\n\
          | `python3 -c pass` on a warm VM (exec request → exit status) | {} ms | {} samples |\n\
-         | `true` on the same VM, for reference | {} ms | {} samples |\n",
+         | `true` on the same VM, for reference | {} ms | {} samples |\n\n\
+         `true` in the image is Debian's dynamically linked coreutils (the loader runs \
+         emulated), against the initramfs's static busybox in the exec round trip above.\n",
         image.file_name().unwrap_or_default().to_string_lossy(),
         config.overlay_mib,
         ms(median(cold.clone())),
