@@ -128,6 +128,9 @@ async fn serve_client(
                 }
                 continue;
             }
+            // File requests are refused below (the daemon serves exec only),
+            // so the data of a refused put is dropped.
+            FrameKind::FileData => continue,
             FrameKind::Stdout | FrameKind::Stderr => break,
         };
         match msg {
