@@ -289,3 +289,42 @@ mod protocol_abuse {
         still_serving();
     }
 }
+
+#[test]
+fn processes_of_a_session_die_when_the_host_goes_away() {
+    use futures::{SinkExt, StreamExt};
+    use ironclaw_protocol::{Frame, FrameCodec, Message, PROTOCOL_VERSION, SESSION_STREAM};
+    let vm = shared_vm();
+    runtime().block_on(async {
+        // Raw frames, so nothing but the closing connection tells the agent.
+        let stream = vm.open_channel().await.unwrap();
+        let mut framed = tokio_util::codec::Framed::new(stream, FrameCodec::new());
+        framed
+            .send(Frame::control(
+                SESSION_STREAM,
+                &Message::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            ))
+            .await
+            .unwrap();
+        framed.next().await.unwrap().unwrap();
+        let req = exec_request(["sh", "-c", "sleep 4321 & exec sleep 4321"]);
+        framed
+            .send(Frame::control(1, &Message::Exec(req)))
+            .await
+            .unwrap();
+        let started = framed.next().await.unwrap().unwrap().message().unwrap();
+        assert!(matches!(started, Message::Started { .. }), "{started:?}");
+        drop(framed);
+    });
+    let gone = (0..100).any(|_| {
+        let ps = sh(vm, "ps -o args | grep -c '^sleep 4321' || true");
+        if text(&ps.stdout).trim() == "0" {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    assert!(gone, "the processes of a closed session are still running");
+}
