@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use crate::image;
-use crate::vm::{accel, config::AccelChoice, qemu};
+use crate::vm::{accel, cgroup, config::AccelChoice, qemu, seccomp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +152,7 @@ pub fn run() -> Report {
             }
         }
     }
+    boot_ok &= confinement_checks(&mut checks);
     let firecracker = qemu::which("firecracker");
     checks.push(Check {
         name: "firecracker",
@@ -263,4 +264,70 @@ pub async fn prototype_check() -> Check {
         Ok(out) => fail(format!("a restored clone ran `true` with {:?}", out.status)),
         Err(e) => fail(format!("a restored clone does not answer: {e}")),
     }
+}
+
+/// Seccomp filters, jail and cgroups as the QEMU backend applies them by
+/// default; false when a default VM could not be confined here.
+fn confinement_checks(checks: &mut Vec<Check>) -> bool {
+    let mut ok = true;
+    let mut filters = Vec::new();
+    for kind in [seccomp::ProcessKind::Qemu, seccomp::ProcessKind::VhostVsock] {
+        match seccomp::SeccompFilter::new(kind, seccomp::SeccompLevel::Strict, false) {
+            Ok(f) => filters.push(format!(
+                "{}: {} syscalls allowed, {} stacked filters",
+                kind.name(),
+                f.allowed,
+                f.programs()
+            )),
+            Err(e) => {
+                ok = false;
+                filters.push(e.to_string());
+            }
+        }
+    }
+    checks.push(Check {
+        name: "seccomp",
+        level: if ok { Level::Ok } else { Level::Fail },
+        detail: format!(
+            "strict default-deny allowlists, IP sockets and ptrace/mount/bpf/kexec/modules/keyctl/userfaultfd kill; {}; plus QEMU's -sandbox",
+            filters.join("; ")
+        ),
+    });
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    checks.push(Check {
+        name: "jail",
+        level: if root { Level::Ok } else { Level::Fail },
+        detail: if root {
+            "each VMM process: new mount/PID/IPC/UTS/network namespaces (no interface but a down lo), a per-VM unprivileged uid, no_new_privs".into()
+        } else {
+            "needs root (namespaces, cgroups, uid change): VMs fail to start unless confinement.jail is false".into()
+        },
+    });
+    ok &= root;
+    match cgroup::Layout::detect() {
+        Ok(layout) => checks.push(Check {
+            name: "cgroups",
+            level: Level::Ok,
+            detail: format!(
+                "{:?}: a cgroup per VM with memory, cpu and pids limits under {}",
+                layout.version,
+                layout
+                    .parents
+                    .iter()
+                    .map(|(c, p)| format!("{c}={}", p.display()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }),
+        Err(e) => {
+            ok = false;
+            checks.push(Check {
+                name: "cgroups",
+                level: Level::Fail,
+                detail: e.to_string(),
+            });
+        }
+    }
+    ok
 }

@@ -465,6 +465,9 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             vm.timings.launch.as_secs_f64() * 1e3,
             vm.timings.boot.as_secs_f64() * 1e3
         );
+        for process in vm.confinement() {
+            eprintln!("ironclaw: confinement: {process}");
+        }
     }
     let req = ExecRequest {
         argv: args.command,

@@ -257,6 +257,14 @@ fn doctor_reports_the_choice() {
         "{text}"
     );
     assert!(text.contains("kvm") && text.contains("usable"), "{text}");
+    // The confinement every VMM gets.
+    for check in ["seccomp", "jail", "cgroups"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(check) && l.starts_with("[ok")),
+            "{text}"
+        );
+    }
     let json = run(&root("doctor"), &["doctor", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert!(v["chosen"].is_string());

@@ -62,6 +62,15 @@ pub trait VmInstance: Send + Sync {
     fn take_ready_listener(&mut self) -> Option<tokio::net::UnixListener> {
         None
     }
+    /// What confines each host process of the VM (empty when the backend
+    /// leaves confinement to the VMM itself, as Firecracker's built-in filters do).
+    fn confinement(&self) -> Vec<super::jail::ProcessConfinement> {
+        Vec::new()
+    }
+    /// The bounded log of unlisted syscalls, in seccomp audit level.
+    fn audit_log(&self) -> Option<Arc<super::seccomp::AuditLog>> {
+        None
+    }
 }
 
 /// The backend for `choice`. `auto` takes Firecracker when it is installed and

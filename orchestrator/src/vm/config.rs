@@ -84,6 +84,75 @@ fn default_exec_timeout() -> u64 {
     3_600_000
 }
 
+/// What QEMU itself needs beyond guest memory (TCG code buffer, device
+/// emulation, libraries), counted in the VM's cgroup memory limit.
+pub const VMM_OVERHEAD_MIB: u32 = 320;
+pub const MIN_MEMORY_LIMIT_MIB: u32 = 16;
+pub const DEFAULT_PIDS_LIMIT: u32 = 128;
+pub const MIN_PIDS_LIMIT: u32 = 8;
+pub const MAX_PIDS_LIMIT: u32 = 65_536;
+
+fn yes() -> bool {
+    true
+}
+
+/// How the VMM processes are confined ([`super::seccomp`], [`super::jail`],
+/// [`super::cgroup`]). The defaults confine fully.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confinement {
+    /// Seccomp level of the VMM processes.
+    #[serde(default)]
+    pub seccomp: super::seccomp::SeccompLevel,
+    /// Namespaces, an unprivileged uid and a cgroup per VM (needs root).
+    /// `false` keeps only the seccomp filter and no_new_privs.
+    #[serde(default = "yes")]
+    pub jail: bool,
+    /// The uid (and gid) the VMM runs as; default: one derived per VM.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// Memory of all the VM's host processes together; default: the guest's
+    /// memory plus [`VMM_OVERHEAD_MIB`].
+    #[serde(default)]
+    pub memory_limit_mib: Option<u32>,
+    /// CPU time in thousandths of a CPU; default: one CPU per vCPU plus one
+    /// for QEMU's main loop and the vsock device.
+    #[serde(default)]
+    pub cpu_limit_millis: Option<u32>,
+    /// Processes and threads of the VM's host processes together.
+    #[serde(default)]
+    pub pids_limit: Option<u32>,
+}
+
+impl Default for Confinement {
+    fn default() -> Self {
+        Confinement {
+            seccomp: Default::default(),
+            jail: true,
+            uid: None,
+            memory_limit_mib: None,
+            cpu_limit_millis: None,
+            pids_limit: None,
+        }
+    }
+}
+
+impl VmConfig {
+    /// The cgroup limits of this VM, defaults filled in.
+    pub fn limits(&self) -> super::cgroup::Limits {
+        let c = &self.confinement;
+        super::cgroup::Limits {
+            memory_mib: c
+                .memory_limit_mib
+                .unwrap_or(self.memory_mib.saturating_add(VMM_OVERHEAD_MIB)),
+            cpu_millis: c
+                .cpu_limit_millis
+                .unwrap_or(self.vcpus.saturating_add(1).saturating_mul(1000)),
+            pids: c.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
@@ -121,6 +190,8 @@ pub struct VmConfig {
     pub backend: BackendChoice,
     #[serde(default)]
     pub accel: AccelChoice,
+    #[serde(default)]
+    pub confinement: Confinement,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -158,6 +229,7 @@ impl VmConfig {
             exec_timeout_ms: default_exec_timeout(),
             backend: BackendChoice::Auto,
             accel: AccelChoice::Auto,
+            confinement: Confinement::default(),
         }
     }
 
@@ -230,6 +302,43 @@ impl VmConfig {
                     self.vsock.guest_cid,
                     u32::MAX
                 ),
+            )?;
+        }
+        let c = &self.confinement;
+        if let Some(m) = c.memory_limit_mib {
+            if !(MIN_MEMORY_LIMIT_MIB..=2 * MAX_MEMORY_MIB).contains(&m) {
+                refuse(
+                    "confinement.memory_limit_mib",
+                    format!(
+                        "is {m}, must be between {MIN_MEMORY_LIMIT_MIB} and {}",
+                        2 * MAX_MEMORY_MIB
+                    ),
+                )?;
+            }
+        }
+        if let Some(cpu) = c.cpu_limit_millis {
+            if !(10..=(MAX_VCPUS + 1) * 1000).contains(&cpu) {
+                refuse(
+                    "confinement.cpu_limit_millis",
+                    format!(
+                        "is {cpu}, must be between 10 and {}",
+                        (MAX_VCPUS + 1) * 1000
+                    ),
+                )?;
+            }
+        }
+        if let Some(p) = c.pids_limit {
+            if !(MIN_PIDS_LIMIT..=MAX_PIDS_LIMIT).contains(&p) {
+                refuse(
+                    "confinement.pids_limit",
+                    format!("is {p}, must be between {MIN_PIDS_LIMIT} and {MAX_PIDS_LIMIT}"),
+                )?;
+            }
+        }
+        if c.uid == Some(0) {
+            refuse(
+                "confinement.uid",
+                "is 0: the VMM must not run as root (leave it unset for a per-VM uid)",
             )?;
         }
         if let Some(path) = &self.vsock.uds_path {
@@ -453,6 +562,49 @@ mod tests {
             field_of(&c(&format!("/{}", "x".repeat(200)))),
             "vsock.uds_path"
         );
+    }
+
+    #[test]
+    fn confinement_defaults_and_refusals() {
+        let c = VmConfig::from_json(r#"{"id":"a","kernel":"/k","initramfs":"/i"}"#).unwrap();
+        assert_eq!(c.confinement, Confinement::default());
+        assert!(c.confinement.jail);
+        let l = valid().limits();
+        assert_eq!(
+            (l.memory_mib, l.cpu_millis, l.pids),
+            (256 + VMM_OVERHEAD_MIB, 2000, DEFAULT_PIDS_LIMIT)
+        );
+        let c = VmConfig::from_json(
+            r#"{"id":"a","kernel":"/k","initramfs":"/i","confinement":{"seccomp":"audit","pids_limit":64}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.confinement.seccomp,
+            crate::vm::seccomp::SeccompLevel::Audit
+        );
+        assert_eq!(c.limits().pids, 64);
+        assert!(VmConfig::from_json(
+            r#"{"id":"a","kernel":"/k","initramfs":"/i","confinement":{"seccomp":"off"}}"#
+        )
+        .is_err());
+        let with = |f: fn(&mut Confinement)| {
+            let mut c = valid();
+            f(&mut c.confinement);
+            c
+        };
+        assert_eq!(
+            field_of(&with(|c| c.memory_limit_mib = Some(1))),
+            "confinement.memory_limit_mib"
+        );
+        assert_eq!(
+            field_of(&with(|c| c.pids_limit = Some(1))),
+            "confinement.pids_limit"
+        );
+        assert_eq!(
+            field_of(&with(|c| c.cpu_limit_millis = Some(0))),
+            "confinement.cpu_limit_millis"
+        );
+        assert_eq!(field_of(&with(|c| c.uid = Some(0))), "confinement.uid");
     }
 
     #[test]

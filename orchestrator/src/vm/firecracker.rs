@@ -86,6 +86,8 @@ pub enum FirecrackerError {
     MissingBinary,
     #[error("the seccomp filter file {path} given for Firecracker is not usable: {reason}")]
     SeccompFilter { path: PathBuf, reason: String },
+    #[error("seccomp level audit is not implemented for Firecracker: its filters are built into it (strict, the default, keeps them); pass a custom filter file with $IRONCLAW_FIRECRACKER_SECCOMP_FILTER instead")]
+    SeccompAuditUnsupported,
     #[error("launching Firecracker through the jailer ({jailer}) is not implemented; leave `jailer` unset to start firecracker directly")]
     JailerNotImplemented { jailer: PathBuf },
     #[error("a VM with id {0:?} is already running (its runtime directory exists)")]
@@ -619,6 +621,11 @@ pub async fn launch_in(
     dir: &RuntimeDir,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
     config.validate()?;
+    // Strict keeps Firecracker's built-in per-thread filters (or the custom
+    // file of the options, passed as --seccomp-filter); there is no audit mode.
+    if config.confinement.seccomp == super::seccomp::SeccompLevel::Audit {
+        return Err(FirecrackerError::SeccompAuditUnsupported);
+    }
     let uds = socket_path(
         config
             .vsock
@@ -780,6 +787,27 @@ mod tests {
         let err = o.command(Path::new("/s"), Path::new("/l")).unwrap_err();
         assert!(matches!(err, FirecrackerError::SeccompFilter { .. }));
         assert!(err.to_string().contains("/nonexistent/filter.bpf"), "{err}");
+    }
+
+    #[test]
+    fn audit_level_is_refused_before_firecracker_starts() {
+        let exe = std::env::current_exe().unwrap();
+        let mut config = VmConfig::new("fc-audit", &exe, &exe);
+        config.confinement.seccomp = crate::vm::seccomp::SeccompLevel::Audit;
+        let root = std::env::temp_dir().join(format!("ironclaw-fc-audit-{}", std::process::id()));
+        let err = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(start_firecracker_in(&opts(), &config, &root))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, FirecrackerError::SeccompAuditUnsupported),
+            "{err}"
+        );
+        assert!(!root.join("fc-audit").exists());
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

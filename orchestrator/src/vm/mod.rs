@@ -12,9 +12,11 @@
 
 pub mod accel;
 pub mod backend;
+pub mod cgroup;
 pub mod channel;
 pub mod config;
 pub mod firecracker;
+pub mod jail;
 pub mod pool;
 pub mod process;
 pub mod prototype;
@@ -22,6 +24,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod rootfs_args;
 pub mod runtime;
+pub mod seccomp;
 pub mod vsock;
 
 use std::path::PathBuf;
@@ -70,6 +73,8 @@ pub enum VmError {
     Agent(#[from] AgentError),
     #[error("image: {0}")]
     Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    Jail(#[from] jail::JailError),
 }
 
 impl VmError {
@@ -118,6 +123,14 @@ impl VmHandle {
     }
     pub fn console_log(&self) -> PathBuf {
         self.instance.console_log()
+    }
+    /// What confines each of the VM's host processes, read from `/proc` now.
+    pub fn confinement(&self) -> Vec<jail::ProcessConfinement> {
+        self.instance.confinement()
+    }
+    /// The seccomp audit log (audit level only).
+    pub fn audit_log(&self) -> Option<std::sync::Arc<seccomp::AuditLog>> {
+        self.instance.audit_log()
     }
     /// Opens a new agent session on the VM's channel (tests use this to speak
     /// raw frames to the agent).

@@ -29,11 +29,21 @@ fn spawner() -> &'static Mutex<mpsc::Sender<Job>> {
 }
 
 /// Spawns `cmd` in its own process group, killed when the orchestrator dies.
-pub fn spawn_child(mut cmd: Command) -> std::io::Result<Child> {
+pub fn spawn_child(cmd: Command) -> std::io::Result<Child> {
+    spawn_child_then(cmd, || Ok(()))
+}
+
+/// [`spawn_child`], running `then` in the child after the death signal is
+/// set (the jail's steps). `then` must be async-signal-safe.
+pub fn spawn_child_then(
+    mut cmd: Command,
+    mut then: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     // SAFETY: getpid is async-signal-safe and called before fork.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: the closure only calls async-signal-safe functions (prctl, getppid).
+    // SAFETY: the closure only calls async-signal-safe functions (prctl,
+    // getppid, and `then`, which the caller guarantees is).
     unsafe {
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -43,7 +53,7 @@ pub fn spawn_child(mut cmd: Command) -> std::io::Result<Child> {
             if libc::getppid() != parent {
                 return Err(std::io::Error::other("orchestrator exited during spawn"));
             }
-            Ok(())
+            then()
         });
     }
     cmd.process_group(0);

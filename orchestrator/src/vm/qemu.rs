@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,11 +18,14 @@ pub const SERIAL_SOCKET: &str = "agent.sock";
 
 use super::accel::{self, Accel};
 use super::backend::{BackendKind, Hypervisor, VmInstance};
+use super::cgroup::{Layout, VmCgroup};
 use super::channel::{GuestChannel, SerialChannel};
 use super::config::VmConfig;
-use super::process::{self, spawn_child};
+use super::jail::{self, Bind, Confined, JailError, JailSpec, ProcessConfinement};
+use super::process;
 use super::qmp::Qmp;
 use super::runtime::RuntimeDir;
+use super::seccomp::{self, AuditLog, ProcessKind, SeccompFilter, SeccompLevel};
 use super::vsock::Vsock;
 use super::VmError;
 
@@ -140,6 +143,13 @@ impl QemuBackend {
             "none",
             "-no-reboot",
         ]);
+        // QEMU's own seccomp sandbox, stacked on the allowlist installed before
+        // exec (vm::seccomp): it also refuses obsolete calls, privilege changes,
+        // spawning processes and resource-control calls from inside QEMU.
+        cmd.args([
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
         // No network device, by construction: no -netdev is ever passed and the
         // default NIC is switched off explicitly.
         cmd.args(["-nic", "none"]);
@@ -193,6 +203,170 @@ impl QemuBackend {
     }
 }
 
+/// Everything the VM's processes are confined with, prepared before any starts.
+struct Confinement {
+    jailed: bool,
+    ids: Option<(u32, u32)>,
+    /// Owned by the instance once it exists; the directories stay known here
+    /// so that each process joins them.
+    cgroup: Option<VmCgroup>,
+    cgroup_dirs: Vec<PathBuf>,
+    binds: Vec<Bind>,
+    /// The config with its boot files as the jailed QEMU sees them (bind
+    /// mounts in the runtime directory).
+    config: VmConfig,
+    level: SeccompLevel,
+    audit: Option<Arc<AuditLog>>,
+}
+
+impl Confinement {
+    fn prepare(config: &VmConfig, dir: &RuntimeDir) -> Result<Confinement, VmError> {
+        let c = &config.confinement;
+        let audit = match c.seccomp {
+            SeccompLevel::Audit => Some(Arc::new(
+                AuditLog::new(
+                    &config.id,
+                    Some(&dir.file(seccomp::AUDIT_FILE)),
+                    seccomp::AUDIT_RING_ENTRIES,
+                    seccomp::AUDIT_FILE_LINES,
+                )
+                .map_err(|e| VmError::io("creating the seccomp audit log", e))?,
+            )),
+            SeccompLevel::Strict => None,
+        };
+        if !c.jail {
+            return Ok(Confinement {
+                jailed: false,
+                ids: None,
+                cgroup: None,
+                cgroup_dirs: Vec::new(),
+                binds: Vec::new(),
+                config: config.clone(),
+                level: c.seccomp,
+                audit,
+            });
+        }
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(JailError::NotRoot.into());
+        }
+        let (uid, gid) = jail::vm_ids(dir.path(), c.uid);
+        let prep = |what: &'static str| {
+            move |source| {
+                VmError::from(JailError::Prepare {
+                    process: "vmm",
+                    what,
+                    source,
+                })
+            }
+        };
+        // The VMM creates its sockets and console log here; the sticky bit
+        // keeps it from removing the orchestrator's files (owner, pids).
+        std::os::unix::fs::chown(dir.path(), Some(0), Some(gid))
+            .map_err(prep("the runtime directory's group"))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1770))
+            .map_err(prep("the runtime directory's mode"))?;
+        let mut binds = Vec::new();
+        let mut bind =
+            |what: &'static str, source: &Path, name: &str| -> Result<PathBuf, VmError> {
+                jail::check_readable(what, source, uid, gid)?;
+                let target = dir.file(name);
+                File::create(&target).map_err(prep("a bind-mount target"))?;
+                binds.push(Bind {
+                    what,
+                    source: source.to_path_buf(),
+                    target: target.clone(),
+                    exec: false,
+                });
+                Ok(target)
+            };
+        let jailed_config = VmConfig {
+            kernel: bind("kernel", &config.kernel, "boot-kernel")?,
+            initramfs: bind("initramfs", &config.initramfs, "boot-initramfs")?,
+            rootfs: match &config.rootfs {
+                Some(r) => Some(bind("rootfs", r, "boot-rootfs")?),
+                None => None,
+            },
+            ..config.clone()
+        };
+        let layout = Layout::detect().map_err(JailError::from)?;
+        let name = format!("{}-{:08x}", config.id, jail::dir_hash(dir.path()) as u32);
+        let cgroup = VmCgroup::create(&layout, &name, config.limits()).map_err(JailError::from)?;
+        dir.record_cgroups(&cgroup.dirs())
+            .map_err(|e| VmError::io("recording the VM's cgroups", e))?;
+        Ok(Confinement {
+            jailed: true,
+            ids: Some((uid, gid)),
+            cgroup_dirs: cgroup.dirs(),
+            cgroup: Some(cgroup),
+            binds,
+            config: jailed_config,
+            level: c.seccomp,
+            audit,
+        })
+    }
+
+    /// The path to exec `program` by: itself when the jail uid can reach it,
+    /// else a bind mount of it in the runtime directory (e.g. a
+    /// `cargo install`ed vhost-device-vsock under `/root`).
+    fn program(&mut self, program: &Path, dir: &RuntimeDir) -> Result<PathBuf, VmError> {
+        let Some((uid, gid)) = self.ids else {
+            return Ok(program.to_path_buf());
+        };
+        if jail::reachable(program, uid, gid) {
+            return Ok(program.to_path_buf());
+        }
+        jail::check_readable("program", program, uid, gid)?;
+        let name = program
+            .file_name()
+            .map(|n| format!("bin-{}", n.to_string_lossy()))
+            .unwrap_or_else(|| "bin-vmm".into());
+        let target = dir.file(&name);
+        File::create(&target).map_err(|source| {
+            VmError::from(JailError::Prepare {
+                process: "vmm",
+                what: "a bind-mount target",
+                source,
+            })
+        })?;
+        self.binds.push(Bind {
+            what: "program",
+            source: program.to_path_buf(),
+            target: target.clone(),
+            exec: true,
+        });
+        Ok(target)
+    }
+
+    fn spec(&self, filter: SeccompFilter) -> Result<JailSpec, VmError> {
+        Ok(JailSpec {
+            namespaces: self.jailed,
+            ids: self.ids,
+            binds: self.binds.clone(),
+            cgroup_procs: self
+                .cgroup_dirs
+                .iter()
+                .map(|d| {
+                    let p = d.join("cgroup.procs");
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .map(std::os::fd::OwnedFd::from)
+                        .map_err(|source| {
+                            VmError::from(JailError::Prepare {
+                                process: "vmm",
+                                what: "joining the VM's cgroup",
+                                source,
+                            })
+                        })
+                })
+                .collect::<Result<_, _>>()?,
+            seccomp: Some(filter),
+        })
+    }
+}
+
 fn uds_path(config: &VmConfig, dir: &RuntimeDir) -> PathBuf {
     config
         .vsock
@@ -242,6 +416,7 @@ impl QemuBackend {
             )),
             Transport::Serial => Arc::new(SerialChannel::new(dir.file(SERIAL_SOCKET))),
         };
+        let mut confinement = Confinement::prepare(config, dir)?;
         let mut inst = QemuInstance {
             accel,
             children: Vec::new(),
@@ -249,6 +424,9 @@ impl QemuBackend {
             qmp: dir.file("qmp.sock"),
             channel,
             ready: None,
+            cgroup: confinement.cgroup.take(),
+            audit: confinement.audit.clone(),
+            memory_limit_mib: config.limits().memory_mib,
         };
         // On any error below, dropping `inst` kills what was started.
 
@@ -263,8 +441,15 @@ impl QemuBackend {
                     .bind_ready_listener()
                     .map_err(|e| VmError::io("binding the agent's ready socket", e))?,
             );
+            if let Some((uid, gid)) = confinement.ids {
+                // vhost-device-vsock connects to it as the jail uid.
+                let path = vsock.guest_initiated_path(ironclaw_protocol::AGENT_READY_PORT);
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid)).map_err(|e| {
+                    VmError::io(format!("handing {} to the jail uid", path.display()), e)
+                })?;
+            }
             let vhost_sock = dir.file("vhost-vsock.sock");
-            let mut vhost = Command::new(&self.vhost_vsock);
+            let mut vhost = Command::new(confinement.program(&self.vhost_vsock, dir)?);
             vhost
                 .arg("--guest-cid")
                 .arg(config.vsock.guest_cid.to_string())
@@ -275,7 +460,9 @@ impl QemuBackend {
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file(dir, "vhost-device-vsock.log")?);
-            inst.start(VHOST_VSOCK_BINARY, vhost, dir)?;
+            let filter = SeccompFilter::new(ProcessKind::VhostVsock, confinement.level, false)
+                .map_err(JailError::from)?;
+            inst.start(VHOST_VSOCK_BINARY, vhost, dir, &confinement, filter)?;
             inst.wait_for_socket(
                 VHOST_VSOCK_BINARY,
                 &vhost_sock,
@@ -285,7 +472,10 @@ impl QemuBackend {
             .await?;
         }
 
-        let mut qemu = self.qemu_command(config, accel, dir, opts);
+        let built = self.qemu_command(&confinement.config, accel, dir, opts);
+        // The same command, run by the path the jail uid can reach.
+        let mut qemu = Command::new(confinement.program(&self.qemu, dir)?);
+        qemu.args(built.get_args());
         qemu.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file(dir, "qemu.log")?);
@@ -295,7 +485,9 @@ impl QemuBackend {
             None => None,
         };
         tracing::debug!(vm = %config.id, cmd = ?qemu, "starting qemu");
-        inst.start(QEMU_BINARY, qemu, dir)?;
+        let filter = SeccompFilter::new(ProcessKind::Qemu, confinement.level, accel == Accel::Kvm)
+            .map_err(JailError::from)?;
+        inst.start(QEMU_BINARY, qemu, dir, &confinement, filter)?;
         let qmp_sock = dir.file("qmp.sock");
         inst.wait_for_socket(QEMU_BINARY, &qmp_sock, dir, "qemu.log")
             .await?;
@@ -380,12 +572,16 @@ fn pass_fd(cmd: &mut Command, path: &Path) -> Result<File, VmError> {
 
 pub struct QemuInstance {
     accel: Accel,
-    /// (name, process), in start order.
-    children: Vec<(&'static str, Child)>,
+    /// (name, process, its filter), in start order.
+    children: Vec<(&'static str, Confined, SeccompFilter)>,
     console: PathBuf,
     qmp: PathBuf,
     channel: Arc<dyn GuestChannel>,
     ready: Option<tokio::net::UnixListener>,
+    /// Removed after the processes are dead.
+    cgroup: Option<VmCgroup>,
+    audit: Option<Arc<AuditLog>>,
+    memory_limit_mib: u32,
 }
 
 impl QemuInstance {
@@ -427,12 +623,34 @@ impl QemuInstance {
         }
     }
 
-    fn start(&mut self, name: &'static str, cmd: Command, dir: &RuntimeDir) -> Result<(), VmError> {
-        let child = spawn_child(cmd).map_err(|e| VmError::io(format!("starting {name}"), e))?;
-        dir.record_pid(child.id())
-            .map_err(|e| VmError::io("recording pid".to_string(), e))?;
-        self.children.push((name, child));
+    fn start(
+        &mut self,
+        name: &'static str,
+        cmd: Command,
+        dir: &RuntimeDir,
+        confinement: &Confinement,
+        filter: SeccompFilter,
+    ) -> Result<(), VmError> {
+        let spec = confinement.spec(filter.clone())?;
+        let mut child = jail::spawn(cmd, spec, name)?;
+        for pid in [child.child.id(), child.pid] {
+            dir.record_pid(pid)
+                .map_err(|e| VmError::io("recording pid".to_string(), e))?;
+        }
+        if let (Some(listener), Some(log)) = (child.audit_listener.take(), &self.audit) {
+            seccomp::supervise(listener, name, log.clone()).map_err(JailError::from)?;
+        }
+        tracing::debug!(
+            vm = %dir.path().display(),
+            "{}",
+            ProcessConfinement::read(name, child.pid, Some(&filter), self.cgroup_dirs())
+        );
+        self.children.push((name, child, filter));
         Ok(())
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(VmCgroup::dirs).unwrap_or_default()
     }
 
     /// Waits until `name` has created `socket`, failing early if it exits.
@@ -473,26 +691,53 @@ impl VmInstance for QemuInstance {
         self.channel.clone()
     }
     fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(|(_, c)| c.id()).collect()
+        self.children
+            .iter()
+            .flat_map(|(_, c, _)| [c.child.id(), c.pid])
+            .collect()
     }
     fn console_log(&self) -> PathBuf {
         self.console.clone()
     }
     fn exited(&mut self) -> Option<String> {
+        let exited =
+            self.children
+                .iter_mut()
+                .find_map(|(name, c, _)| match c.child.try_wait() {
+                    Ok(Some(status)) => Some(format!("{name} exited: {status}")),
+                    _ => None,
+                })?;
+        let ooms = self.cgroup.as_ref().map_or(0, VmCgroup::oom_kills);
+        Some(if ooms > 0 {
+            format!(
+                "{exited}: the VM's cgroup memory limit of {} MiB was reached and the kernel's OOM killer ended it; raise confinement.memory_limit_mib",
+                self.memory_limit_mib
+            )
+        } else {
+            exited
+        })
+    }
+    fn confinement(&self) -> Vec<ProcessConfinement> {
         self.children
-            .iter_mut()
-            .find_map(|(name, c)| match c.try_wait() {
-                Ok(Some(status)) => Some(format!("{name} exited: {status}")),
-                _ => None,
-            })
+            .iter()
+            .map(|(name, c, f)| ProcessConfinement::read(name, c.pid, Some(f), self.cgroup_dirs()))
+            .collect()
+    }
+    fn audit_log(&self) -> Option<Arc<AuditLog>> {
+        self.audit.clone()
     }
     fn take_ready_listener(&mut self) -> Option<tokio::net::UnixListener> {
         self.ready.take()
     }
     fn kill(&mut self) {
         // QEMU first, so the device process never sees a half-dead frontend.
-        for (_, child) in self.children.iter_mut().rev() {
-            process::kill_and_reap(child);
+        for (_, child, _) in self.children.iter_mut().rev() {
+            child.kill();
+        }
+        if let Some(cg) = self.cgroup.as_mut() {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("VM cgroup left behind: {e}");
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ use super::process;
 
 const OWNER_FILE: &str = "owner";
 const PIDS_FILE: &str = "pids";
+const CGROUPS_FILE: &str = "cgroups";
 
 /// The root of all runtime directories: `$IRONCLAW_RUNTIME_DIR`, else
 /// `/run/ironclaw` for root, else `$XDG_RUNTIME_DIR/ironclaw` or `/tmp/ironclaw-<uid>`.
@@ -67,6 +68,16 @@ impl RuntimeDir {
             .open(self.file(PIDS_FILE))?;
         writeln!(f, "{pid}")
     }
+
+    /// Records the VM's cgroup directories, for removal should the orchestrator die.
+    pub fn record_cgroups(&self, dirs: &[PathBuf]) -> std::io::Result<()> {
+        let mut text = String::new();
+        for d in dirs {
+            text.push_str(&d.to_string_lossy());
+            text.push('\n');
+        }
+        fs::write(self.file(CGROUPS_FILE), text)
+    }
 }
 
 impl Drop for RuntimeDir {
@@ -84,7 +95,11 @@ pub fn reap_stale(root: &Path) -> Vec<String> {
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        if !dir.is_dir() || owner_alive(&dir) {
+        // Names starting with '.' are not VM ids (ids cannot contain '.').
+        if !dir.is_dir()
+            || entry.file_name().to_string_lossy().starts_with('.')
+            || owner_alive(&dir)
+        {
             continue;
         }
         let dir_str = dir.to_string_lossy().into_owned();
@@ -100,6 +115,18 @@ pub fn reap_stale(root: &Path) -> Vec<String> {
             if process::cmdline(pid).is_some_and(|c| c.contains(&dir_str)) {
                 // SAFETY: kill(2) with a positive pid.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // The VM's processes are dead (killed above or by their death
+        // signal), so its cgroups can go; only paths shaped like ours.
+        for cg in fs::read_to_string(dir.join(CGROUPS_FILE))
+            .unwrap_or_default()
+            .lines()
+            .map(Path::new)
+            .filter(|p| super::cgroup::is_ours(p))
+        {
+            if let Err(e) = super::cgroup::remove_dir(cg) {
+                tracing::warn!("leftover VM cgroup not removed: {e}");
             }
         }
         if fs::remove_dir_all(&dir).is_ok() {

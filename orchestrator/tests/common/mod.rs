@@ -44,9 +44,18 @@ extern "C" fn cleanup_at_exit() {
     // The shared VM is leaked on purpose (tests borrow it for 'static); kill its
     // processes and remove the runtime root so nothing outlives the tests.
     if let Some(vm) = SHARED.lock().ok().and_then(|g| *g) {
+        let cgroups: Vec<_> = vm
+            .confinement()
+            .into_iter()
+            .flat_map(|c| c.cgroup)
+            .collect();
         for pid in vm.pids() {
             // SAFETY: kill(2) on a pid this process started.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        // The VM's cgroups go once its processes are dead.
+        for dir in cgroups {
+            let _ = ironclaw_orchestrator::vm::cgroup::remove_dir(&dir);
         }
     }
     let _ = std::fs::remove_dir_all(test_root());

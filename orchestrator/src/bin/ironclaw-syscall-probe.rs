@@ -1,0 +1,60 @@
+//! `ironclaw-syscall-probe CALL [N]`: makes one syscall and prints what
+//! happened, to check a confinement from outside (the confinement tests run
+//! it under a VMM's seccomp filter). Prints `ok <ret>` or `err <errno>`; a
+//! filter that kills the process leaves no output and a SIGSYS status.
+//!
+//! CALLs: `getpid` (allowed everywhere), `socket-unix`, `socket-inet`,
+//! `socket-inet6`, `ptrace`, `mount`, `getppid` (not in any allowlist, not
+//! in the never set), `flood N` (N × `getppid`).
+
+fn result(rc: libc::c_long) -> String {
+    if rc < 0 {
+        format!(
+            "err {}",
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+        )
+    } else {
+        format!("ok {rc}")
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(call) = args.get(1) else {
+        eprintln!("usage: ironclaw-syscall-probe CALL [N]");
+        std::process::exit(2);
+    };
+    // SAFETY (all below): raw syscalls with constant or null arguments; none
+    // touches memory of this process except through the given pointers.
+    let rc: libc::c_long = unsafe {
+        match call.as_str() {
+            "getpid" => libc::syscall(libc::SYS_getpid),
+            "getppid" => libc::syscall(libc::SYS_getppid),
+            "socket-unix" => libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_STREAM, 0),
+            "socket-inet" => libc::syscall(libc::SYS_socket, libc::AF_INET, libc::SOCK_STREAM, 0),
+            "socket-inet6" => libc::syscall(libc::SYS_socket, libc::AF_INET6, libc::SOCK_DGRAM, 0),
+            "ptrace" => libc::syscall(libc::SYS_ptrace, libc::PTRACE_TRACEME, 0, 0, 0),
+            "mount" => libc::syscall(
+                libc::SYS_mount,
+                c"none".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null::<libc::c_void>(),
+            ),
+            "flood" => {
+                let n: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
+                let mut last = 0;
+                for _ in 0..n {
+                    last = libc::syscall(libc::SYS_getppid);
+                }
+                last
+            }
+            other => {
+                eprintln!("unknown call {other}");
+                std::process::exit(2);
+            }
+        }
+    };
+    println!("{}", result(rc));
+}

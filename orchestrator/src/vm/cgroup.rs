@@ -1,0 +1,409 @@
+//! One cgroup per VM, with memory, CPU and pids limits, on cgroup v1 or v2.
+//!
+//! v1 (as on the development machines: one hierarchy per controller under
+//! `/sys/fs/cgroup/<controller>`): the VM's cgroup is created below the
+//! orchestrator's own cgroup in each of the memory, cpu and pids hierarchies,
+//! `<own>/ironclaw/<vm>`, so the VMs stay inside whatever limits the
+//! orchestrator itself runs under.
+//!
+//! v2 (unified, `/sys/fs/cgroup/cgroup.controllers` lists `memory`): a cgroup
+//! with processes cannot hand controllers to children, so VMs go below a
+//! parent of their own: `$IRONCLAW_CGROUP_PARENT`, else `/sys/fs/cgroup/ironclaw`,
+//! with `+memory +cpu +pids` enabled on the way down.
+//!
+//! The processes join in the child before `exec` (writing `0` to a
+//! `cgroup.procs` descriptor opened here), so the VMM never runs outside its
+//! limits. The cgroup is removed when the VM is destroyed; a later
+//! orchestrator removes those of a dead one (their paths are recorded in the
+//! runtime directory).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+/// What the VM's processes may use together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub memory_mib: u32,
+    /// CPU time per wall-clock second, in thousandths of a CPU.
+    pub cpu_millis: u32,
+    pub pids: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy with the {controller} controller was found ({detail})")]
+    NoController {
+        controller: &'static str,
+        detail: String,
+    },
+    #[error("{action} {path}: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err<'a>(
+    action: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where cgroups live on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    pub version: Version,
+    /// v1: `(controller, directory under which VM cgroups are made)`;
+    /// v2: one entry, `("unified", parent)`.
+    pub parents: Vec<(&'static str, PathBuf)>,
+}
+
+pub const CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+impl Layout {
+    /// Finds the hierarchy of this host (`root` is normally `/sys/fs/cgroup`;
+    /// `self_cgroup` the text of `/proc/self/cgroup`).
+    pub fn detect_in(root: &Path, self_cgroup: &str) -> Result<Layout, CgroupError> {
+        let unified = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+        if unified.split_whitespace().any(|c| c == "memory") {
+            let parent = std::env::var_os("IRONCLAW_CGROUP_PARENT")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.join("ironclaw"));
+            return Ok(Layout {
+                version: Version::V2,
+                parents: vec![("unified", parent)],
+            });
+        }
+        let mut parents = Vec::new();
+        for controller in CONTROLLERS {
+            let mount = root.join(controller);
+            if !mount.join("cgroup.procs").exists() {
+                return Err(CgroupError::NoController {
+                    controller,
+                    detail: format!("{} is not a cgroup v1 hierarchy", mount.display()),
+                });
+            }
+            // "N:memory:/path" (or "N:cpu,cpuacct:/path").
+            let own = self_cgroup
+                .lines()
+                .filter_map(|l| {
+                    let mut parts = l.splitn(3, ':');
+                    let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+                    ctrls
+                        .split(',')
+                        .any(|c| c == controller)
+                        .then(|| path.to_string())
+                })
+                .next()
+                .unwrap_or_else(|| "/".into());
+            let own = mount.join(own.trim_start_matches('/'));
+            parents.push((controller, own.join("ironclaw")));
+        }
+        Ok(Layout {
+            version: Version::V1,
+            parents,
+        })
+    }
+
+    pub fn detect() -> Result<Layout, CgroupError> {
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Layout::detect_in(Path::new("/sys/fs/cgroup"), &own)
+    }
+}
+
+/// A VM's cgroup (one directory per v1 controller, or one v2 directory).
+#[derive(Debug)]
+pub struct VmCgroup {
+    pub version: Version,
+    pub limits: Limits,
+    dirs: Vec<(&'static str, PathBuf)>,
+    removed: bool,
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    // O_CREAT is a no-op on the kernel's files (they exist or cannot be
+    // made); it lets the unit tests use a plain directory tree as cgroupfs.
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(value.as_bytes()))
+        .map_err(io_err("writing", path))
+}
+
+/// Enables `+memory +cpu +pids` for the children of `dir` (v2), where not yet.
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let control = dir.join("cgroup.subtree_control");
+    let enabled = fs::read_to_string(&control).map_err(io_err("reading", &control))?;
+    for c in CONTROLLERS {
+        if !enabled.split_whitespace().any(|e| e == c) {
+            write(&control, &format!("+{c}"))?;
+        }
+    }
+    Ok(())
+}
+
+impl VmCgroup {
+    /// Creates the cgroup `name` in `layout` and sets `limits`. On error,
+    /// what was created is removed again.
+    pub fn create(layout: &Layout, name: &str, limits: Limits) -> Result<VmCgroup, CgroupError> {
+        let mut cg = VmCgroup {
+            version: layout.version,
+            limits,
+            dirs: Vec::new(),
+            removed: false,
+        };
+        for (controller, parent) in &layout.parents {
+            if layout.version == Version::V2 {
+                if let Some(root) = parent.parent() {
+                    enable_controllers(root)?;
+                }
+                fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+                enable_controllers(parent)?;
+            } else {
+                fs::create_dir_all(parent).map_err(io_err("creating", parent))?;
+            }
+            let dir = parent.join(name);
+            fs::create_dir(&dir).map_err(io_err("creating", &dir))?;
+            cg.dirs.push((controller, dir));
+        }
+        cg.apply_limits()?;
+        Ok(cg)
+    }
+
+    fn apply_limits(&self) -> Result<(), CgroupError> {
+        let mem = u64::from(self.limits.memory_mib) * 1024 * 1024;
+        const PERIOD_US: u64 = 100_000;
+        let quota = u64::from(self.limits.cpu_millis) * PERIOD_US / 1000;
+        for (controller, dir) in &self.dirs {
+            match (self.version, *controller) {
+                (Version::V1, "memory") => {
+                    write(&dir.join("memory.limit_in_bytes"), &mem.to_string())?;
+                    // Swap would let the VM exceed its limit; where swap
+                    // accounting exists, cap memory+swap at the same value.
+                    let memsw = dir.join("memory.memsw.limit_in_bytes");
+                    if memsw.exists() {
+                        write(&memsw, &mem.to_string())?;
+                    }
+                }
+                (Version::V1, "cpu") => {
+                    write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+                (Version::V1, "pids") => {
+                    write(&dir.join("pids.max"), &self.limits.pids.to_string())?;
+                }
+                (Version::V2, _) => {
+                    write(&dir.join("memory.max"), &mem.to_string())?;
+                    let swap = dir.join("memory.swap.max");
+                    if swap.exists() {
+                        write(&swap, "0")?;
+                    }
+                    write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
+                    write(&dir.join("pids.max"), &self.limits.pids.to_string())?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The cgroup directories (one per v1 controller).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        self.dirs.iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// How often the kernel's OOM killer killed a process of this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let file = match self.version {
+            Version::V1 => "memory.oom_control",
+            Version::V2 => "memory.events",
+        };
+        self.dirs
+            .iter()
+            .filter(|(c, _)| *c == "memory" || *c == "unified")
+            .filter_map(|(_, d)| fs::read_to_string(d.join(file)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.strip_prefix("oom_kill "))
+                    .filter_map(|v| v.trim().parse::<u64>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .sum()
+    }
+
+    /// Pids in the cgroup right now (of its first directory).
+    pub fn pids(&self) -> Vec<u32> {
+        self.dirs
+            .first()
+            .and_then(|(_, d)| fs::read_to_string(d.join("cgroup.procs")).ok())
+            .map(|t| t.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Removes the directories; the processes must be gone (a cgroup that
+    /// still has some is retried for a moment: exiting tasks leave late).
+    pub fn remove(&mut self) -> Result<(), CgroupError> {
+        if self.removed {
+            return Ok(());
+        }
+        for (_, dir) in &self.dirs {
+            remove_dir(dir)?;
+        }
+        self.removed = true;
+        Ok(())
+    }
+}
+
+impl Drop for VmCgroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.remove() {
+            tracing::warn!("VM cgroup left behind: {e}");
+        }
+    }
+}
+
+/// `rmdir` of a cgroup directory, retried while it is busy; gone already is fine.
+pub fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::trace!(dir = %dir.display(), "cgroup busy: {e}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(source) => {
+                return Err(CgroupError::Io {
+                    action: "removing",
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Whether `path` looks like a VM cgroup of ours (used before removing paths
+/// read back from a runtime directory, which a VMM could have written to).
+pub fn is_ours(path: &Path) -> bool {
+    let s = path.to_string_lossy();
+    path.is_absolute()
+        && s.starts_with("/sys/fs/cgroup/")
+        && path.parent().and_then(|p| p.file_name()) == Some("ironclaw".as_ref())
+        && !s.contains("/../")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Tmp(PathBuf);
+    impl Drop for Tmp {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+    fn tmp(name: &str) -> Tmp {
+        let p = std::env::temp_dir().join(format!("ironclaw-cg-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&p);
+        fs::create_dir_all(&p).unwrap();
+        Tmp(p)
+    }
+
+    const LIMITS: Limits = Limits {
+        memory_mib: 300,
+        cpu_millis: 1500,
+        pids: 64,
+    };
+
+    #[test]
+    fn v1_nests_below_the_own_cgroup_of_each_controller() {
+        let t = tmp("v1");
+        for c in CONTROLLERS {
+            fs::create_dir_all(t.0.join(c).join("session/x")).unwrap();
+            fs::write(t.0.join(c).join("cgroup.procs"), "").unwrap();
+        }
+        let own = "4:memory:/session/x\n1:cpu:/\n8:pids:/\n0::/\n";
+        let layout = Layout::detect_in(&t.0, own).unwrap();
+        assert_eq!(layout.version, Version::V1);
+        assert_eq!(layout.parents[0].1, t.0.join("memory/session/x/ironclaw"));
+        assert_eq!(layout.parents[1].1, t.0.join("cpu/ironclaw"));
+        // A fake hierarchy: plain files stand in for the kernel's.
+        let mut cg = VmCgroup::create(&layout, "vm-1", LIMITS).unwrap();
+        let read = |p: &str| fs::read_to_string(t.0.join(p)).unwrap();
+        assert_eq!(
+            read("memory/session/x/ironclaw/vm-1/memory.limit_in_bytes"),
+            (300u64 << 20).to_string()
+        );
+        assert_eq!(read("cpu/ironclaw/vm-1/cpu.cfs_quota_us"), "150000");
+        assert_eq!(read("cpu/ironclaw/vm-1/cpu.cfs_period_us"), "100000");
+        assert_eq!(read("pids/ironclaw/vm-1/pids.max"), "64");
+        // rmdir fails on a directory with files; a real cgroup has none to remove.
+        for d in cg.dirs() {
+            for f in fs::read_dir(&d).unwrap() {
+                fs::remove_file(f.unwrap().path()).unwrap();
+            }
+        }
+        cg.remove().unwrap();
+        assert!(!t.0.join("pids/ironclaw/vm-1").exists());
+    }
+
+    #[test]
+    fn v2_uses_its_own_parent_and_enables_controllers() {
+        let t = tmp("v2");
+        fs::write(t.0.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
+        fs::write(t.0.join("cgroup.subtree_control"), "").unwrap();
+        let layout = Layout::detect_in(&t.0, "0::/user.slice/x\n").unwrap();
+        assert_eq!(layout.version, Version::V2);
+        let parent = layout.parents[0].1.clone();
+        if std::env::var_os("IRONCLAW_CGROUP_PARENT").is_none() {
+            assert_eq!(parent, t.0.join("ironclaw"));
+        }
+        fs::create_dir_all(&parent).unwrap();
+        fs::write(parent.join("cgroup.subtree_control"), "memory").unwrap();
+        let cg = VmCgroup::create(&layout, "vm-2", LIMITS).unwrap();
+        let read = |p: &Path| fs::read_to_string(p).unwrap();
+        let dir = &cg.dirs()[0];
+        assert_eq!(read(&dir.join("memory.max")), (300u64 << 20).to_string());
+        assert_eq!(read(&dir.join("cpu.max")), "150000 100000");
+        assert_eq!(read(&dir.join("pids.max")), "64");
+        // Each missing controller was enabled (the fake file keeps the last write).
+        assert_eq!(read(&parent.join("cgroup.subtree_control")), "+pids");
+        std::mem::forget(cg);
+    }
+
+    #[test]
+    fn missing_controller_is_an_error_naming_it() {
+        let t = tmp("none");
+        let err = Layout::detect_in(&t.0, "").unwrap_err();
+        assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn only_our_cgroup_paths_are_removed_on_reap() {
+        assert!(is_ours(Path::new("/sys/fs/cgroup/memory/a/ironclaw/vm-1")));
+        assert!(!is_ours(Path::new("/sys/fs/cgroup/memory/a/vm-1")));
+        assert!(!is_ours(Path::new("/etc/ironclaw/x")));
+        assert!(!is_ours(Path::new("/sys/fs/cgroup/../../etc/ironclaw/x")));
+    }
+}
