@@ -1,9 +1,12 @@
 //! The syscalls `qemu-system-x86_64 -M microvm` may make.
 //!
-//! Derived by tracing QEMU 7.2 (Debian) with `strace -f` through every
+//! Derived by tracing QEMU 7.2 (Debian) with `strace -f` (and, for the
+//! prototype paths, with this filter at audit level) through every
 //! configuration the integration tests use: cold boot under TCG, exec with
 //! streamed output, vsock traffic through the vhost-user device, QMP, boot
-//! timeouts, a guest panic (QEMU exits), destroy (SIGKILL). QEMU's own
+//! timeouts, a guest panic (QEMU exits), destroy (SIGKILL), and for
+//! prototypes a virtio-serial agent port, a snapshot by QMP `migrate` to an
+//! fd and restores with `-incoming fd:3`. QEMU's own
 //! `-sandbox on,…` filter is stacked on top of this one and refuses more.
 //! Groups marked "not traced here" come from QEMU's sources for configurations
 //! the tests on these machines cannot run (KVM, a rootfs drive).
@@ -56,6 +59,8 @@ pub const GROUPS: &[Group] = &[
             sys!(SYS_read),
             sys!(SYS_write),
             sys!(SYS_writev),
+            // A prototype clone reads its snapshot (-incoming fd:3) with readv.
+            sys!(SYS_readv),
             sys!(SYS_pread64),
             sys!(SYS_lseek),
             sys!(SYS_newfstatat),
