@@ -8,8 +8,8 @@
 //! prototypes a virtio-serial agent port, a snapshot by QMP `migrate` to an
 //! fd and restores with `-incoming fd:3`. QEMU's own
 //! `-sandbox on,…` filter is stacked on top of this one and refuses more.
-//! Groups marked "not traced here" come from QEMU's sources for configurations
-//! the tests on these machines cannot run (KVM, a rootfs drive).
+//! The KVM group is not traced here (KVM is not usable on these machines); it
+//! comes from QEMU's sources.
 
 use super::{ArgRule, Group, Sys};
 
@@ -145,7 +145,7 @@ pub const GROUPS: &[Group] = &[
         calls: &[sys!(SYS_seccomp), sys!(SYS_prctl, PRCTL_OPTIONS)],
     },
     Group {
-        why: "read-only rootfs drive (QEMU's file-posix driver; not traced here: no test attaches a rootfs)",
+        why: "read-only rootfs drive (QEMU's file-posix driver; tests/image.rs boots a debootstrap rootfs and logs nothing unlisted at audit level)",
         calls: &[
             sys!(SYS_preadv),
             sys!(SYS_pwritev),
