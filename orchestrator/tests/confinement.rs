@@ -355,3 +355,28 @@ fn a_guest_fork_bomb_leaves_the_host_alone() {
     runtime().block_on(vm::destroy_vm(vm)).unwrap();
     assert!(!pids_dir.exists());
 }
+
+#[test]
+fn empty_leftover_cgroups_are_reaped_once_old_enough() {
+    use ironclaw_orchestrator::vm::cgroup::{self, Limits, VmCgroup};
+    let layout = cgroup::Layout::detect().unwrap();
+    let name = format!("leftover-{}", std::process::id());
+    let limits = Limits {
+        memory_mib: 64,
+        cpu_millis: 1000,
+        pids: 16,
+    };
+    let cg = VmCgroup::create(&layout, &name, limits).unwrap();
+    let dirs = cg.dirs();
+    // As if its orchestrator died and its runtime directory was removed.
+    std::mem::forget(cg);
+    let ours = |n: &str| n == name;
+    assert!(cgroup::reap_empty(&layout, Duration::from_secs(3600), ours).is_empty());
+    assert!(
+        dirs.iter().all(|d| d.exists()),
+        "a young cgroup was removed"
+    );
+    let reaped = cgroup::reap_empty(&layout, Duration::ZERO, ours);
+    assert_eq!(reaped.len(), dirs.len());
+    assert!(dirs.iter().all(|d| !d.exists()));
+}

@@ -47,11 +47,27 @@ fn spawn(id: &str, config: &VmConfig) -> VmHandle {
 }
 
 static SHARED_PIDS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static SHARED_CGROUPS: Mutex<Vec<std::path::PathBuf>> = Mutex::new(Vec::new());
 
 extern "C" fn kill_shared() {
-    for pid in SHARED_PIDS.lock().map(|g| g.clone()).unwrap_or_default() {
+    let pids = SHARED_PIDS.lock().map(|g| g.clone()).unwrap_or_default();
+    // VMMs before their reapers (vm::jail), so the reapers collect them.
+    for pid in pids.iter().rev() {
         // SAFETY: kill(2) on a pid this process started.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline
+        && pids.iter().any(|p| {
+            std::path::Path::new(&format!("/proc/{p}/cmdline")).exists()
+                && std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty())
+        })
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The VM's cgroups (vm::cgroup) go once its processes are dead.
+    for dir in SHARED_CGROUPS.lock().map(|g| g.clone()).unwrap_or_default() {
+        let _ = vm::cgroup::remove_dir(&dir);
     }
 }
 
@@ -61,6 +77,11 @@ fn shared() -> &'static VmHandle {
     VM.get_or_init(|| {
         let vm: &'static VmHandle = Box::leak(Box::new(spawn("img-shared", &image_config("x"))));
         *SHARED_PIDS.lock().unwrap() = vm.pids();
+        *SHARED_CGROUPS.lock().unwrap() = vm
+            .confinement()
+            .into_iter()
+            .flat_map(|c| c.cgroup)
+            .collect();
         // SAFETY: registering a plain extern "C" function.
         unsafe { libc::atexit(kill_shared) };
         vm

@@ -303,6 +303,35 @@ pub fn remove_dir(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// Removes VM cgroups that hold no process and are older than `min_age`:
+/// leftovers of VMs whose runtime directory is already gone (a VM being set
+/// up right now is younger; a running VM has processes). Only names for
+/// which `pick` holds are considered. Returns the names removed.
+pub fn reap_empty(layout: &Layout, min_age: Duration, pick: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut reaped = Vec::new();
+    for (_, parent) in &layout.parents {
+        let Ok(entries) = fs::read_dir(parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let dir = e.path();
+            if !pick(&e.file_name().to_string_lossy()) {
+                continue;
+            }
+            let empty =
+                fs::read_to_string(dir.join("cgroup.procs")).is_ok_and(|p| p.trim().is_empty());
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() >= min_age);
+            if dir.is_dir() && empty && old && fs::remove_dir(&dir).is_ok() {
+                reaped.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    reaped
+}
+
 /// Whether `path` looks like a VM cgroup of ours (used before removing paths
 /// read back from a runtime directory, which a VMM could have written to).
 pub fn is_ours(path: &Path) -> bool {

@@ -492,7 +492,7 @@ impl QemuBackend {
         inst.wait_for_socket(QEMU_BINARY, &qmp_sock, dir, "qemu.log")
             .await?;
         let qmp_failed = |inst: &mut QemuInstance, e: super::qmp::QmpError| {
-            let exited = inst.exited().unwrap_or_else(|| "still running".into());
+            let exited = inst.exited_soon().unwrap_or_else(|| "still running".into());
             VmError::Backend(format!(
                 "QMP: {e}; {exited}: {}",
                 tail(&dir.file("qemu.log"), 2000)
@@ -647,6 +647,19 @@ impl QemuInstance {
         );
         self.children.push((name, child, filter));
         Ok(())
+    }
+
+    /// [`VmInstance::exited`], waiting briefly: a VMM that just died (a QMP
+    /// connection reset, say) is reported by its reaper a moment later.
+    fn exited_soon(&mut self) -> Option<String> {
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            let exited = self.exited();
+            if exited.is_some() || std::time::Instant::now() >= deadline {
+                return exited;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn cgroup_dirs(&self) -> Vec<PathBuf> {

@@ -157,5 +157,14 @@ pub fn reap_stale_once() {
         if !reaped.is_empty() {
             tracing::info!(?reaped, "removed leftovers of a dead orchestrator");
         }
+        // Cgroups whose runtime directory is already gone (another runtime
+        // root, or a directory removed by hand).
+        if let Ok(layout) = super::cgroup::Layout::detect() {
+            let reaped =
+                super::cgroup::reap_empty(&layout, std::time::Duration::from_secs(60), |_| true);
+            if !reaped.is_empty() {
+                tracing::info!(?reaped, "removed empty leftover VM cgroups");
+            }
+        }
     });
 }

@@ -49,9 +49,20 @@ extern "C" fn cleanup_at_exit() {
             .into_iter()
             .flat_map(|c| c.cgroup)
             .collect();
-        for pid in vm.pids() {
+        let pids = vm.pids();
+        // VMMs before their reapers (vm::jail), so the reapers collect them.
+        for pid in pids.iter().rev() {
             // SAFETY: kill(2) on a pid this process started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        // Zombies have an empty command line; wait for the rest to go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while std::time::Instant::now() < deadline
+            && pids
+                .iter()
+                .any(|p| std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| !c.is_empty()))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         // The VM's cgroups go once its processes are dead.
         for dir in cgroups {
