@@ -86,11 +86,13 @@ enum PoolCmd {
 
 #[derive(clap::Args, Clone)]
 struct MachineArgs {
+    /// Virtual CPUs of the VM.
     #[arg(long, default_value_t = 1)]
     vcpus: u32,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 256)]
     mem: u32,
+    /// Accelerator: KVM only where it is really usable, else TCG.
     #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
     accel: AccelChoice,
     /// Kernel to boot (default: newest /boot/vmlinuz-*).
@@ -110,13 +112,11 @@ struct RunArgs {
     /// or --pool-socket); the pool's machine shape applies.
     #[arg(long)]
     pool: bool,
+    /// Socket of the pool daemon (default: <runtime dir>/pool.sock).
     #[arg(long, requires = "pool")]
     pool_socket: Option<PathBuf>,
-    #[arg(long, default_value_t = 1)]
-    vcpus: u32,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
-    mem: u32,
+    #[command(flatten)]
+    machine: MachineArgs,
     /// Kill the command after this many seconds (exit code 124).
     #[arg(long)]
     timeout: Option<f64>,
@@ -129,16 +129,9 @@ struct RunArgs {
     /// Working directory of the command in the guest.
     #[arg(long, short = 'w')]
     workdir: Option<String>,
+    /// VMM: Firecracker where it is installed and KVM is usable, else QEMU.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     backend: BackendChoice,
-    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
-    accel: AccelChoice,
-    /// Kernel to boot (default: newest /boot/vmlinuz-*).
-    #[arg(long)]
-    kernel: Option<PathBuf>,
-    /// Initramfs to boot (default: generated from the kernel's modules and ironclaw-guest).
-    #[arg(long)]
-    initramfs: Option<PathBuf>,
     /// Root file system image: a name from `ironclaw image list` or a path
     /// (default: the `default` image when it has been built).
     #[arg(long, value_name = "NAME|PATH", conflicts_with = "no_image")]
@@ -402,11 +395,11 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         };
     }
     let rootfs = image_cli::choose_rootfs(args.image.as_deref(), args.no_image)?;
-    let kernel = match args.kernel {
+    let kernel = match args.machine.kernel {
         Some(k) => k,
         None => image::default_kernel()?,
     };
-    let initramfs = match args.initramfs {
+    let initramfs = match args.machine.initramfs {
         Some(i) => i,
         None => {
             if verbose {
@@ -423,10 +416,10 @@ async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     getrandom::getrandom(&mut id_bytes).context("random VM id")?;
     let id = format!("run-{}", hex::encode(id_bytes));
     let mut config = vm::VmConfig::new(&id, kernel, initramfs);
-    config.vcpus = args.vcpus;
-    config.memory_mib = args.mem;
+    config.vcpus = args.machine.vcpus;
+    config.memory_mib = args.machine.mem;
     config.backend = args.backend;
-    config.accel = args.accel;
+    config.accel = args.machine.accel;
     config.boot_timeout_ms = secs_to_ms("boot-timeout", args.boot_timeout)?;
     config.rootfs = rootfs;
     if let Some(m) = args.overlay_mib {
