@@ -213,7 +213,8 @@ async fn session_loop<R: AsyncRead + Unpin>(
                     let _ = out.send(Frame::control(id, &reply)).await;
                 }
                 Message::Exec(req) => {
-                    if id == SESSION_STREAM || running.lock().expect("lock").contains_key(&id) {
+                    uploads.retain(|_, tx| !tx.is_closed());
+                    if stream_busy(id, running, &uploads) {
                         reply_error(
                             out,
                             id,
@@ -229,10 +230,7 @@ async fn session_loop<R: AsyncRead + Unpin>(
                 }
                 msg if files::is_file_request(&msg) => {
                     uploads.retain(|_, tx| !tx.is_closed());
-                    if id == SESSION_STREAM
-                        || running.lock().expect("lock").contains_key(&id)
-                        || uploads.contains_key(&id)
-                    {
+                    if stream_busy(id, running, &uploads) {
                         reply_error(
                             out,
                             id,
@@ -287,6 +285,14 @@ async fn session_loop<R: AsyncRead + Unpin>(
         }
     }
     Ok(())
+}
+
+/// Whether `id` cannot take a new request: the session stream, or a stream
+/// whose process or upload is still going.
+fn stream_busy<T>(id: u32, running: &Running, uploads: &HashMap<u32, T>) -> bool {
+    id == SESSION_STREAM
+        || running.lock().expect("lock").contains_key(&id)
+        || uploads.contains_key(&id)
 }
 
 async fn reply_error(out: &mpsc::Sender<Frame>, stream: u32, message: String) {
