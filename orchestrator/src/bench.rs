@@ -417,7 +417,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
         pool_stats,
         ms(median(first_exec.clone())),
         ms(median(second_exec.clone())),
-        proto.meta.snapshot_bytes >> 20,
+        proto.meta.snapshot_bytes() >> 20,
         proto.meta.memory_mib,
         proto.meta.boot_ms,
         proto.meta.snapshot_ms,

@@ -205,8 +205,9 @@ pub fn run() -> Report {
     Report { checks, chosen }
 }
 
-/// The prototype feasibility check: build (or reuse) the default prototype,
-/// restore a clone, run `true` in it, and time each step.
+/// The prototype feasibility check: build (or reuse) the default prototype
+/// with the backend `auto` picks here (QEMU or Firecracker), restore a
+/// clone, run `true` in it, and time each step.
 pub async fn prototype_check() -> Check {
     use std::time::Instant;
     let name = "prototype";
@@ -254,11 +255,12 @@ pub async fn prototype_check() -> Check {
             name,
             level: Level::Ok,
             detail: format!(
-                "works: {} (boot {} ms, snapshot {} ms, {} MiB); restore {restore_ms} ms, first exec {exec_ms} ms",
+                "works with {}: {} (boot {} ms, snapshot {} ms, {} MiB); restore {restore_ms} ms, first exec {exec_ms} ms",
+                proto.meta.backend,
                 if built.into_inner() { format!("built in {ensure_ms} ms") } else { format!("cached, checked in {ensure_ms} ms") },
                 proto.meta.boot_ms,
                 proto.meta.snapshot_ms,
-                proto.meta.snapshot_bytes >> 20
+                proto.meta.snapshot_bytes() >> 20
             ),
         },
         Ok(out) => fail(format!("a restored clone ran `true` with {:?}", out.status)),

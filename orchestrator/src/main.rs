@@ -299,18 +299,19 @@ async fn prototype_cmd(cmd: PrototypeCmd) -> anyhow::Result<i32> {
         }
         PrototypeCmd::List => {
             println!(
-                "{:<22} {:>5} {:>7} {:>5} {:>9} {:>8}  kernel",
-                "key", "vcpus", "mem_mib", "accel", "snap_mib", "boot_ms"
+                "{:<22} {:<11} {:>5} {:>7} {:>5} {:>9} {:>8}  kernel",
+                "key", "backend", "vcpus", "mem_mib", "accel", "snap_mib", "boot_ms"
             );
             for p in vm::prototype::list() {
                 let m = &p.meta;
                 println!(
-                    "{:<22} {:>5} {:>7} {:>5} {:>9} {:>8}  {}",
+                    "{:<22} {:<11} {:>5} {:>7} {:>5} {:>9} {:>8}  {}",
                     m.key,
+                    m.backend.to_string(),
                     m.vcpus,
                     m.memory_mib,
                     m.accel,
-                    m.snapshot_bytes >> 20,
+                    m.snapshot_bytes() >> 20,
                     m.boot_ms,
                     m.kernel.display()
                 );

@@ -46,7 +46,7 @@ fn truncated_or_corrupt_snapshots_are_rebuilt() {
     );
     assert_eq!(
         std::fs::metadata(rebuilt.snapshot()).unwrap().len(),
-        rebuilt.meta.snapshot_bytes
+        rebuilt.meta.snapshot_bytes()
     );
 
     // Corrupt: same size, different bytes in the middle.

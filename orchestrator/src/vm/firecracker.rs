@@ -442,6 +442,13 @@ impl FirecrackerProcess {
     pub fn console_log(&self) -> &Path {
         &self.console
     }
+    /// Hands over the runtime directory this process owns (after
+    /// [`start_firecracker_in`] or [`restore_firecracker_in`]), so that a
+    /// caller such as [`super::VmHandle`] can remove it after the process is
+    /// gone. The process no longer removes it when dropped.
+    pub fn take_runtime_dir(&mut self) -> Option<RuntimeDir> {
+        self.dir.take()
+    }
     pub async fn pause(&self) -> Result<(), FirecrackerError> {
         pause_vm(&self.api).await
     }

@@ -2,20 +2,25 @@
 //! clones are restored from the snapshot in a fraction of a cold boot.
 //!
 //! A prototype is keyed by a hash of everything that shapes the snapshot
-//! (kernel, initramfs and rootfs identity, vCPUs, memory, accelerator, QEMU
-//! binary, snapshot format). It lives in `<cache>/prototypes/<key>/` with a
-//! `meta.json`; a build writes into a temporary directory that is renamed
-//! into place only when complete, so a failed build is never used. A snapshot
-//! whose size or SHA-256 does not match its metadata is removed and rebuilt.
+//! (backend, kernel, initramfs and rootfs identity, vCPUs, memory,
+//! accelerator, VMM binary, snapshot format). It lives in
+//! `<cache>/prototypes/<key>/` with a `meta.json`; a build writes into a
+//! temporary directory that is renamed into place only when complete, so a
+//! failed build is never used. A snapshot file whose size or SHA-256 does
+//! not match its metadata is removed and rebuilt.
 //!
-//! QEMU prototypes use the virtio-serial transport: QEMU refuses to migrate a
-//! VM with a vhost-user-vsock device. Every clone gets fresh entropy and the
-//! current wall clock before it is handed out.
+//! The backends differ only in how they snapshot and restore ([`qemu`]:
+//! virtio-serial transport and migration to a file; [`firecracker`]: the
+//! snapshot API, vsock kept). Every clone gets fresh entropy and the current
+//! wall clock before it is handed out.
+
+pub mod firecracker;
+mod qemu;
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,15 +28,25 @@ use sha2::{Digest, Sha256};
 use super::accel::{self, Accel};
 use super::backend::BackendKind;
 use super::config::{BackendChoice, VmConfig};
-use super::qemu::{LaunchOptions, QemuBackend, Transport};
-use super::runtime::{self, RuntimeDir};
-use super::{AgentClient, SpawnTimings, VmError, VmHandle, VmInstance};
+use super::{AgentClient, VmError, VmHandle};
 
-/// Bumped whenever what a snapshot holds changes incompatibly.
-const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever what a snapshot or its metadata holds changes
+/// incompatibly (2: a list of snapshot files, for Firecracker's two).
+const FORMAT_VERSION: u32 = 2;
+/// The QEMU migration stream.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 const META_FILE: &str = "meta.json";
 const ENTROPY_BYTES: usize = 64;
+
+/// One file of a snapshot, as it was when the prototype was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFileMeta {
+    /// File name inside the prototype directory.
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
 
 /// What a prototype was built from, and facts about the build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +62,9 @@ pub struct PrototypeMeta {
     pub memory_mib: u32,
     pub accel: Accel,
     pub backend: BackendKind,
-    pub snapshot_bytes: u64,
-    pub snapshot_sha256: String,
+    /// Every file of the snapshot, each checked before use (QEMU: the
+    /// migration stream; Firecracker: the microVM state, then guest memory).
+    pub files: Vec<SnapshotFileMeta>,
     pub created_unix: u64,
     /// Cold boot of the prototype VM until its agent answered.
     pub boot_ms: u64,
@@ -63,10 +79,39 @@ pub struct Prototype {
     pub meta: PrototypeMeta,
 }
 
-impl Prototype {
-    pub fn snapshot(&self) -> PathBuf {
-        self.dir.join(SNAPSHOT_FILE)
+impl PrototypeMeta {
+    /// The size of all snapshot files together.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
     }
+}
+
+impl Prototype {
+    /// The main snapshot file: QEMU's migration stream, Firecracker's
+    /// microVM state.
+    pub fn snapshot(&self) -> PathBuf {
+        match self.meta.files.first() {
+            Some(f) => self.dir.join(&f.name),
+            None => self.dir.join(SNAPSHOT_FILE),
+        }
+    }
+
+    /// Every snapshot file.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.meta
+            .files
+            .iter()
+            .map(|f| self.dir.join(&f.name))
+            .collect()
+    }
+}
+
+/// What a backend's build left in the build directory.
+struct Built {
+    /// The snapshot files, main one first.
+    files: Vec<&'static str>,
+    boot_ms: u64,
+    snapshot_ms: u64,
 }
 
 pub fn prototypes_dir() -> PathBuf {
@@ -114,17 +159,41 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
     Ok(h.finalize().into())
 }
 
-/// The prototype key for `config` on this host.
+/// The prototype key for `config` on this host, with the accelerator the
+/// prototype runs on.
 pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
-    let (accel, _) = accel::choose(config.accel);
-    let qemu =
-        super::qemu::which(super::qemu::QEMU_BINARY).ok_or_else(|| VmError::MissingTool {
-            tool: super::qemu::QEMU_BINARY.into(),
-            hint: "apt-get install qemu-system-x86".into(),
-        })?;
+    key_with(config, resolved_backend(config.backend))
+}
+
+/// The VMM binary of `backend` (its identity enters the key: a snapshot is
+/// only loadable by the VMM that wrote it) and the accelerator it will use.
+fn vmm_for(config: &VmConfig, backend: BackendKind) -> Result<(PathBuf, Accel), VmError> {
+    match backend {
+        BackendKind::Qemu => {
+            let (accel, _) = accel::choose(config.accel);
+            let qemu = super::qemu::which(super::qemu::QEMU_BINARY).ok_or_else(|| {
+                VmError::MissingTool {
+                    tool: super::qemu::QEMU_BINARY.into(),
+                    hint: "apt-get install qemu-system-x86".into(),
+                }
+            })?;
+            Ok((qemu, accel))
+        }
+        // Firecracker has no emulator: it always runs on KVM.
+        BackendKind::Firecracker => Ok((
+            super::firecracker::find_binary()
+                .ok_or(super::firecracker::FirecrackerError::MissingBinary)?,
+            Accel::Kvm,
+        )),
+    }
+}
+
+fn key_with(config: &VmConfig, backend: BackendKind) -> Result<(String, Accel), VmError> {
+    let (vmm, accel) = vmm_for(config, backend)?;
     let mut h = Sha256::new();
     for part in [
         format!("format={FORMAT_VERSION}"),
+        format!("backend={backend}"),
         format!("kernel={}", file_identity(&config.kernel)?),
         format!("initramfs={}", file_identity(&config.initramfs)?),
         format!(
@@ -143,7 +212,7 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
             "vcpus={} memory={} accel={accel}",
             config.vcpus, config.memory_mib
         ),
-        format!("qemu={}", file_identity(&qemu)?),
+        format!("vmm={}", file_identity(&vmm)?),
     ] {
         h.update(part.as_bytes());
         h.update(b"\n");
@@ -157,32 +226,46 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
 /// so forces a new check.
 const VERIFIED_FILE: &str = "verified";
 
-/// Loads the prototype in `dir` if it is complete and intact.
-fn load_checked(dir: &Path) -> Result<Option<Prototype>, VmError> {
+/// Loads the prototype in `dir` if it is complete, intact and made by
+/// `backend`.
+fn load_checked(dir: &Path, backend: BackendKind) -> Result<Option<Prototype>, VmError> {
     let Ok(text) = fs::read_to_string(dir.join(META_FILE)) else {
         return Ok(None);
     };
     let Ok(meta) = serde_json::from_str::<PrototypeMeta>(&text) else {
         return Ok(None);
     };
+    if meta.format != FORMAT_VERSION || meta.backend != backend || meta.files.is_empty() {
+        tracing::warn!(dir = %dir.display(), format = meta.format, backend = %meta.backend, "prototype stale or of another backend");
+        return Ok(None);
+    }
     let proto = Prototype {
         dir: dir.to_path_buf(),
         meta,
     };
-    let snap = proto.snapshot();
-    let Ok(m) = fs::metadata(&snap) else {
-        return Ok(None);
-    };
-    if m.len() != proto.meta.snapshot_bytes || proto.meta.format != FORMAT_VERSION {
-        tracing::warn!(snapshot = %snap.display(), size = m.len(), expected = proto.meta.snapshot_bytes, "prototype snapshot truncated or stale");
-        return Ok(None);
+    // Sizes first: a truncated file is caught without reading anything.
+    let mut stamps = Vec::new();
+    for f in &proto.meta.files {
+        let path = dir.join(&f.name);
+        let Ok(m) = fs::metadata(&path) else {
+            tracing::warn!(snapshot = %path.display(), "prototype snapshot file missing");
+            return Ok(None);
+        };
+        if m.len() != f.bytes {
+            tracing::warn!(snapshot = %path.display(), size = m.len(), expected = f.bytes, "prototype snapshot file truncated or grown");
+            return Ok(None);
+        }
+        stamps.push(format!("{}={}", f.name, stat_stamp(&m)));
     }
-    let stamp = stat_stamp(&m);
+    let stamp = stamps.join("\n");
     let verified = dir.join(VERIFIED_FILE);
     if fs::read_to_string(&verified).ok().as_deref() != Some(stamp.as_str()) {
-        if hex::encode(sha256_file(&snap)?) != proto.meta.snapshot_sha256 {
-            tracing::warn!(snapshot = %snap.display(), "prototype snapshot checksum mismatch");
-            return Ok(None);
+        for f in &proto.meta.files {
+            let path = dir.join(&f.name);
+            if hex::encode(sha256_file(&path)?) != f.sha256 {
+                tracing::warn!(snapshot = %path.display(), "prototype snapshot checksum mismatch");
+                return Ok(None);
+            }
         }
         fs::write(&verified, &stamp).map_err(io(format!("writing {}", verified.display())))?;
     }
@@ -218,14 +301,8 @@ pub async fn ensure(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Prototype, VmError> {
     config.validate()?;
-    if resolved_backend(config.backend) != BackendKind::Qemu {
-        return Err(VmError::Unsupported(
-            "prototypes are implemented for the QEMU backend only; the Firecracker snapshot API is wired in \
-             vm::firecracker but not yet used for prototypes (use --cold)"
-                .into(),
-        ));
-    }
-    let (key, accel) = key_for(config)?;
+    let backend = resolved_backend(config.backend);
+    let (key, accel) = key_with(config, backend)?;
     let root = prototypes_dir();
     let dir = root.join(&key);
     let _lock = {
@@ -237,7 +314,7 @@ pub async fn ensure(
     };
     let checked = {
         let dir = dir.clone();
-        tokio::task::spawn_blocking(move || load_checked(&dir))
+        tokio::task::spawn_blocking(move || load_checked(&dir, backend))
             .await
             .map_err(|e| VmError::Backend(e.to_string()))??
     };
@@ -249,14 +326,14 @@ pub async fn ensure(
         fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
     }
     progress(&format!(
-        "building a prototype VM (once per kernel/image/size; key {key})"
+        "building a {backend} prototype VM (once per kernel/image/size; key {key})"
     ));
-    let proto = build(config, &key, accel, &root).await?;
+    let proto = build(config, &key, accel, backend, &root).await?;
     progress(&format!(
         "prototype ready: boot {} ms, snapshot {} ms, {} MiB",
         proto.meta.boot_ms,
         proto.meta.snapshot_ms,
-        proto.meta.snapshot_bytes >> 20
+        proto.meta.snapshot_bytes() >> 20
     ));
     Ok(proto)
 }
@@ -276,12 +353,13 @@ async fn build(
     config: &VmConfig,
     key: &str,
     accel: Accel,
+    backend: BackendKind,
     root: &Path,
 ) -> Result<Prototype, VmError> {
     let mut rnd = [0u8; 4];
     getrandom::getrandom(&mut rnd).map_err(|e| VmError::Backend(format!("random: {e}")))?;
     let tmp = root.join(format!(".build-{key}-{}", hex::encode(rnd)));
-    let result = build_into(config, key, accel, &tmp).await;
+    let result = build_into(config, key, accel, backend, &tmp).await;
     match result {
         Ok(mut proto) => {
             let dest = root.join(key);
@@ -301,50 +379,35 @@ async fn build_into(
     config: &VmConfig,
     key: &str,
     accel: Accel,
+    backend: BackendKind,
     out: &Path,
 ) -> Result<Prototype, VmError> {
     fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
-    let backend = QemuBackend::from_env()?;
-    let id = format!("proto-{}", &key[..12.min(key.len())]);
     let config = VmConfig {
-        id: id.clone(),
+        id: format!("proto-{}", &key[..12.min(key.len())]),
         ..config.clone()
     };
-    let dir = RuntimeDir::create(&runtime::runtime_root(), &id)
-        .map_err(io("creating the prototype's runtime directory"))?;
-    let t0 = Instant::now();
-    let opts = LaunchOptions {
-        transport: Transport::Serial,
-        incoming: None,
+    let built = match backend {
+        BackendKind::Qemu => qemu::build(&config, out).await?,
+        BackendKind::Firecracker => firecracker::build(&config, out).await?,
     };
-    let mut inst = backend.launch_with(&config, &dir, &opts).await?;
-    let agent = super::connect_agent(&mut inst, config.boot_timeout_ms).await?;
-    // Prove the agent can run things before freezing it.
-    let out_true = agent.run(super::exec_request(["true"]), None).await?;
-    if out_true.status.code != Some(0) {
-        return Err(VmError::Backend(format!(
-            "`true` failed in the prototype VM: {:?}",
-            out_true.status
-        )));
+    let mut files = Vec::new();
+    for name in &built.files {
+        let path = out.join(name);
+        let sha = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || sha256_file(&path))
+                .await
+                .map_err(|e| VmError::Backend(e.to_string()))??
+        };
+        files.push(SnapshotFileMeta {
+            name: name.to_string(),
+            bytes: fs::metadata(&path)
+                .map_err(io(format!("sizing {}", path.display())))?
+                .len(),
+            sha256: hex::encode(sha),
+        });
     }
-    let boot_ms = t0.elapsed().as_millis() as u64;
-    // Closing the session lets the agent wait for the next host; a clone's
-    // first hello also resets a session that was still open.
-    drop(agent);
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let t1 = Instant::now();
-    let snap = out.join(SNAPSHOT_FILE);
-    inst.snapshot_to(&snap).await?;
-    let snapshot_ms = t1.elapsed().as_millis() as u64;
-    inst.kill();
-    drop(inst);
-    drop(dir);
-    let sha = {
-        let snap = snap.clone();
-        tokio::task::spawn_blocking(move || sha256_file(&snap))
-            .await
-            .map_err(|e| VmError::Backend(e.to_string()))??
-    };
     let meta = PrototypeMeta {
         key: key.to_string(),
         format: FORMAT_VERSION,
@@ -355,17 +418,14 @@ async fn build_into(
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
         accel,
-        backend: BackendKind::Qemu,
-        snapshot_bytes: fs::metadata(&snap)
-            .map_err(io("sizing the snapshot"))?
-            .len(),
-        snapshot_sha256: hex::encode(sha),
+        backend,
+        files,
         created_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs(),
-        boot_ms,
-        snapshot_ms,
+        boot_ms: built.boot_ms,
+        snapshot_ms: built.snapshot_ms,
     };
     let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
     fs::write(out.join(META_FILE), text).map_err(io("writing meta.json"))?;
@@ -375,15 +435,27 @@ async fn build_into(
     })
 }
 
+/// Runs `true` in a freshly booted prototype VM: proves the agent can run
+/// things before it is frozen.
+async fn prove_agent_runs(agent: &AgentClient) -> Result<(), VmError> {
+    let out = agent.run(super::exec_request(["true"]), None).await?;
+    if out.status.code != Some(0) {
+        return Err(VmError::Backend(format!(
+            "`true` failed in the prototype VM: {:?}",
+            out.status
+        )));
+    }
+    Ok(())
+}
+
 /// Restores a clone of `proto` named `task_id`, with fresh entropy and clock.
 /// `config` supplies the id-independent settings (timeouts); the machine
-/// shape comes from the prototype.
+/// shape and the backend come from the prototype.
 pub async fn restore(
     proto: &Prototype,
     task_id: &str,
     config: &VmConfig,
 ) -> Result<VmHandle, VmError> {
-    let t0 = Instant::now();
     let config = VmConfig {
         id: task_id.to_string(),
         kernel: proto.meta.kernel.clone(),
@@ -395,36 +467,18 @@ pub async fn restore(
             Accel::Kvm => super::config::AccelChoice::Kvm,
             Accel::Tcg => super::config::AccelChoice::Tcg,
         },
+        backend: match proto.meta.backend {
+            BackendKind::Qemu => BackendChoice::Qemu,
+            BackendKind::Firecracker => BackendChoice::Firecracker,
+        },
         ..config.clone()
     };
     config.validate()?;
-    runtime::reap_stale_once();
-    let backend = QemuBackend::from_env()?;
-    let dir = super::create_runtime_dir(&config.id)?;
-    let opts = LaunchOptions {
-        transport: Transport::Serial,
-        incoming: Some(proto.snapshot()),
-    };
-    let mut inst = backend.launch_with(&config, &dir, &opts).await?;
-    let launched = t0.elapsed();
-    let agent = super::connect_agent(&mut inst, config.boot_timeout_ms).await?;
-    reseed(&agent).await?;
-    let total = t0.elapsed();
-    let timings = SpawnTimings {
-        launch: launched,
-        boot: total - launched,
-        total,
-    };
-    tracing::info!(vm = %config.id, ?timings, prototype = %proto.meta.key, "clone ready");
-    Ok(VmHandle {
-        id: config.id,
-        backend: BackendKind::Qemu,
-        accel: inst.accel(),
-        timings,
-        agent,
-        instance: Box::new(inst),
-        dir,
-    })
+    super::runtime::reap_stale_once();
+    match proto.meta.backend {
+        BackendKind::Qemu => qemu::restore(proto, &config).await,
+        BackendKind::Firecracker => firecracker::restore(proto, &config).await,
+    }
 }
 
 /// Gives the guest fresh entropy and the current time.
