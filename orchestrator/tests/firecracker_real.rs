@@ -172,3 +172,70 @@ async fn refused_request_reports_fault_message() {
     assert!(!msg.is_empty());
     assert!(err.to_string().contains(msg), "{err}");
 }
+
+/// A prototype built and cloned through `vm::prototype` (snapshot API):
+/// clones answer, read different random bytes, see the current time, and
+/// leave nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prototype_clones_through_the_snapshot_api() {
+    require_firecracker!("prototype_clones_through_the_snapshot_api");
+    let id = test_id("vmproto");
+    let mut config = vm::default_config(&id).expect("default kernel and initramfs");
+    config.backend = BackendChoice::Firecracker;
+    let t0 = Instant::now();
+    let proto = vm::prototype::ensure(&config, &|m| println!("{m}"))
+        .await
+        .expect("building a Firecracker prototype");
+    println!("prototype ready in {:?}", t0.elapsed());
+    assert_eq!(proto.meta.backend, vm::BackendKind::Firecracker);
+    assert_eq!(proto.meta.files.len(), 2);
+
+    let mut randoms = Vec::new();
+    for n in 0..2 {
+        let t0 = Instant::now();
+        let clone = vm::prototype::restore(&proto, &format!("{id}-{n}"), &config)
+            .await
+            .expect("restoring a clone");
+        println!(
+            "clone {n} ready in {:?} ({:?})",
+            t0.elapsed(),
+            clone.timings
+        );
+        let out = clone
+            .agent()
+            .run(
+                vm::exec_request([
+                    "sh",
+                    "-c",
+                    "head -c 16 /dev/urandom | od -An -tx1; date +%s",
+                ]),
+                None,
+            )
+            .await
+            .expect("exec in the clone");
+        assert_eq!(out.status.code, Some(0), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        randoms.push(lines.next().unwrap_or_default().to_string());
+        let guest_now: u64 = lines.next().unwrap_or_default().trim().parse().unwrap_or(0);
+        let host_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            guest_now.abs_diff(host_now) < 60,
+            "guest clock {guest_now}, host {host_now}"
+        );
+        let dir = clone.runtime_dir();
+        let pids = clone.pids();
+        vm::destroy_vm(clone).await.expect("destroy");
+        assert!(!dir.exists(), "{} left behind", dir.display());
+        for pid in pids {
+            assert!(!vm::process::alive(pid as i32), "pid {pid} left running");
+        }
+    }
+    assert_ne!(
+        randoms[0], randoms[1],
+        "two clones read the same random bytes"
+    );
+}
