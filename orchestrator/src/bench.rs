@@ -244,7 +244,13 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
     }
 
     // Prototype restore vs bare QEMU -incoming of the same snapshot.
-    let proto = prototype::ensure(&config, &|m| eprintln!("bench: {m}")).await?;
+    // The reference is bare QEMU loading the same snapshot, so this
+    // prototype is QEMU's whatever backend `auto` would pick.
+    let qemu_config = vm::VmConfig {
+        backend: vm::config::BackendChoice::Qemu,
+        ..config.clone()
+    };
+    let proto = prototype::ensure(&qemu_config, &|m| eprintln!("bench: {m}")).await?;
     let mut bare_running = Vec::new();
     let mut bare_restore = Vec::new();
     let mut restore = Vec::new();
