@@ -631,9 +631,11 @@ fn env() -> &'static Env {
     })
 }
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// The tests share the process environment: one at a time (an async lock:
+/// it is held across the whole test).
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 /// A config for a Firecracker VM with its own kernel file (so its own
@@ -770,7 +772,7 @@ fn now_ns() -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prototype_build_restore_and_rebuild_through_the_snapshot_api() {
-    let _serial = serial();
+    let _serial = serial().await;
     let env = env();
     let host = fake_host(spec(), env.root.clone());
     let cfg = config("fcproto");
@@ -946,17 +948,15 @@ async fn prototype_build_restore_and_rebuild_through_the_snapshot_api() {
 
     assert_clean(&host);
     assert_nothing_left(&host);
-    assert_eq!(
-        prototype::remove(&again.meta.key).unwrap(),
-        [again.meta.key.clone()]
-    );
+    let key = again.meta.key.clone();
+    assert_eq!(prototype::remove(&key).unwrap(), [key]);
     assert!(!again.dir.exists());
     finished();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_of_one_through_the_snapshot_api() {
-    let _serial = serial();
+    let _serial = serial().await;
     let env = env();
     let host = fake_host(spec(), env.root.clone());
     let cfg = config("fcpool");
