@@ -12,11 +12,14 @@
 //! passed, so Firecracker always runs under its built-in seccomp filters (or
 //! the filter file given with `--seccomp-filter`).
 //!
-//! Launching through Firecracker's `jailer` is not implemented: a configured
-//! jailer makes the launch fail with [`FirecrackerError::JailerNotImplemented`].
+//! With [`FirecrackerOptions::jailer`] set, Firecracker is started through
+//! its `jailer` ([`jailer`]): chroot, unprivileged uid/gid, cgroup limits, an
+//! empty network namespace. Every failing step stops the launch; it never
+//! falls back to an unjailed Firecracker.
 
 pub mod api;
 pub mod client;
+pub mod jailer;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -37,6 +40,7 @@ use super::vsock::Vsock;
 use super::VmError;
 
 pub use client::{ApiClient, ClientError};
+pub use jailer::{JailerConfig, JailerError};
 
 pub const FIRECRACKER_BINARY: &str = "firecracker";
 /// The API socket's file name in the runtime directory.
@@ -88,8 +92,10 @@ pub enum FirecrackerError {
     SeccompFilter { path: PathBuf, reason: String },
     #[error("seccomp level audit is not implemented for Firecracker: its filters are built into it (strict, the default, keeps them); pass a custom filter file with $IRONCLAW_FIRECRACKER_SECCOMP_FILTER instead")]
     SeccompAuditUnsupported,
-    #[error("launching Firecracker through the jailer ({jailer}) is not implemented; leave `jailer` unset to start firecracker directly")]
-    JailerNotImplemented { jailer: PathBuf },
+    #[error(transparent)]
+    Jailer(#[from] JailerError),
+    #[error("FirecrackerOptions::command starts Firecracker unjailed, but a jailer ({jailer}) is configured; launch through start_firecracker / the backend instead")]
+    JailerBypassed { jailer: PathBuf },
     #[error("a VM with id {0:?} is already running (its runtime directory exists)")]
     AlreadyRunning(String),
     #[error("socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter runtime directory ($IRONCLAW_RUNTIME_DIR) or VM id")]
@@ -154,21 +160,12 @@ impl From<FirecrackerError> for VmError {
                 hint: "set $IRONCLAW_FIRECRACKER or put it on PATH; it needs a host with usable KVM (or use --backend qemu)".into(),
             },
             FirecrackerError::AlreadyRunning(id) => VmError::AlreadyRunning(id),
-            FirecrackerError::JailerNotImplemented { .. } => VmError::Unsupported(e.to_string()),
+            FirecrackerError::Jailer(JailerError::Unsupported { .. }) => {
+                VmError::Unsupported(e.to_string())
+            }
             other => VmError::Backend(other.to_string()),
         }
     }
-}
-
-/// Firecracker's `jailer` settings. Launching through the jailer is not
-/// implemented yet: setting this makes every launch fail with
-/// [`FirecrackerError::JailerNotImplemented`] rather than run unjailed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JailerConfig {
-    pub binary: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub chroot_base: PathBuf,
 }
 
 /// How Firecracker processes are started.
@@ -179,6 +176,7 @@ pub struct FirecrackerOptions {
     /// A custom seccomp filter (Firecracker's compiled BPF format), passed as
     /// `--seccomp-filter`. Without it Firecracker uses its built-in filters.
     pub seccomp_filter: Option<PathBuf>,
+    /// Start Firecracker through its jailer (`$IRONCLAW_FIRECRACKER_JAILER`).
     pub jailer: Option<JailerConfig>,
 }
 
@@ -191,28 +189,49 @@ pub fn find_binary() -> Option<PathBuf> {
 
 impl FirecrackerOptions {
     /// Options from the environment: the binary from `$IRONCLAW_FIRECRACKER`
-    /// or PATH, a seccomp filter from `$IRONCLAW_FIRECRACKER_SECCOMP_FILTER`.
+    /// or PATH, a seccomp filter from `$IRONCLAW_FIRECRACKER_SECCOMP_FILTER`,
+    /// the jailer from `$IRONCLAW_FIRECRACKER_JAILER` and friends
+    /// ([`JailerConfig::from_env`]).
     pub fn from_env() -> Result<FirecrackerOptions, FirecrackerError> {
         Ok(FirecrackerOptions {
             binary: find_binary().ok_or(FirecrackerError::MissingBinary)?,
             seccomp_filter: std::env::var_os("IRONCLAW_FIRECRACKER_SECCOMP_FILTER")
                 .map(PathBuf::from),
-            jailer: None,
+            jailer: JailerConfig::from_env()?,
         })
     }
 
-    /// The command that starts Firecracker with its API socket at `api_socket`.
-    /// Checks the options first (filter file, jailer).
+    /// Checks what can be checked before anything is created: the filter
+    /// file, and the jailer (exists, executable; a Firecracker name it takes).
+    pub fn check(&self) -> Result<(), FirecrackerError> {
+        self.check_filter()?;
+        if let Some(jailer) = &self.jailer {
+            jailer.check(&self.binary)?;
+        }
+        Ok(())
+    }
+
+    /// The command that starts Firecracker directly (unjailed) with its API
+    /// socket at `api_socket`. Refused when a jailer is configured: a jailed
+    /// launch needs its chroot prepared first ([`jailer::Jail`]).
     pub fn command(&self, api_socket: &Path, log: &Path) -> Result<Command, FirecrackerError> {
         if let Some(jailer) = &self.jailer {
-            return Err(FirecrackerError::JailerNotImplemented {
+            return Err(FirecrackerError::JailerBypassed {
                 jailer: jailer.binary.clone(),
             });
         }
+        self.check_filter()?;
         let mut cmd = Command::new(&self.binary);
         cmd.arg("--api-sock").arg(api_socket);
         cmd.arg("--log-path").arg(log);
         // Never `--no-seccomp`: either Firecracker's built-in filters or this file.
+        if let Some(filter) = &self.seccomp_filter {
+            cmd.arg("--seccomp-filter").arg(filter);
+        }
+        Ok(cmd)
+    }
+
+    fn check_filter(&self) -> Result<(), FirecrackerError> {
         if let Some(filter) = &self.seccomp_filter {
             match std::fs::metadata(filter) {
                 Ok(m) if m.is_file() => {}
@@ -229,9 +248,8 @@ impl FirecrackerOptions {
                     })
                 }
             }
-            cmd.arg("--seccomp-filter").arg(filter);
         }
-        Ok(cmd)
+        Ok(())
     }
 }
 
@@ -411,6 +429,9 @@ pub struct FirecrackerProcess {
     /// Where the agent announces it listens (guest-initiated vsock lands on
     /// `<uds_path>_<port>`, as with vhost-device-vsock).
     ready: Option<tokio::net::UnixListener>,
+    /// The jailer's chroot, cgroups and network namespace; dropped (removed)
+    /// after `Drop::drop` has killed the process.
+    jail: Option<jailer::Jail>,
     // Declared last so it is removed after `Drop::drop` has killed the process.
     dir: Option<RuntimeDir>,
 }
@@ -457,6 +478,12 @@ impl FirecrackerProcess {
     }
     /// Writes a full snapshot; the VM must be paused.
     pub async fn create_snapshot(&self, files: &SnapshotFiles) -> Result<(), FirecrackerError> {
+        if self.jail.is_some() {
+            return Err(JailerError::Unsupported {
+                what: "creating a snapshot",
+            }
+            .into());
+        }
         create_snapshot(&self.api, files).await
     }
     pub async fn describe(&self) -> Result<api::InstanceInfo, FirecrackerError> {
@@ -503,9 +530,16 @@ impl FirecrackerProcess {
         Stopped::Killed { reason }
     }
 
-    /// SIGKILLs the process and reaps it. Idempotent.
+    /// The jail, when Firecracker runs under the jailer.
+    pub fn jail(&self) -> Option<&jailer::Jail> {
+        self.jail.as_ref()
+    }
+
+    /// SIGKILLs the process and reaps it, then removes its jail (chroot,
+    /// cgroups). Idempotent.
     pub fn kill(&mut self) {
         process::kill_and_reap(&mut self.child);
+        self.jail = None;
     }
 }
 
@@ -556,31 +590,43 @@ fn socket_path(path: PathBuf) -> Result<PathBuf, FirecrackerError> {
     Ok(path)
 }
 
-/// Starts a Firecracker process in `dir` and waits for its API socket. The
-/// VM is not configured yet.
+/// Starts a Firecracker process in `dir` (through the jailer when `jail` is
+/// given) and waits for its API socket. The VM is not configured yet.
 async fn spawn_in(
     opts: &FirecrackerOptions,
     dir: &RuntimeDir,
     vsock: Vsock,
+    jail: Option<&jailer::Jail>,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
-    let api_socket = socket_path(dir.file(API_SOCKET))?;
-    let log = dir.file(FIRECRACKER_LOG);
-    // --log-path expects an existing file.
-    File::create(&log)
-        .map_err(|e| FirecrackerError::io(format!("creating {}", log.display()), e))?;
+    let (api_socket, log, mut cmd) = match jail {
+        None => {
+            let api_socket = socket_path(dir.file(API_SOCKET))?;
+            let log = dir.file(FIRECRACKER_LOG);
+            // --log-path expects an existing file.
+            File::create(&log)
+                .map_err(|e| FirecrackerError::io(format!("creating {}", log.display()), e))?;
+            let cmd = opts.command(&api_socket, &log)?;
+            (api_socket, log, cmd)
+        }
+        // The jail made the log (owned by the jail uid) in the chroot.
+        Some(jail) => (
+            socket_path(jail.host_path(Path::new(jailer::API_SOCKET_IN_JAIL)))?,
+            jail.host_path(Path::new(jailer::LOG_IN_JAIL)),
+            jail.command(),
+        ),
+    };
     let console = dir.file(CONSOLE_LOG);
     let console_file = File::create(&console)
         .map_err(|e| FirecrackerError::io(format!("creating {}", console.display()), e))?;
     let stderr = console_file
         .try_clone()
         .map_err(|e| FirecrackerError::io("duplicating the console file", e))?;
-    let mut cmd = opts.command(&api_socket, &log)?;
     // The guest's serial console goes to stdout; stdin stays closed so the
     // guest reads nothing from the orchestrator's terminal.
     cmd.stdin(Stdio::null()).stdout(console_file).stderr(stderr);
     tracing::debug!(cmd = ?cmd, "starting firecracker");
     let child = spawn_child(cmd).map_err(|source| FirecrackerError::Spawn {
-        binary: opts.binary.clone(),
+        binary: jail.map_or(opts.binary.clone(), |j| j.jailer().to_path_buf()),
         source,
     })?;
     let mut fc = FirecrackerProcess {
@@ -590,11 +636,19 @@ async fn spawn_in(
         console,
         dir_path: dir.path().to_path_buf(),
         ready: None,
+        jail: None,
         dir: None,
     };
     // From here on, dropping `fc` on an error kills the process.
     dir.record_pid(fc.pid())
         .map_err(|e| FirecrackerError::io("recording the firecracker pid", e))?;
+    if jail.is_some() {
+        // The jailed Firecracker's command line names only its chroot, and the
+        // uid change clears its death signal: reaping finds it by pid and
+        // start time instead.
+        dir.record_pid_started(fc.pid())
+            .map_err(|e| FirecrackerError::io("recording the jailed firecracker pid", e))?;
+    }
     let found = process::poll_until(SOCKET_WAIT, || {
         if api_socket.exists() {
             return Some(Ok(()));
@@ -604,6 +658,18 @@ async fn spawn_in(
     .await;
     match found {
         Some(Ok(())) => Ok(fc),
+        Some(Err(status)) if jail.is_some() => Err(JailerError::Exited {
+            step: jailer::JailerStep::RunJailer,
+            jailer: jail.map(|j| j.jailer().to_path_buf()).unwrap_or_default(),
+            status,
+            socket: api_socket,
+            output: format!(
+                "{} / firecracker log: {}",
+                super::qemu::tail(&fc.console, 1500),
+                super::qemu::tail(&log, 1500)
+            ),
+        }
+        .into()),
         Some(Err(status)) => Err(FirecrackerError::ExitedEarly {
             status,
             socket: api_socket,
@@ -633,6 +699,11 @@ pub async fn launch_in(
     if config.confinement.seccomp == super::seccomp::SeccompLevel::Audit {
         return Err(FirecrackerError::SeccompAuditUnsupported);
     }
+    // Before anything is created: a missing jailer starts nothing.
+    opts.check()?;
+    if let Some(jailer_config) = &opts.jailer {
+        return launch_jailed(opts, jailer_config, config, dir).await;
+    }
     let uds = socket_path(
         config
             .vsock
@@ -644,9 +715,52 @@ pub async fn launch_in(
     let ready = vsock
         .bind_ready_listener()
         .map_err(|e| FirecrackerError::io("binding the agent's ready socket", e))?;
-    let mut fc = spawn_in(opts, dir, vsock).await?;
+    let mut fc = spawn_in(opts, dir, vsock, None).await?;
     fc.ready = Some(ready);
     configure_vm(&fc.api, config, &uds).await?;
+    start_instance(&fc.api).await?;
+    Ok(fc)
+}
+
+/// [`launch_in`] through the jailer: the chroot is prepared (boot files
+/// placed in it), the jailer started, and Firecracker configured with the
+/// files' paths inside the chroot.
+async fn launch_jailed(
+    opts: &FirecrackerOptions,
+    jailer_config: &JailerConfig,
+    config: &VmConfig,
+    dir: &RuntimeDir,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    if let Some(uds) = &config.vsock.uds_path {
+        return Err(JailerError::Invalid {
+            step: jailer::JailerStep::PlaceFiles,
+            detail: format!(
+                "vsock.uds_path {} cannot be used with the jailer: Firecracker only sees its chroot, where the socket is put",
+                uds.display()
+            ),
+        }
+        .into());
+    }
+    let jail = jailer::Jail::prepare(
+        jailer_config,
+        &opts.binary,
+        opts.seccomp_filter.as_deref(),
+        config,
+        dir,
+    )?;
+    // The host side of the vsock socket Firecracker creates at VSOCK_IN_JAIL.
+    let uds = socket_path(jail.host_path(Path::new(jailer::VSOCK_IN_JAIL)))?;
+    let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
+    let ready = vsock
+        .bind_ready_listener()
+        .map_err(|e| FirecrackerError::io("binding the agent's ready socket", e))?;
+    // Firecracker, as the jail uid, connects to it for guest-initiated vsock.
+    jail.give(&vsock.guest_initiated_path(ironclaw_protocol::AGENT_READY_PORT))?;
+    let mut fc = spawn_in(opts, dir, vsock, Some(&jail)).await?;
+    let api_config = jail.api_config(config);
+    fc.jail = Some(jail);
+    fc.ready = Some(ready);
+    configure_vm(&fc.api, &api_config, Path::new(jailer::VSOCK_IN_JAIL)).await?;
     start_instance(&fc.api).await?;
     Ok(fc)
 }
@@ -679,8 +793,10 @@ pub async fn start_firecracker_in(
     config: &VmConfig,
     root: &Path,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
-    // Before anything exists on disk: a refused config leaves no trace.
+    // Before anything exists on disk: a refused config or a missing jailer
+    // leaves no trace.
     config.validate()?;
+    opts.check()?;
     let dir = create_dir(root, &config.id)?;
     // On error `dir` is dropped here, after the process was killed.
     let mut fc = launch_in(opts, config, &dir).await?;
@@ -700,10 +816,16 @@ pub async fn restore_firecracker_in(
     resume: bool,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
     config.validate()?;
+    if opts.jailer.is_some() {
+        return Err(JailerError::Unsupported {
+            what: "restoring a snapshot",
+        }
+        .into());
+    }
     let dir = create_dir(root, &config.id)?;
     let uds = socket_path(dir.file(VSOCK_SOCKET))?;
     let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-    let mut fc = spawn_in(opts, &dir, vsock).await?;
+    let mut fc = spawn_in(opts, &dir, vsock, None).await?;
     load_snapshot(&fc.api, files, &uds, resume).await?;
     fc.dir = Some(dir);
     Ok(fc)
@@ -818,18 +940,26 @@ mod tests {
     }
 
     #[test]
-    fn jailer_is_a_clear_error() {
+    fn a_configured_jailer_is_never_bypassed() {
         let o = FirecrackerOptions {
             jailer: Some(JailerConfig {
                 binary: "/usr/bin/jailer".into(),
-                uid: 1000,
-                gid: 1000,
                 chroot_base: "/srv/jailer".into(),
+                uid: Some(1000),
+                gid: Some(1000),
+                cgroup_version: None,
             }),
             ..opts()
         };
         let err = o.command(Path::new("/s"), Path::new("/l")).unwrap_err();
-        assert!(err.to_string().contains("not implemented"), "{err}");
+        assert!(
+            matches!(err, FirecrackerError::JailerBypassed { .. }),
+            "{err}"
+        );
+        // The jailer does not exist: refused by the check that runs before
+        // anything is created.
+        let err = o.check().unwrap_err();
+        assert!(err.to_string().contains("/usr/bin/jailer"), "{err}");
     }
 
     #[test]

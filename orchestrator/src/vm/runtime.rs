@@ -14,6 +14,8 @@ use super::process;
 const OWNER_FILE: &str = "owner";
 const PIDS_FILE: &str = "pids";
 const CGROUPS_FILE: &str = "cgroups";
+const CHROOT_FILE: &str = "chroot";
+const STARTED_PIDS_FILE: &str = "pids-started";
 
 /// The root of all runtime directories: `$IRONCLAW_RUNTIME_DIR`, else
 /// `/run/ironclaw` for root, else `$XDG_RUNTIME_DIR/ironclaw` or `/tmp/ironclaw-<uid>`.
@@ -69,6 +71,29 @@ impl RuntimeDir {
         writeln!(f, "{pid}")
     }
 
+    /// Records a process whose command line does not name this directory (a
+    /// jailed Firecracker sees only its chroot), with its start time, so that
+    /// reaping kills it only while the pid is still that process.
+    pub fn record_pid_started(&self, pid: u32) -> std::io::Result<()> {
+        let started = process::start_time(pid as i32).ok_or_else(|| {
+            std::io::Error::other(format!("process {pid} has no start time (gone already)"))
+        })?;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.file(STARTED_PIDS_FILE))?;
+        writeln!(f, "{pid} {started}")
+    }
+
+    /// Records the jailer's chroot directory of this VM, for removal should
+    /// the orchestrator die.
+    pub fn record_chroot(&self, dir: &Path) -> std::io::Result<()> {
+        fs::write(
+            self.file(CHROOT_FILE),
+            format!("{}\n", dir.to_string_lossy()),
+        )
+    }
+
     /// Records the VM's cgroup directories, for removal should the orchestrator die.
     pub fn record_cgroups(&self, dirs: &[PathBuf]) -> std::io::Result<()> {
         let mut text = String::new();
@@ -117,6 +142,21 @@ pub fn reap_stale(root: &Path) -> Vec<String> {
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
         }
+        for line in fs::read_to_string(dir.join(STARTED_PIDS_FILE))
+            .unwrap_or_default()
+            .lines()
+        {
+            let mut parts = line.split_whitespace();
+            let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
+            let started = parts.next().and_then(|p| p.parse::<u64>().ok());
+            if let (Some(pid), Some(started)) = (pid, started) {
+                if pid > 0 && process::start_time(pid) == Some(started) {
+                    // SAFETY: kill(2) with a positive pid that is still the recorded process.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    wait_gone(pid);
+                }
+            }
+        }
         // The VM's processes are dead (killed above or by their death
         // signal), so its cgroups can go; only paths shaped like ours.
         for cg in fs::read_to_string(dir.join(CGROUPS_FILE))
@@ -129,11 +169,34 @@ pub fn reap_stale(root: &Path) -> Vec<String> {
                 tracing::warn!("leftover VM cgroup not removed: {e}");
             }
         }
+        let id = entry.file_name().to_string_lossy().into_owned();
+        for chroot in fs::read_to_string(dir.join(CHROOT_FILE))
+            .unwrap_or_default()
+            .lines()
+            .map(Path::new)
+            .filter(|p| super::firecracker::jailer::is_jail_dir(p, &id))
+        {
+            if let Err(e) = fs::remove_dir_all(chroot) {
+                tracing::warn!(
+                    "leftover jailer chroot {} not removed: {e}",
+                    chroot.display()
+                );
+            }
+        }
         if fs::remove_dir_all(&dir).is_ok() {
             reaped.push(entry.file_name().to_string_lossy().into_owned());
         }
     }
     reaped
+}
+
+/// Waits (briefly) until a SIGKILLed process that is not our child is gone,
+/// so its cgroups can be removed next.
+fn wait_gone(pid: i32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while process::alive(pid) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 fn owner_alive(dir: &Path) -> bool {
