@@ -242,6 +242,9 @@ root="$base/$(basename "$exec_file")/$id/root"
 [ -d "$root/run" ] || { echo "fake jailer: $root/run missing" >&2; exit 5; }
 cp "$exec_file" "$root/$(basename "$exec_file")" || exit 6
 readlink "$netns" > "$out/netns" || { echo "fake jailer: netns $netns" >&2; exit 7; }
+if command -v nsenter >/dev/null && command -v ip >/dev/null; then
+  nsenter --net="$netns" ip -o link > "$out/links" || exit 7
+fi
 [ "$version" = 1 ] || { echo "fake jailer: only v1 here" >&2; exit 8; }
 echo "$cgroups" | while IFS= read -r c; do
   [ -n "$c" ] || continue
@@ -773,6 +776,17 @@ async fn start_firecracker_through_the_jailer_from_the_environment() {
     let ns = std::fs::read_to_string(fx.out.join("netns")).unwrap();
     assert!(ns.starts_with("net:["), "{ns}");
     assert_ne!(ns.trim(), own_netns());
+    // Holding only a `lo` that is down (where nsenter and ip exist to look).
+    if let Ok(links) = std::fs::read_to_string(fx.out.join("links")) {
+        let links: Vec<&str> = links.lines().collect();
+        assert_eq!(links.len(), 1, "{links:?}");
+        assert!(
+            links[0].contains(" lo:") && links[0].contains("state DOWN"),
+            "{links:?}"
+        );
+    } else {
+        println!("note: nsenter/ip missing, the namespace's interfaces were not listed");
+    }
     // The process the orchestrator holds is the "firecracker" the jailer
     // exec'd (same pid), in the cgroups the jailer made.
     let cgroups = fx.cgroups_made();
