@@ -293,6 +293,15 @@ impl KeyLock {
         }
         Ok(KeyLock { _file: f })
     }
+
+    /// The lock if nobody holds it, without waiting.
+    fn try_acquire(root: &Path, key: &str) -> Option<KeyLock> {
+        use std::os::fd::AsRawFd;
+        let f = fs::File::create(root.join(format!(".{key}.lock"))).ok()?;
+        // SAFETY: flock on a valid open fd; LOCK_NB returns at once.
+        (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
+            .then_some(KeyLock { _file: f })
+    }
 }
 
 /// The prototype for `config`, built on first use. `progress` hears about a build.
@@ -329,6 +338,13 @@ pub async fn ensure(
         "building a {backend} prototype VM (once per kernel/image/size; key {key})"
     ));
     let proto = build(config, &key, accel, backend, &root).await?;
+    let pruned = prune(&proto.meta);
+    if !pruned.is_empty() {
+        progress(&format!(
+            "removed {} superseded or stale prototype(s)",
+            pruned.len()
+        ));
+    }
     progress(&format!(
         "prototype ready: boot {} ms, snapshot {} ms, {} MiB",
         proto.meta.boot_ms,
@@ -521,6 +537,102 @@ pub async fn spawn_from_prototype(
     }
 }
 
+/// Build directories older than this belong to a build that died.
+const STALE_BUILD_SECS: u64 = 3600;
+
+/// Removes what a newly built prototype `current` makes useless, so the cache
+/// does not grow with every upgrade: prototypes of the same machine (backend,
+/// kernel path, rootfs path, vCPUs, memory, accelerator) under another key
+/// (an input such as the initramfs changed), prototypes whose input files are
+/// gone, prototypes of an older format, and build directories of dead builds.
+/// Returns the directory names removed.
+pub fn prune(current: &PrototypeMeta) -> Vec<String> {
+    prune_in(&prototypes_dir(), current)
+}
+
+fn prune_in(root: &Path, current: &PrototypeMeta) -> Vec<String> {
+    let root = root.to_path_buf();
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(&root) else {
+        return removed;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let path = e.path();
+        let age = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_secs());
+        let stale = if name.starts_with(".build-") {
+            age > STALE_BUILD_SECS
+        } else if name.starts_with('.') || name == current.key || !path.is_dir() {
+            false
+        } else {
+            match fs::read_to_string(path.join(META_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<PrototypeMeta>(&t).ok())
+            {
+                // Unreadable metadata: an older format (or damage) no version will use.
+                None => age > STALE_BUILD_SECS || older_format(&path),
+                Some(m) => {
+                    let inputs_gone = !m.kernel.exists()
+                        || !m.initramfs.exists()
+                        || m.rootfs.as_ref().is_some_and(|r| !r.exists());
+                    // Only a generated initramfs replaced by a newer generated one
+                    // supersedes: a user's own initramfs may be in use alongside.
+                    let superseded = generated(&m.initramfs)
+                        && generated(&current.initramfs)
+                        && m.backend == current.backend
+                        && m.kernel == current.kernel
+                        && m.rootfs == current.rootfs
+                        && m.vcpus == current.vcpus
+                        && m.memory_mib == current.memory_mib
+                        && m.accel == current.accel;
+                    inputs_gone || superseded || m.format < FORMAT_VERSION
+                }
+            }
+        };
+        if !stale {
+            continue;
+        }
+        // Never remove a prototype another orchestrator is checking or building.
+        let lock = if name.starts_with('.') {
+            None
+        } else {
+            match KeyLock::try_acquire(&root, &name) {
+                Some(l) => Some(l),
+                None => continue,
+            }
+        };
+        if fs::remove_dir_all(&path).is_ok() {
+            if lock.is_some() {
+                let _ = fs::remove_file(root.join(format!(".{name}.lock")));
+            }
+            removed.push(name);
+        }
+    }
+    removed
+}
+
+/// Whether `initramfs` is one IronClaw generated (named `initramfs-*.cpio`).
+fn generated(initramfs: &Path) -> bool {
+    initramfs
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .is_some_and(|n| n.starts_with("initramfs-") && n.ends_with(".cpio"))
+}
+
+/// Whether the metadata in `dir` declares a format older than this build's.
+fn older_format(dir: &Path) -> bool {
+    fs::read_to_string(dir.join(META_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v.get("format").and_then(|f| f.as_u64()))
+        .is_some_and(|f| f < u64::from(FORMAT_VERSION))
+}
+
 /// Every prototype in the cache.
 pub fn list() -> Vec<Prototype> {
     let mut out = Vec::new();
@@ -596,6 +708,75 @@ mod tests {
         };
         fs::write(dir.join(META_FILE), serde_json::to_string(&meta).unwrap()).unwrap();
         dir
+    }
+
+    #[test]
+    fn prune_removes_superseded_and_orphaned_prototypes_only() {
+        let mut b = [0u8; 6];
+        getrandom::getrandom(&mut b).unwrap();
+        let root = std::env::temp_dir().join(format!("ironclaw-prune-unit-{}", hex::encode(b)));
+        fs::create_dir_all(&root).unwrap();
+        let inputs = root.join("inputs");
+        fs::create_dir_all(&inputs).unwrap();
+        let file = |n: &str| {
+            let p = inputs.join(n);
+            fs::write(&p, n).unwrap();
+            p
+        };
+        let (kernel, old_i, new_i, own_i) = (
+            file("vmlinuz"),
+            file("initramfs-old.cpio"),
+            file("initramfs-new.cpio"),
+            file("custom.img"),
+        );
+        let meta = |key: &str, initramfs: &Path, memory_mib: u32| PrototypeMeta {
+            key: key.into(),
+            format: FORMAT_VERSION,
+            ironclaw_version: "test".into(),
+            kernel: kernel.clone(),
+            initramfs: initramfs.to_path_buf(),
+            rootfs: None,
+            vcpus: 1,
+            memory_mib,
+            accel: Accel::Tcg,
+            backend: BackendKind::Qemu,
+            files: Vec::new(),
+            created_unix: 0,
+            boot_ms: 0,
+            snapshot_ms: 0,
+        };
+        let put = |m: &PrototypeMeta| {
+            fs::create_dir_all(root.join(&m.key)).unwrap();
+            fs::write(
+                root.join(&m.key).join(META_FILE),
+                serde_json::to_string(m).unwrap(),
+            )
+            .unwrap();
+        };
+        let current = meta("current", &new_i, 256);
+        put(&current);
+        put(&meta("superseded", &old_i, 256));
+        put(&meta("other-shape", &old_i, 512));
+        put(&meta("users-own", &own_i, 256));
+        let mut gone = meta("orphaned", &old_i, 512);
+        gone.kernel = inputs.join("no-such-kernel");
+        put(&gone);
+        fs::create_dir_all(root.join("old-format")).unwrap();
+        fs::write(
+            root.join("old-format").join(META_FILE),
+            r#"{"format":1,"key":"old-format"}"#,
+        )
+        .unwrap();
+        let mut removed = prune_in(&root, &current);
+        removed.sort();
+        assert_eq!(removed, ["old-format", "orphaned", "superseded"]);
+        for kept in ["current", "other-shape", "users-own"] {
+            assert!(
+                root.join(kept).join(META_FILE).exists(),
+                "{kept} was removed"
+            );
+        }
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
