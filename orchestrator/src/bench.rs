@@ -395,7 +395,8 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
          second {} ms. Under TCG a restored QEMU starts with an empty translation cache, so the \
          first exec pays for translating the guest's fork/exec path; the warm pool runs one command \
          in each clone before offering it, which is why `acquire` meets its goal while a bare restore \
-         does not. On KVM hosts there is no translation step.\n\n\
+         does not. With KVM the guest runs natively and this step should vanish (not measured: \
+         no usable KVM here).\n\n\
          Prototype snapshot: {} MiB for {} MiB of guest memory (prototype boot {} ms, snapshot {} ms).\n\n\
          | measurement | value |\n|---|---:|\n\
          | {n} clones restored in parallel: all first results after (ms) | {} |\n\
