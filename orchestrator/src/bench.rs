@@ -369,6 +369,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
         .map(|n| n.get())
         .unwrap_or(0);
     let list = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
+    let idle_pss_mib = idle_pss.iter().sum::<u64>() as f64 / idle_pss.len().max(1) as f64 / 1024.0;
     let report = format!(
         "# Benchmarks\n\n\
          Produced by `ironclaw bench` (`make bench`); medians of {runs} alternating runs in one process, \
@@ -401,7 +402,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
          | measurement | value |\n|---|---:|\n\
          | {n} clones restored in parallel: all first results after (ms) | {} |\n\
          | same, median per clone (ms) | {} |\n\
-         | host memory (PSS) per idle pooled VM, MiB | {} |\n\n\
+         | host memory (PSS) per idle pooled VM, MiB | {:.1} |\n\n\
          ## Exec round trip\n\n\
          | measurement | median ms | samples |\n|---|---:|---:|\n\
          | `true` on a running VM (exec request → exit status) | {} | {} |\n",
@@ -430,7 +431,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
         proto.meta.snapshot_ms,
         ms(par_all),
         ms(median(par.clone())),
-        format!("{:.1}", idle_pss.iter().sum::<u64>() as f64 / idle_pss.len().max(1) as f64 / 1024.0),
+        idle_pss_mib,
         ms(median(execs.clone())),
         execs.len(),
     );

@@ -513,7 +513,7 @@ impl QemuBackend {
                 Err(e) => return Err(qmp_failed(&mut inst, e)),
             }
         };
-        if opts.incoming.is_some() {
+        if let Some(snapshot) = &opts.incoming {
             // Loading the snapshot; the source was stopped when it was taken,
             // so the VM arrives paused and is resumed here.
             let loaded = async {
@@ -528,7 +528,7 @@ impl QemuBackend {
             if let Err(e) = loaded.await {
                 return Err(VmError::Backend(format!(
                     "restoring {}: {e}: {}",
-                    opts.incoming.as_ref().expect("incoming").display(),
+                    snapshot.display(),
                     tail(&dir.file("qemu.log"), 2000)
                 )));
             }
