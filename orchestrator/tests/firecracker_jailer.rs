@@ -880,6 +880,21 @@ async fn start_firecracker_through_the_jailer_from_the_environment() {
             "PUT /actions SendCtrlAltDel",
         ]
     );
+    // Fail closed: as root, without a jailer, Firecracker is refused unless
+    // the operator opts out explicitly.
+    std::env::remove_var("IRONCLAW_FIRECRACKER_JAILER");
+    let err = FirecrackerOptions::from_env().unwrap_err();
+    assert!(
+        matches!(err, firecracker::FirecrackerError::UnjailedAsRoot),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("IRONCLAW_FIRECRACKER_JAILER"),
+        "{err}"
+    );
+    std::env::set_var("IRONCLAW_FIRECRACKER_ALLOW_UNJAILED", "1");
+    assert!(FirecrackerOptions::from_env().unwrap().jailer.is_none());
+    std::env::remove_var("IRONCLAW_FIRECRACKER_ALLOW_UNJAILED");
     for var in [
         "IRONCLAW_FIRECRACKER",
         "IRONCLAW_FIRECRACKER_JAILER",

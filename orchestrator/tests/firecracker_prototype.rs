@@ -625,6 +625,9 @@ fn env() -> &'static Env {
         // SAFETY (of the process environment): set once, before any code
         // under test reads these variables; the tests are serialized.
         std::env::set_var("IRONCLAW_FIRECRACKER", &bin);
+        // The fake runs unjailed: these tests are about prototypes, the jail
+        // policy is tested in firecracker_jailer.rs.
+        std::env::set_var("IRONCLAW_FIRECRACKER_ALLOW_UNJAILED", "1");
         std::env::set_var("IRONCLAW_RUNTIME_DIR", &root);
         std::env::set_var("IRONCLAW_CACHE_DIR", &cache);
         Env { tmp, root, cache }

@@ -83,10 +83,14 @@ pub fn select(choice: BackendChoice) -> Result<Box<dyn Hypervisor>, VmError> {
         }
         BackendChoice::Auto => {
             if super::firecracker::find_binary().is_some() && super::accel::probe_kvm().usable {
-                Ok(Box::new(super::firecracker::FirecrackerBackend::from_env()?))
-            } else {
-                Ok(Box::new(super::qemu::QemuBackend::from_env()?))
+                match super::firecracker::FirecrackerBackend::from_env() {
+                    Ok(fc) => return Ok(Box::new(fc)),
+                    // E.g. no jailer configured for a root orchestrator: QEMU,
+                    // which IronClaw confines itself, is the safe choice.
+                    Err(e) => tracing::warn!("not using Firecracker: {e}; using QEMU"),
+                }
             }
+            Ok(Box::new(super::qemu::QemuBackend::from_env()?))
         }
     }
 }

@@ -88,6 +88,8 @@ pub enum FirecrackerError {
     Config(#[from] ConfigError),
     #[error("firecracker not found: set $IRONCLAW_FIRECRACKER or put `firecracker` on PATH (it needs a host with usable KVM)")]
     MissingBinary,
+    #[error("refusing to run Firecracker as root without a jail: set $IRONCLAW_FIRECRACKER_JAILER to Firecracker's jailer (see docs/firecracker.md), or $IRONCLAW_FIRECRACKER_ALLOW_UNJAILED=1 to accept it running as root in the host's namespaces (its built-in seccomp filters still apply)")]
+    UnjailedAsRoot,
     #[error("the seccomp filter file {path} given for Firecracker is not usable: {reason}")]
     SeccompFilter { path: PathBuf, reason: String },
     #[error("seccomp level audit is not implemented for Firecracker: its filters are built into it (strict, the default, keeps them); pass a custom filter file with $IRONCLAW_FIRECRACKER_SECCOMP_FILTER instead")]
@@ -155,6 +157,7 @@ impl From<FirecrackerError> for VmError {
     fn from(e: FirecrackerError) -> VmError {
         match e {
             FirecrackerError::Config(c) => VmError::Config(c),
+            FirecrackerError::UnjailedAsRoot => VmError::Unsupported(e.to_string()),
             FirecrackerError::MissingBinary => VmError::MissingTool {
                 tool: FIRECRACKER_BINARY.into(),
                 hint: "set $IRONCLAW_FIRECRACKER or put it on PATH; it needs a host with usable KVM (or use --backend qemu)".into(),
@@ -192,13 +195,23 @@ impl FirecrackerOptions {
     /// or PATH, a seccomp filter from `$IRONCLAW_FIRECRACKER_SECCOMP_FILTER`,
     /// the jailer from `$IRONCLAW_FIRECRACKER_JAILER` and friends
     /// ([`JailerConfig::from_env`]).
+    ///
+    /// Fails closed: started by root, Firecracker must run under its jailer
+    /// unless `$IRONCLAW_FIRECRACKER_ALLOW_UNJAILED=1` says otherwise.
     pub fn from_env() -> Result<FirecrackerOptions, FirecrackerError> {
-        Ok(FirecrackerOptions {
+        let opts = FirecrackerOptions {
             binary: find_binary().ok_or(FirecrackerError::MissingBinary)?,
             seccomp_filter: std::env::var_os("IRONCLAW_FIRECRACKER_SECCOMP_FILTER")
                 .map(PathBuf::from),
             jailer: JailerConfig::from_env()?,
-        })
+        };
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        let allowed = std::env::var("IRONCLAW_FIRECRACKER_ALLOW_UNJAILED").is_ok_and(|v| v == "1");
+        if root && opts.jailer.is_none() && !allowed {
+            return Err(FirecrackerError::UnjailedAsRoot);
+        }
+        Ok(opts)
     }
 
     /// Checks what can be checked before anything is created: the filter
