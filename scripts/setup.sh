@@ -4,7 +4,8 @@
 set -euo pipefail
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
-APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap e2fsprogs)
+# iproute2: the confinement tests list the VMM's network namespace with `ip`.
+APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap e2fsprogs iproute2)
 
 cd "$(dirname "$0")/.."
 say() { [ -n "${IRONCLAW_SETUP_QUIET:-}" ] || echo "setup: $*" >&2; }
