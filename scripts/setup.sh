@@ -8,7 +8,10 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap e2fsprogs iproute2)
 
 cd "$(dirname "$0")/.."
+# Routine steps are quiet under IRONCLAW_SETUP_QUIET (scripts/ironclaw runs
+# this before every command); long first-time work always says what it does.
 say() { [ -n "${IRONCLAW_SETUP_QUIET:-}" ] || echo "setup: $*" >&2; }
+loud() { echo "setup: $*" >&2; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 missing=()
@@ -16,19 +19,23 @@ for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  say "installing Debian packages: ${missing[*]}"
+  loud "installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! vhost-device-vsock --version 2>/dev/null | grep -q " ${VHOST_DEVICE_VSOCK_VERSION}\$"; then
-  say "installing vhost-device-vsock ${VHOST_DEVICE_VSOCK_VERSION} (takes about a minute and a half)"
+  loud "installing vhost-device-vsock ${VHOST_DEVICE_VSOCK_VERSION} (takes about a minute and a half)"
   cargo install --locked --quiet vhost-device-vsock --version "${VHOST_DEVICE_VSOCK_VERSION}"
 fi
 
 # The guest agent is /init of every VM: a static executable (no musl target
 # is available here; glibc's static-pie works).
-say "building the guest agent and the ironclaw CLI"
+if [ -x target/release/ironclaw ]; then
+  say "building the guest agent and the ironclaw CLI"
+else
+  loud "building the guest agent and the ironclaw CLI (the first build takes a few minutes)"
+fi
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p ironclaw-guest --target x86_64-unknown-linux-gnu
 cargo build --quiet --release -p ironclaw-orchestrator
 
