@@ -40,6 +40,14 @@ fn tool(name: &'static str, env: &str, hint: &str) -> (Check, Option<PathBuf>) {
         .map(PathBuf::from)
         .or_else(|| qemu::which(name));
     match found {
+        Some(p) if !p.is_file() => (
+            Check {
+                name,
+                level: Level::Fail,
+                detail: format!("${env} is {}, which is not a file; {hint}", p.display()),
+            },
+            None,
+        ),
         Some(p) => (
             Check {
                 name,

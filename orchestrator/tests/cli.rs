@@ -340,3 +340,19 @@ fn the_pool_daemon_serves_runs_and_cleans_up_when_stopped() {
     );
     let _ = std::fs::remove_dir_all(&r);
 }
+
+#[test]
+fn doctor_fails_when_nothing_can_run() {
+    let out = ironclaw(&root("doctor-fail"))
+        .args(["doctor", "--quick"])
+        .env("IRONCLAW_QEMU", "/nonexistent/qemu-system-x86_64")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", s(&out.stdout));
+    let text = s(&out.stdout);
+    assert!(
+        text.contains("FAIL") && text.contains("IRONCLAW_QEMU"),
+        "{text}"
+    );
+    assert!(text.contains("nothing can run here"), "{text}");
+}
