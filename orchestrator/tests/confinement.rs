@@ -57,6 +57,44 @@ fn vmm_processes_run_filtered_in_their_own_namespaces_and_cgroup() {
                 "3"
             }
         );
+        // The VMM's file system is the minimal root: /usr, a few devices and
+        // files, /proc, /sys and its own runtime directory; no /root, /home,
+        // /tmp, /boot or the orchestrator's cache.
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mut top: Vec<String> = std::fs::read_dir(&root)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        top.sort();
+        for entry in &top {
+            assert!(
+                [
+                    "bin", "dev", "etc", "lib", "lib32", "lib64", "libx32", "proc", "run", "sbin",
+                    "sys", "tmp", "usr"
+                ]
+                .contains(&entry.as_str()),
+                "{}: unexpected /{entry} in its root: {top:?}",
+                p.process
+            );
+        }
+        for hidden in ["root", "home", "boot", "var", "tmp/ironclaw-test"] {
+            assert!(
+                !root.join(hidden).exists(),
+                "{}: /{hidden} is visible",
+                p.process
+            );
+        }
+        assert!(root
+            .join(vm.runtime_dir().strip_prefix("/").unwrap())
+            .join("console.log")
+            .exists());
+        let etc: Vec<_> = std::fs::read_dir(root.join("etc"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(etc.len() <= 2, "{}: /etc holds {etc:?}", p.process);
         let uid = field(pid, "Uid:");
         assert!(!uid.starts_with("0\t"), "{} runs as root: {uid}", p.process);
         assert_eq!(field(pid, "CapEff:"), "0000000000000000", "{}", p.process);

@@ -46,10 +46,12 @@ pub enum JailStep {
     NoNewPrivs,
     Seccomp,
     SendAuditListener,
+    MinimalRoot,
+    PivotRoot,
 }
 
 impl JailStep {
-    const ALL: [JailStep; 14] = [
+    const ALL: [JailStep; 16] = [
         JailStep::JoinCgroup,
         JailStep::Unshare,
         JailStep::ForkPidNamespace,
@@ -64,6 +66,8 @@ impl JailStep {
         JailStep::NoNewPrivs,
         JailStep::Seccomp,
         JailStep::SendAuditListener,
+        JailStep::MinimalRoot,
+        JailStep::PivotRoot,
     ];
 
     fn from_u8(v: u8) -> Option<JailStep> {
@@ -88,6 +92,8 @@ impl std::fmt::Display for JailStep {
             JailStep::NoNewPrivs => "setting no_new_privs",
             JailStep::Seccomp => "installing the seccomp filter",
             JailStep::SendAuditListener => "handing the seccomp audit listener to the orchestrator",
+            JailStep::MinimalRoot => "building the minimal root file system",
+            JailStep::PivotRoot => "switching into the minimal root (pivot_root)",
         })
     }
 }
@@ -150,6 +156,11 @@ pub struct JailSpec {
     /// `cgroup.procs` of the VM's cgroup(s).
     pub cgroup_procs: Vec<OwnedFd>,
     pub seccomp: Option<SeccompFilter>,
+    /// With namespaces: switch into a minimal root holding only what a VMM
+    /// needs (`/usr` and the loader's cache read-only, a few devices, `/proc`,
+    /// `/sys` read-only) and this runtime directory, read-write at its own
+    /// path. Nothing else of the host's file system is visible to the VMM.
+    pub minimal_root: Option<PathBuf>,
 }
 
 /// A started, confined process.
@@ -348,8 +359,226 @@ struct ChildPlan {
     alive_r: OwnedFd,
     alive_w: OwnedFd,
     audit_sock: Option<OwnedFd>,
+    root: Option<RootPlan>,
 }
 
+/// The minimal root, every path prepared before the fork.
+struct RootPlan {
+    /// The tmpfs that becomes `/` (an empty directory in the runtime dir).
+    new_root: CString,
+    /// Directories to create inside it, parents first.
+    dirs: Vec<CString>,
+    /// Empty files to create as bind targets (devices, single files).
+    files: Vec<CString>,
+    /// (source, target, read-only, recursive) bind mounts.
+    binds: Vec<(CString, CString, bool, bool)>,
+    /// (link target, link path) symlinks (`/lib -> usr/lib` on merged-usr hosts).
+    links: Vec<(CString, CString)>,
+    /// The nested copy of the new root that a recursive bind of the runtime
+    /// directory brings along; unmounted again.
+    nested: CString,
+    proc_dir: CString,
+    old_root: CString,
+}
+
+/// Host paths a VMM needs in its minimal root, read-only.
+const ROOT_DIRS_RO: &[&str] = &["/usr", "/sys"];
+const ROOT_FILES_RO: &[&str] = &["/etc/ld.so.cache", "/etc/localtime"];
+/// Devices a VMM may open; bound only where they exist on the host.
+const ROOT_DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/kvm",
+];
+/// Top-level names that merged-usr hosts make symlinks into /usr.
+const ROOT_LINKS: &[&str] = &["/bin", "/sbin", "/lib", "/lib64", "/lib32", "/libx32"];
+
+impl RootPlan {
+    fn prepare(runtime_dir: &Path) -> std::io::Result<RootPlan> {
+        let new_root = runtime_dir.join(".root");
+        std::fs::create_dir_all(&new_root)?;
+        let inside = |p: &Path| new_root.join(p.strip_prefix("/").unwrap_or(p));
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let add_dir = |d: PathBuf, dirs: &mut Vec<PathBuf>| {
+            let mut chain = Vec::new();
+            let mut cur = Some(d.as_path());
+            while let Some(c) = cur {
+                if c == new_root.as_path() || !c.starts_with(&new_root) {
+                    break;
+                }
+                chain.push(c.to_path_buf());
+                cur = c.parent();
+            }
+            for c in chain.into_iter().rev() {
+                if !dirs.contains(&c) {
+                    dirs.push(c);
+                }
+            }
+        };
+        let mut files = Vec::new();
+        let mut binds = Vec::new();
+        for d in ROOT_DIRS_RO {
+            let d = Path::new(d);
+            if d.is_dir() {
+                add_dir(inside(d), &mut dirs);
+                binds.push((d.to_path_buf(), inside(d), true, false));
+            }
+        }
+        for f in ROOT_FILES_RO.iter().chain(ROOT_DEVICES) {
+            let f = Path::new(f);
+            if f.exists() {
+                add_dir(inside(f.parent().unwrap_or(Path::new("/"))), &mut dirs);
+                files.push(inside(f));
+                // Devices stay writable (a read-only mount would refuse
+                // writes to /dev/null); plain files are read-only.
+                binds.push((f.to_path_buf(), inside(f), f.starts_with("/etc"), false));
+            }
+        }
+        let mut links = Vec::new();
+        for l in ROOT_LINKS {
+            let l = Path::new(l);
+            match std::fs::read_link(l) {
+                Ok(target) => links.push((target, inside(l))),
+                Err(_) if l.is_dir() => {
+                    add_dir(inside(l), &mut dirs);
+                    binds.push((l.to_path_buf(), inside(l), true, false));
+                }
+                Err(_) => {}
+            }
+        }
+        add_dir(inside(runtime_dir), &mut dirs);
+        // Recursive: the boot files are bind mounts inside the runtime dir.
+        binds.push((runtime_dir.to_path_buf(), inside(runtime_dir), false, true));
+        add_dir(new_root.join("proc"), &mut dirs);
+        add_dir(new_root.join(".old-root"), &mut dirs);
+        let c = |p: &Path| cstr(p);
+        Ok(RootPlan {
+            new_root: c(&new_root)?,
+            dirs: dirs.iter().map(|d| c(d)).collect::<Result<_, _>>()?,
+            files: files.iter().map(|f| c(f)).collect::<Result<_, _>>()?,
+            binds: binds
+                .iter()
+                .map(|(s, t, ro, rec)| Ok((c(s)?, c(t)?, *ro, *rec)))
+                .collect::<std::io::Result<_>>()?,
+            links: links
+                .iter()
+                .map(|(t, l)| Ok((c(t)?, c(l)?)))
+                .collect::<std::io::Result<_>>()?,
+            nested: c(&inside(runtime_dir).join(".root"))?,
+            proc_dir: c(&new_root.join("proc"))?,
+            old_root: c(&new_root.join(".old-root"))?,
+        })
+    }
+
+    /// Runs in the child, in its own mount namespace, after the other mounts.
+    /// Only async-signal-safe calls.
+    fn enter(&self, rep: RawFd) -> std::io::Result<()> {
+        let null = std::ptr::null::<libc::c_char>();
+        let step = |s| fail(rep, s, errno());
+        // SAFETY: mount/mkdir/open/symlink/pivot_root/umount2/chdir with
+        // NUL-terminated strings prepared before the fork.
+        unsafe {
+            if libc::mount(
+                TMPFS.as_ptr().cast(),
+                self.new_root.as_ptr(),
+                TMPFS.as_ptr().cast(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                ROOT_TMPFS_OPTS.as_ptr().cast(),
+            ) != 0
+            {
+                return Err(step(JailStep::MinimalRoot));
+            }
+            for d in &self.dirs {
+                if libc::mkdir(d.as_ptr(), 0o755) != 0 && errno() != libc::EEXIST {
+                    return Err(step(JailStep::MinimalRoot));
+                }
+            }
+            for f in &self.files {
+                let fd = libc::open(
+                    f.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                );
+                if fd < 0 {
+                    return Err(step(JailStep::MinimalRoot));
+                }
+                libc::close(fd);
+            }
+            for (target, link) in &self.links {
+                if libc::symlink(target.as_ptr(), link.as_ptr()) != 0 {
+                    return Err(step(JailStep::MinimalRoot));
+                }
+            }
+            for (src, dst, ro, rec) in &self.binds {
+                let rec_flag = if *rec { libc::MS_REC } else { 0 };
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    null,
+                    libc::MS_BIND | rec_flag,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(step(JailStep::MinimalRoot));
+                }
+                if *ro {
+                    let flags = libc::MS_BIND
+                        | libc::MS_REMOUNT
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV;
+                    if libc::mount(null, dst.as_ptr(), null, flags, std::ptr::null()) != 0 {
+                        return Err(step(JailStep::MinimalRoot));
+                    }
+                }
+            }
+            // The recursive bind of the runtime dir copied the new root's own
+            // mount into itself; that copy is not needed.
+            libc::umount2(self.nested.as_ptr(), libc::MNT_DETACH);
+            if libc::mount(
+                PROC.as_ptr().cast(),
+                self.proc_dir.as_ptr(),
+                PROC.as_ptr().cast(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(step(JailStep::MinimalRoot));
+            }
+            if libc::syscall(
+                libc::SYS_pivot_root,
+                self.new_root.as_ptr(),
+                self.old_root.as_ptr(),
+            ) != 0
+            {
+                return Err(step(JailStep::PivotRoot));
+            }
+            if libc::chdir(SLASH.as_ptr().cast()) != 0
+                || libc::umount2(OLD_ROOT.as_ptr().cast(), libc::MNT_DETACH) != 0
+                || libc::rmdir(OLD_ROOT.as_ptr().cast()) != 0
+            {
+                return Err(step(JailStep::PivotRoot));
+            }
+            // Nothing is created in the root itself once the VMM runs.
+            let flags = libc::MS_REMOUNT
+                | libc::MS_BIND
+                | libc::MS_RDONLY
+                | libc::MS_NOSUID
+                | libc::MS_NODEV;
+            if libc::mount(null, SLASH.as_ptr().cast(), null, flags, std::ptr::null()) != 0 {
+                return Err(step(JailStep::PivotRoot));
+            }
+        }
+        Ok(())
+    }
+}
+
+const TMPFS: &[u8] = b"tmpfs\0";
+const ROOT_TMPFS_OPTS: &[u8] = b"mode=0755,size=1m\0";
+const OLD_ROOT: &[u8] = b"/.old-root\0";
 const PROC: &[u8] = b"proc\0";
 const SLASH_PROC: &[u8] = b"/proc\0";
 const SLASH: &[u8] = b"/\0";
@@ -377,6 +606,9 @@ impl ChildPlan {
             }
             self.fork_into_pid_namespace()?;
             self.mounts()?;
+            if let Some(root) = &self.root {
+                root.enter(rep)?;
+            }
             // SAFETY: a static buffer and its length.
             if unsafe { libc::sethostname(HOSTNAME.as_ptr().cast(), HOSTNAME.len()) } != 0 {
                 return Err(fail(rep, JailStep::Hostname, errno()));
@@ -591,6 +823,10 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
         .collect::<std::io::Result<Vec<_>>>()
         .map_err(prep("bind mount paths"))?;
     let namespaces = spec.namespaces;
+    let root = match (&spec.minimal_root, namespaces) {
+        (Some(dir), true) => Some(RootPlan::prepare(dir).map_err(prep("the minimal root"))?),
+        _ => None,
+    };
     let mut plan = ChildPlan {
         namespaces,
         ids: spec.ids,
@@ -601,6 +837,7 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
         alive_r,
         alive_w,
         audit_sock: audit_child,
+        root,
     };
     // ChildPlan::run makes only async-signal-safe calls and allocates
     // nothing (all strings and programs were prepared above).

@@ -217,6 +217,9 @@ struct Confinement {
     config: VmConfig,
     level: SeccompLevel,
     audit: Option<Arc<AuditLog>>,
+    /// The runtime directory, the only host directory the jailed VMM sees
+    /// besides `/usr` (see `JailSpec::minimal_root`).
+    minimal_root: Option<PathBuf>,
 }
 
 impl Confinement {
@@ -244,6 +247,7 @@ impl Confinement {
                 config: config.clone(),
                 level: c.seccomp,
                 audit,
+                minimal_root: None,
             });
         }
         // SAFETY: geteuid cannot fail.
@@ -304,6 +308,7 @@ impl Confinement {
             config: jailed_config,
             level: c.seccomp,
             audit,
+            minimal_root: Some(dir.path().to_path_buf()),
         })
     }
 
@@ -314,7 +319,8 @@ impl Confinement {
         let Some((uid, gid)) = self.ids else {
             return Ok(program.to_path_buf());
         };
-        if jail::reachable(program, uid, gid) {
+        // Inside the minimal root only /usr (and the runtime dir) exist.
+        if jail::reachable(program, uid, gid) && program.starts_with("/usr") {
             return Ok(program.to_path_buf());
         }
         jail::check_readable("program", program, uid, gid)?;
@@ -363,6 +369,7 @@ impl Confinement {
                 })
                 .collect::<Result<_, _>>()?,
             seccomp: Some(filter),
+            minimal_root: self.minimal_root.clone(),
         })
     }
 }
