@@ -309,7 +309,7 @@ fn confinement_checks(checks: &mut Vec<Check>) -> bool {
         name: "jail",
         level: if root { Level::Ok } else { Level::Fail },
         detail: if root {
-            "each VMM process: new mount/PID/IPC/UTS/network namespaces (no interface but a down lo), a per-VM unprivileged uid, no_new_privs".into()
+            "each VMM process: new mount/PID/IPC/UTS/network namespaces (no interface but a down lo), a minimal root (/usr, a few devices, its runtime dir), a per-VM unprivileged uid, no_new_privs".into()
         } else {
             "needs root (namespaces, cgroups, uid change): VMs fail to start unless confinement.jail is false".into()
         },
