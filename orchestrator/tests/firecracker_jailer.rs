@@ -403,7 +403,9 @@ fn skip_unless_root(test: &str) -> bool {
     if is_root() {
         return false;
     }
-    println!("skipped: {test}: the jailer needs root (namespaces, cgroups, chown)");
+    visible(&format!(
+        "skipped: {test}: the jailer needs root (namespaces, cgroups, chown)"
+    ));
     true
 }
 
@@ -578,7 +580,7 @@ async fn start_firecracker_through_the_jailer_from_the_environment() {
             "{links:?}"
         );
     } else {
-        println!("note: nsenter/ip missing, the namespace's interfaces were not listed");
+        visible("note: nsenter/ip missing, the namespace's interfaces were not listed");
     }
     // The process the orchestrator holds is the "firecracker" the jailer
     // exec'd (same pid), in the cgroups the jailer made.
