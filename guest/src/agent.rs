@@ -40,7 +40,7 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
                 loop {
                     port.wait_for_host().await;
                     // One session per host connection; it ends at EOF (host gone).
-                    serve_session(port.clone()).await;
+                    serve_session(port.session()?).await;
                 }
             }
             Listen::Vsock(port) => {

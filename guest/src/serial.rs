@@ -2,12 +2,19 @@
 //! protocol as vsock. Unlike vsock there are no connections, so the agent
 //! learns about the host from the port itself: reads return EOF (and poll
 //! reports POLLHUP) while no host is connected to the chardev socket.
+//!
+//! Each session gets its own registration with the reactor ([`SerialPort::session`]).
+//! tokio treats a hang-up as final: once epoll has reported POLLHUP on a
+//! registration, that registration stays "ready" forever, even after a host
+//! connects again and reads return EAGAIN. Reusing the registration the port
+//! was opened with (before any host had connected) made every read spin on
+//! EAGAIN for the whole life of the VM: a busy agent, a busy vCPU and a host
+//! core burnt per idle clone.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -34,10 +41,16 @@ pub async fn find_port(name: &str) -> io::Result<PathBuf> {
     ))
 }
 
-/// A virtio-serial port; clones share the one open file.
-#[derive(Clone)]
+/// A virtio-serial port, open but not registered with the reactor.
 pub struct SerialPort {
-    fd: Arc<AsyncFd<OwnedFd>>,
+    fd: OwnedFd,
+}
+
+/// One session's view of the port: a fresh reactor registration of a
+/// duplicate of the port's descriptor, so a hang-up seen by an earlier
+/// session cannot leave this one permanently "ready".
+pub struct SerialSession {
+    fd: AsyncFd<OwnedFd>,
 }
 
 impl SerialPort {
@@ -56,13 +69,23 @@ impl SerialPort {
         }
         // SAFETY: raw is a freshly opened fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        Ok(SerialPort { fd })
+    }
+
+    /// A new session on the port, registered afresh with the reactor. Call it
+    /// after [`SerialPort::wait_for_host`]; the session ends at EOF, i.e.
+    /// when the host goes away.
+    pub fn session(&self) -> io::Result<SerialSession> {
+        let fd = self.fd.try_clone()?;
         // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, as the
         // same descriptor, for the AsyncFd's whole life.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(SerialPort { fd: Arc::new(fd) })
+        Ok(SerialSession { fd })
     }
 
-    /// Waits until a host is connected to the other end.
+    /// Waits until a host is connected to the other end. The port gives no
+    /// event for "hang-up cleared" (poll keeps reporting POLLHUP until then),
+    /// so this polls every 10 ms; it runs only while no host is connected.
     pub async fn wait_for_host(&self) {
         loop {
             let mut pfd = libc::pollfd {
@@ -80,7 +103,7 @@ impl SerialPort {
     }
 }
 
-impl AsyncRead for SerialPort {
+impl AsyncRead for SerialSession {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -112,7 +135,7 @@ impl AsyncRead for SerialPort {
     }
 }
 
-impl AsyncWrite for SerialPort {
+impl AsyncWrite for SerialSession {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
