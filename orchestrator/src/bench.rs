@@ -45,32 +45,9 @@ fn ms(d: Duration) -> String {
 /// Bare QEMU, same machine, kernel and initramfs, no IronClaw: time from
 /// starting QEMU until `/init` prints its first line on the serial console.
 fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> Result<Duration, VmError> {
-    let qemu = qemu::which(qemu::QEMU_BINARY).ok_or_else(|| VmError::MissingTool {
-        tool: qemu::QEMU_BINARY.into(),
-        hint: "scripts/setup.sh".into(),
-    })?;
-    let mem = config.memory_mib;
-    let mut cmd = Command::new(qemu);
-    cmd.args([
-        "-M",
-        "microvm,pit=on,acpi=on",
-        "-accel",
-        if accel == accel::Accel::Kvm {
-            "kvm"
-        } else {
-            "tcg"
-        },
-    ]);
-    cmd.args(["-m", &format!("{mem}M"), "-smp", &config.vcpus.to_string()]);
-    cmd.args([
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-        "-nic",
-        "none",
-    ]);
+    // The same QEMU (`$IRONCLAW_QEMU` honoured) and machine as IronClaw's
+    // serial-transport VMs, minus everything IronClaw adds.
+    let mut cmd = qemu::QemuBackend::from_env()?.machine_command(config, accel, false);
     cmd.args(["-serial", "stdio"]);
     cmd.arg("-kernel")
         .arg(&config.kernel)
@@ -178,15 +155,24 @@ async fn bare_qemu_restore(
         }
         qmp.execute("cont", None).await.map_err(q)?;
         let running = t0.elapsed();
-        // First guest round trip: a hello frame, hand-encoded, and its answer's header.
+        // First guest round trip: a hello frame and its answer's header.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::UnixStream::connect(dir.file(qemu::SERIAL_SOCKET))
             .await
             .map_err(|e| VmError::io("bare: serial socket", e))?;
-        let body = br#"{"type":"hello","version":1}"#;
-        let mut frame = ((body.len() + 5) as u32).to_be_bytes().to_vec();
-        frame.extend_from_slice(&[0, 0, 0, 0, 0]);
-        frame.extend_from_slice(body);
+        let hello = ironclaw_protocol::Frame::control(
+            ironclaw_protocol::SESSION_STREAM,
+            &ironclaw_protocol::Message::Hello {
+                version: ironclaw_protocol::PROTOCOL_VERSION,
+            },
+        );
+        let mut frame = bytes::BytesMut::new();
+        tokio_util::codec::Encoder::encode(
+            &mut ironclaw_protocol::FrameCodec::new(),
+            hello,
+            &mut frame,
+        )
+        .map_err(|e| VmError::Backend(format!("bare: encoding hello: {e}")))?;
         s.write_all(&frame)
             .await
             .map_err(|e| VmError::io("bare: hello", e))?;

@@ -218,14 +218,16 @@ pub fn guest_binary() -> Result<PathBuf, ImageError> {
                 .join("ironclaw-guest"),
         );
     }
-    candidates.into_iter().find(|p| is_static_elf(p).unwrap_or(false)).ok_or_else(|| {
-        ImageError::NoGuestBinary(
-            "build it with `make guest` (a static build: RUSTFLAGS='-C target-feature=+crt-static' \
-             cargo build --release -p ironclaw-guest --target x86_64-unknown-linux-gnu) or set IRONCLAW_GUEST_BIN"
-                .into(),
-        )
-    })
+    candidates
+        .into_iter()
+        .find(|p| is_static_elf(p).unwrap_or(false))
+        .ok_or_else(|| ImageError::NoGuestBinary(NO_GUEST_BINARY_HINT.into()))
 }
+
+/// What to do when no static guest binary is found.
+const NO_GUEST_BINARY_HINT: &str = "build it with `scripts/setup.sh` (or by hand, statically: \
+     RUSTFLAGS='-C target-feature=+crt-static' cargo build --release -p ironclaw-guest \
+     --target x86_64-unknown-linux-gnu) or set IRONCLAW_GUEST_BIN";
 
 /// The static busybox: `$IRONCLAW_BUSYBOX`, else `/bin/busybox` (Debian's busybox-static).
 pub fn busybox_binary() -> Result<PathBuf, ImageError> {
@@ -494,6 +496,32 @@ fn write_initramfs(inputs: &Inputs, dest: &Path) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every command the hint tells a user to run exists in this repository:
+    /// a `make` target in the Makefile, a script under the workspace.
+    #[test]
+    fn the_missing_guest_hint_names_commands_that_exist() {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let makefile = fs::read_to_string(workspace.join("Makefile")).unwrap();
+        let quoted: Vec<&str> = NO_GUEST_BINARY_HINT.split('`').skip(1).step_by(2).collect();
+        assert!(!quoted.is_empty(), "the hint names no command");
+        for cmd in quoted {
+            if let Some(target) = cmd.strip_prefix("make ") {
+                assert!(
+                    makefile
+                        .lines()
+                        .any(|l| l.starts_with(&format!("{target}:"))),
+                    "the hint names `{cmd}`, which the Makefile lacks"
+                );
+            } else {
+                let program = cmd.split_whitespace().next().unwrap();
+                assert!(
+                    workspace.join(program).is_file(),
+                    "the hint names `{cmd}`, but {program} does not exist"
+                );
+            }
+        }
+    }
 
     #[test]
     fn resolves_modules_in_dependency_order() {

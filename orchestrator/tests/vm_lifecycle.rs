@@ -188,3 +188,34 @@ fn a_kernel_that_cannot_boot_fails_fast() {
     assert!(!test_root().join("bad-kernel").exists());
     assert!(entries(&test_root()).iter().all(|e| e != "bad-kernel"));
 }
+
+#[test]
+fn a_custom_vsock_path_is_refused_in_the_jail_and_cleaned_up_without_it() {
+    let outside = tempfile::tempdir().unwrap();
+    let uds = outside.path().join("agent.sock");
+    let mut cfg = default_config();
+    cfg.vsock.uds_path = Some(uds.clone());
+    // The jailed vsock device sees only the runtime directory: refused up front.
+    let err = runtime()
+        .block_on(vm::spawn_vm_with_config("custom-uds-jailed", &cfg))
+        .err()
+        .expect("refused under the jail");
+    assert!(
+        matches!(err, VmError::Config(ref e) if e.field == "vsock.uds_path"),
+        "{err}"
+    );
+    assert!(!test_root().join("custom-uds-jailed").exists());
+
+    cfg.confinement.jail = false;
+    let vm = runtime()
+        .block_on(vm::spawn_vm_with_config("custom-uds", &cfg))
+        .unwrap();
+    assert_eq!(text(&sh(&vm, "echo up").stdout), "up\n");
+    assert!(uds.exists());
+    runtime().block_on(vm::destroy_vm(vm)).unwrap();
+    assert_eq!(
+        entries(outside.path()),
+        Vec::<String>::new(),
+        "sockets outside the runtime directory outlived the VM"
+    );
+}

@@ -354,6 +354,19 @@ impl VmConfig {
                     format!("is longer than {MAX_SOCKET_PATH} bytes (a unix socket path limit)"),
                 )?;
             }
+            if self.confinement.jail {
+                // The jailed vsock device sees only the VM's runtime directory
+                // (its minimal root), so it could not create a socket elsewhere.
+                refuse(
+                    "vsock.uds_path",
+                    format!(
+                        "{} cannot be used with the jail: the confined VMM sees only the VM's \
+                         runtime directory, where the socket is put when vsock.uds_path is unset; \
+                         leave it unset, or turn the jail off (confinement.jail = false)",
+                        path.display()
+                    ),
+                )?;
+            }
         }
         Ok(())
     }
@@ -562,6 +575,15 @@ mod tests {
             field_of(&c(&format!("/{}", "x".repeat(200)))),
             "vsock.uds_path"
         );
+        // An absolute, short path is refused under the jail (the confined
+        // vsock device could not reach it) and taken without it.
+        let jailed = c("/tmp/custom.sock");
+        assert!(jailed.confinement.jail);
+        assert_eq!(field_of(&jailed), "vsock.uds_path");
+        assert!(jailed.validate().unwrap_err().reason.contains("jail"));
+        let mut free = c("/tmp/custom.sock");
+        free.confinement.jail = false;
+        free.validate().unwrap();
     }
 
     #[test]

@@ -171,13 +171,8 @@ fn vmm_for(config: &VmConfig, backend: BackendKind) -> Result<(PathBuf, Accel), 
     match backend {
         BackendKind::Qemu => {
             let (accel, _) = accel::choose(config.accel);
-            let qemu = super::qemu::which(super::qemu::QEMU_BINARY).ok_or_else(|| {
-                VmError::MissingTool {
-                    tool: super::qemu::QEMU_BINARY.into(),
-                    hint: "apt-get install qemu-system-x86".into(),
-                }
-            })?;
-            Ok((qemu, accel))
+            // The QEMU that will run the clone: `$IRONCLAW_QEMU` when set.
+            Ok((super::qemu::qemu_binary()?, accel))
         }
         // Firecracker has no emulator: it always runs on KVM.
         BackendKind::Firecracker => Ok((

@@ -84,25 +84,32 @@ pub fn which(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// `$env`, else `name` on `PATH`.
+fn find_tool(env: &str, name: &str, hint: &str) -> Result<PathBuf, VmError> {
+    std::env::var_os(env)
+        .map(PathBuf::from)
+        .or_else(|| which(name))
+        .ok_or_else(|| VmError::MissingTool {
+            tool: name.into(),
+            hint: hint.into(),
+        })
+}
+
+/// The QEMU that runs VMs: `$IRONCLAW_QEMU`, else `qemu-system-x86_64` on `PATH`.
+pub fn qemu_binary() -> Result<PathBuf, VmError> {
+    find_tool(
+        "IRONCLAW_QEMU",
+        QEMU_BINARY,
+        "apt-get install qemu-system-x86 (or run scripts/setup.sh)",
+    )
+}
+
 impl QemuBackend {
     /// Finds QEMU and vhost-device-vsock (`$IRONCLAW_QEMU`, `$IRONCLAW_VHOST_VSOCK`, else `PATH`).
     pub fn from_env() -> Result<QemuBackend, VmError> {
-        let find = |env: &str, name: &str, hint: &str| {
-            std::env::var_os(env)
-                .map(PathBuf::from)
-                .or_else(|| which(name))
-                .ok_or_else(|| VmError::MissingTool {
-                    tool: name.into(),
-                    hint: hint.into(),
-                })
-        };
         Ok(QemuBackend {
-            qemu: find(
-                "IRONCLAW_QEMU",
-                QEMU_BINARY,
-                "apt-get install qemu-system-x86 (or run scripts/setup.sh)",
-            )?,
-            vhost_vsock: find(
+            qemu: qemu_binary()?,
+            vhost_vsock: find_tool(
                 "IRONCLAW_VHOST_VSOCK",
                 VHOST_VSOCK_BINARY,
                 "cargo install --locked vhost-device-vsock (or run scripts/setup.sh)",
@@ -110,27 +117,25 @@ impl QemuBackend {
         })
     }
 
-    pub(crate) fn qemu_command(
-        &self,
-        config: &VmConfig,
-        accel: Accel,
-        dir: &RuntimeDir,
-        opts: &LaunchOptions,
-    ) -> Command {
+    /// QEMU with the machine IronClaw runs — microvm, accelerator, vCPUs,
+    /// memory, no default devices and no network device — and nothing else:
+    /// no console, channel, kernel or confinement. `memfd` backs guest memory
+    /// with a shared memfd (what vhost-user devices need). The benchmark's
+    /// bare-QEMU reference starts from this too, so it runs the same machine.
+    pub fn machine_command(&self, config: &VmConfig, accel: Accel, memfd: bool) -> Command {
         let mem = config.memory_mib;
         let mut cmd = Command::new(&self.qemu);
-        cmd.arg("-name").arg(format!("ironclaw-{}", config.id));
-        match opts.transport {
-            Transport::Vsock => cmd.args(["-M", "microvm,pit=on,acpi=on,memory-backend=mem"]),
-            Transport::Serial => cmd.args(["-M", "microvm,pit=on,acpi=on"]),
-        };
+        if memfd {
+            cmd.args(["-M", "microvm,pit=on,acpi=on,memory-backend=mem"]);
+        } else {
+            cmd.args(["-M", "microvm,pit=on,acpi=on"]);
+        }
         match accel {
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => cmd.args(["-accel", "tcg"]),
         };
         cmd.args(["-m", &format!("{mem}M"), "-smp", &config.vcpus.to_string()]);
-        if opts.transport == Transport::Vsock {
-            // vhost-user devices need guest memory shared with the device process.
+        if memfd {
             cmd.args([
                 "-object",
                 &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
@@ -143,6 +148,21 @@ impl QemuBackend {
             "none",
             "-no-reboot",
         ]);
+        // No network device, by construction: no -netdev is ever passed and the
+        // default NIC is switched off explicitly.
+        cmd.args(["-nic", "none"]);
+        cmd
+    }
+
+    pub(crate) fn qemu_command(
+        &self,
+        config: &VmConfig,
+        accel: Accel,
+        dir: &RuntimeDir,
+        opts: &LaunchOptions,
+    ) -> Command {
+        let mut cmd = self.machine_command(config, accel, opts.transport == Transport::Vsock);
+        cmd.arg("-name").arg(format!("ironclaw-{}", config.id));
         // QEMU's own seccomp sandbox, stacked on the allowlist installed before
         // exec (vm::seccomp): it also refuses obsolete calls, privilege changes,
         // spawning processes and resource-control calls from inside QEMU.
@@ -150,9 +170,6 @@ impl QemuBackend {
             "-sandbox",
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]);
-        // No network device, by construction: no -netdev is ever passed and the
-        // default NIC is switched off explicitly.
-        cmd.args(["-nic", "none"]);
         cmd.arg("-serial")
             .arg(format!("file:{}", dir.file("console.log").display()));
         cmd.arg("-qmp").arg(format!(
@@ -431,6 +448,7 @@ impl QemuBackend {
             qmp: dir.file("qmp.sock"),
             channel,
             ready: None,
+            outside_sockets: Vec::new(),
             cgroup: confinement.cgroup.take(),
             audit: confinement.audit.clone(),
             memory_limit_mib: config.limits().memory_mib,
@@ -443,6 +461,12 @@ impl QemuBackend {
                 uds_path(config, dir),
                 AGENT_VSOCK_PORT,
             );
+            if !vsock.uds_path.starts_with(dir.path()) {
+                inst.outside_sockets = vec![
+                    vsock.uds_path.clone(),
+                    vsock.guest_initiated_path(ironclaw_protocol::AGENT_READY_PORT),
+                ];
+            }
             inst.ready = Some(
                 vsock
                     .bind_ready_listener()
@@ -585,6 +609,9 @@ pub struct QemuInstance {
     qmp: PathBuf,
     channel: Arc<dyn GuestChannel>,
     ready: Option<tokio::net::UnixListener>,
+    /// Sockets this VM creates outside its runtime directory (a custom
+    /// `vsock.uds_path` and its `_<port>` sockets), removed on kill.
+    outside_sockets: Vec<PathBuf>,
     /// Removed after the processes are dead.
     cgroup: Option<VmCgroup>,
     audit: Option<Arc<AuditLog>>,
@@ -758,6 +785,9 @@ impl VmInstance for QemuInstance {
             if let Err(e) = cg.remove() {
                 tracing::warn!("VM cgroup left behind: {e}");
             }
+        }
+        for path in self.outside_sockets.drain(..) {
+            let _ = std::fs::remove_file(path);
         }
     }
 }
