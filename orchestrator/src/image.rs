@@ -51,6 +51,8 @@ pub enum ImageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
@@ -58,17 +60,9 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageErr
     move |source| ImageError::Io { context, source }
 }
 
-/// Where built images are kept: `$IRONCLAW_CACHE_DIR`, else `$XDG_CACHE_HOME/ironclaw`,
-/// else `~/.cache/ironclaw`.
+/// Where built images are kept (see [`crate::cache::root`]).
 pub fn cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("IRONCLAW_CACHE_DIR") {
-        return d.into();
-    }
-    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(d).join("ironclaw");
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/ironclaw")
+    crate::cache::root()
 }
 
 /// The kernel to boot: `$IRONCLAW_KERNEL`, else the newest `/boot/vmlinuz-*`
@@ -329,7 +323,8 @@ impl Inputs {
 /// The default initramfs for `kernel`, built into the cache on first use.
 pub fn default_initramfs(kernel: &Path) -> Result<PathBuf, ImageError> {
     let inputs = Inputs::gather(kernel)?;
-    let dir = cache_dir();
+    // The initramfs carries the guest agent: only a cache of our own will do.
+    let dir = crate::cache::trusted_dir("")?;
     let path = dir.join(format!(
         "initramfs-{}-{}.cpio",
         inputs.release,
@@ -338,7 +333,6 @@ pub fn default_initramfs(kernel: &Path) -> Result<PathBuf, ImageError> {
     if path.is_file() {
         return Ok(path);
     }
-    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
     let mut rnd = [0u8; 6];
     getrandom::getrandom(&mut rnd)
         .map_err(|e| io_err("random name")(std::io::Error::other(e.to_string())))?;
@@ -405,7 +399,17 @@ impl<W: Write> CpioWriter<W> {
 }
 
 fn write_initramfs(inputs: &Inputs, dest: &Path) -> Result<(), ImageError> {
-    let file = fs::File::create(dest).map_err(io_err(format!("creating {}", dest.display())))?;
+    // A new file (random name, never through a symlink), readable by the VMM's jail uid.
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dest)
+            .map_err(io_err(format!("creating {}", dest.display())))?
+    };
     let mut w = CpioWriter {
         out: Some(BufWriter::new(file)),
         ino: 0,

@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod bench;
 pub mod bench_userland;
+pub mod cache;
 pub mod doctor;
 pub mod image;
 pub mod image_cli;

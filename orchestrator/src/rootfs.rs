@@ -77,6 +77,8 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RootfsError {
@@ -157,9 +159,11 @@ pub struct Built {
     pub up_to_date: bool,
 }
 
+const IMAGES_SUBDIR: &str = "images";
+
 /// `<cache>/images`.
 pub fn images_dir() -> PathBuf {
-    crate::image::cache_dir().join("images")
+    crate::cache::root().join(IMAGES_SUBDIR)
 }
 
 /// Image names become file names: short, and no path tricks.
@@ -223,6 +227,8 @@ pub fn find(name: &str) -> Result<PathBuf, RootfsError> {
         name: name.into(),
         dir: images_dir(),
     };
+    // The image becomes the guest's root: only a cache of our own will do.
+    crate::cache::trusted_dir(IMAGES_SUBDIR)?;
     let meta = load_meta(name)?.ok_or_else(not_built)?;
     // The metadata names a file in its own directory, never elsewhere.
     validate_file_name(&meta.file).map_err(|_| not_built())?;
@@ -245,7 +251,14 @@ fn validate_file_name(file: &str) -> Result<(), ()> {
 
 /// The default image, when it has been built.
 pub fn default_image() -> Option<PathBuf> {
-    find(DEFAULT_IMAGE).ok()
+    match find(DEFAULT_IMAGE) {
+        Ok(p) => Some(p),
+        Err(e @ RootfsError::Cache(_)) => {
+            tracing::warn!("not using the default image: {e}");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// The hash of everything a build of `source` depends on.
@@ -340,11 +353,10 @@ pub fn build(spec: &BuildSpec, progress: &mut dyn FnMut(Progress)) -> Result<Bui
         Source::Tarball(t) if !t.is_file() => return Err(RootfsError::NotAFile(t.clone())),
         _ => {}
     }
-    let dir = images_dir();
-    fs::create_dir_all(&dir).map_err(io_err(format!("creating {}", dir.display())))?;
+    let dir = crate::cache::trusted_dir(IMAGES_SUBDIR)?;
     // One build at a time per cache: a second builder waits, then finds the
     // image up to date.
-    let _lock = Lock::acquire(&dir.join(".lock"))?;
+    let _lock = crate::cache::FileLock::acquire(&dir.join(".lock"))?;
     remove_stale_work_dirs(&dir);
 
     let key = build_key(&spec.source)?;
@@ -691,32 +703,6 @@ fn remove_old_images(dir: &Path, name: &str, keep: &str) {
         {
             let _ = fs::remove_file(e.path());
         }
-    }
-}
-
-/// An exclusive `flock` on a file, released when dropped (closing the file
-/// releases the lock).
-struct Lock {
-    _file: fs::File,
-}
-
-impl Lock {
-    fn acquire(path: &Path) -> Result<Lock, RootfsError> {
-        use std::os::fd::AsRawFd;
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io_err(format!("opening {}", path.display())))?;
-        // SAFETY: flock on a file descriptor this function owns.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
-        if rc != 0 {
-            return Err(io_err(format!("locking {}", path.display()))(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(Lock { _file: f })
     }
 }
 

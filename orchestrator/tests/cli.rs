@@ -367,3 +367,39 @@ fn doctor_fails_when_nothing_can_run() {
     );
     assert!(text.contains("nothing can run here"), "{text}");
 }
+
+/// `sudo -E ironclaw …` reads the cache of the user whose environment it
+/// kept; the guest agent and snapshots come from there, so a cache that is
+/// not root's own is refused before anything starts.
+#[test]
+fn a_cache_of_another_user_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "the integration tests run as root (they start confined VMMs)"
+    );
+    let r = root("foreign-cache");
+    let cache = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(cache.path(), Some(65534), Some(65534)).unwrap();
+    let out = ironclaw(&r)
+        .env("IRONCLAW_CACHE_DIR", cache.path())
+        .args(["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125), "{}", s(&out.stderr));
+    let err = s(&out.stderr);
+    assert!(
+        err.contains("cannot be trusted") && err.contains("65534"),
+        "{err}"
+    );
+    assert!(
+        vm_dirs(&r).is_empty(),
+        "a VM was started: {:?}",
+        vm_dirs(&r)
+    );
+    assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&r);
+}

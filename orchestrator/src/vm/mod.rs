@@ -75,6 +75,8 @@ pub enum VmError {
     Image(#[from] crate::image::ImageError),
     #[error(transparent)]
     Jail(#[from] jail::JailError),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
 }
 
 impl VmError {

@@ -114,8 +114,10 @@ struct Built {
     snapshot_ms: u64,
 }
 
+const PROTOTYPES_SUBDIR: &str = "prototypes";
+
 pub fn prototypes_dir() -> PathBuf {
-    crate::image::cache_dir().join("prototypes")
+    crate::cache::root().join(PROTOTYPES_SUBDIR)
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
@@ -230,6 +232,14 @@ fn load_checked(dir: &Path, backend: BackendKind) -> Result<Option<Prototype>, V
     let Ok(meta) = serde_json::from_str::<PrototypeMeta>(&text) else {
         return Ok(None);
     };
+    if meta
+        .files
+        .iter()
+        .any(|f| !crate::cache::is_plain_file_name(&f.name))
+    {
+        tracing::warn!(dir = %dir.display(), "prototype metadata names a file outside its directory");
+        return Ok(None);
+    }
     if meta.format != FORMAT_VERSION || meta.backend != backend || meta.files.is_empty() {
         tracing::warn!(dir = %dir.display(), format = meta.format, backend = %meta.backend, "prototype stale or of another backend");
         return Ok(None);
@@ -262,41 +272,15 @@ fn load_checked(dir: &Path, backend: BackendKind) -> Result<Option<Prototype>, V
                 return Ok(None);
             }
         }
-        fs::write(&verified, &stamp).map_err(io(format!("writing {}", verified.display())))?;
+        crate::cache::write_file(&verified, stamp.as_bytes())?;
     }
     Ok(Some(proto))
 }
 
-/// Holds an exclusive lock on a prototype key while it is checked or built,
-/// so two orchestrators never build the same prototype at once.
-struct KeyLock {
-    _file: fs::File,
-}
-
-impl KeyLock {
-    fn acquire(root: &Path, key: &str) -> Result<KeyLock, VmError> {
-        use std::os::fd::AsRawFd;
-        fs::create_dir_all(root).map_err(io(format!("creating {}", root.display())))?;
-        let path = root.join(format!(".{key}.lock"));
-        let f = fs::File::create(&path).map_err(io(format!("creating {}", path.display())))?;
-        // SAFETY: flock on a valid open fd; blocks until the lock is ours.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(VmError::io(
-                "locking the prototype",
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(KeyLock { _file: f })
-    }
-
-    /// The lock if nobody holds it, without waiting.
-    fn try_acquire(root: &Path, key: &str) -> Option<KeyLock> {
-        use std::os::fd::AsRawFd;
-        let f = fs::File::create(root.join(format!(".{key}.lock"))).ok()?;
-        // SAFETY: flock on a valid open fd; LOCK_NB returns at once.
-        (unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0)
-            .then_some(KeyLock { _file: f })
-    }
+/// The lock file of a prototype key: held while the key is checked or
+/// built, so two orchestrators never build the same prototype at once.
+fn key_lock_path(root: &Path, key: &str) -> PathBuf {
+    root.join(format!(".{key}.lock"))
 }
 
 /// The prototype for `config`, built on first use. `progress` hears about a build.
@@ -307,12 +291,12 @@ pub async fn ensure(
     config.validate()?;
     let backend = resolved_backend(config.backend);
     let (key, accel) = key_with(config, backend)?;
-    let root = prototypes_dir();
+    // Snapshots are restored as whole VMs: only a cache of our own will do.
+    let root = crate::cache::trusted_dir(PROTOTYPES_SUBDIR)?;
     let dir = root.join(&key);
     let _lock = {
-        let root = root.clone();
-        let key = key.clone();
-        tokio::task::spawn_blocking(move || KeyLock::acquire(&root, &key))
+        let path = key_lock_path(&root, &key);
+        tokio::task::spawn_blocking(move || crate::cache::FileLock::acquire(&path))
             .await
             .map_err(|e| VmError::Backend(e.to_string()))??
     };
@@ -596,14 +580,14 @@ fn prune_in(root: &Path, current: &PrototypeMeta) -> Vec<String> {
         let lock = if name.starts_with('.') {
             None
         } else {
-            match KeyLock::try_acquire(&root, &name) {
+            match crate::cache::FileLock::try_acquire(&key_lock_path(&root, &name)) {
                 Some(l) => Some(l),
                 None => continue,
             }
         };
         if fs::remove_dir_all(&path).is_ok() {
             if lock.is_some() {
-                let _ = fs::remove_file(root.join(format!(".{name}.lock")));
+                let _ = fs::remove_file(key_lock_path(&root, &name));
             }
             removed.push(name);
         }
@@ -797,5 +781,23 @@ mod tests {
             .unwrap()
             .is_none());
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn metadata_naming_a_file_elsewhere_is_refused() {
+        let dir = fake_prototype(BackendKind::Qemu);
+        let outside = dir.with_extension("outside");
+        fs::write(&outside, b"state").unwrap();
+        let text = fs::read_to_string(dir.join(META_FILE)).unwrap();
+        let mut meta: PrototypeMeta = serde_json::from_str(&text).unwrap();
+        // The same bytes and checksum, but named by an absolute path.
+        meta.files[0].name = outside.display().to_string();
+        fs::write(dir.join(META_FILE), serde_json::to_string(&meta).unwrap()).unwrap();
+        assert!(load_checked(&dir, BackendKind::Qemu).unwrap().is_none());
+        meta.files[0].name = "../a.state".into();
+        fs::write(dir.join(META_FILE), serde_json::to_string(&meta).unwrap()).unwrap();
+        assert!(load_checked(&dir, BackendKind::Qemu).unwrap().is_none());
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_file(&outside).unwrap();
     }
 }
