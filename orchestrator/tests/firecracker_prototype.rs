@@ -7,7 +7,8 @@
 //! start, pid recording, kill and cleanup are real), while a fake in this
 //! process plays Firecracker's part: for every runtime directory that
 //! appears it serves the API socket (every request checked against
-//! `firecracker-swagger.yaml`, parsed at test time; answers as described;
+//! `tests/data/firecracker-api.json`, the repository's description of the
+//! Firecracker API it uses; answers as described;
 //! calls recorded in order), the hybrid vsock socket (`CONNECT 1024` →
 //! `OK …`) and, behind it, a minimal guest agent (hello → hello_ack, exec →
 //! started/exited 0, reseed → done), and sends the agent's ready notice to
@@ -34,7 +35,6 @@ use ironclaw_orchestrator::vm::prototype::{self, Prototype};
 use ironclaw_orchestrator::vm::{self, BackendKind, VmConfig};
 use ironclaw_protocol::{ExitStatus, Frame, FrameCodec, Message, PROTOCOL_VERSION};
 use serde_json::{json, Value as Json};
-use serde_yaml::Value as Yaml;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -88,7 +88,7 @@ struct HostLog {
 
 /// Plays Firecracker for every VM started under the runtime root.
 struct Host {
-    spec: Arc<Yaml>,
+    spec: Arc<Spec>,
     log: Mutex<HostLog>,
 }
 
@@ -356,7 +356,7 @@ async fn serve_connection(vm: Arc<FakeVm>, mut stream: UnixStream) {
 
 /// Serves every VM whose runtime directory appears under `root`, until the
 /// test's runtime ends.
-fn fake_host(spec: Arc<Yaml>, root: PathBuf) -> Arc<Host> {
+fn fake_host(spec: Arc<Spec>, root: PathBuf) -> Arc<Host> {
     let host = Arc::new(Host {
         spec,
         log: Mutex::new(HostLog::default()),
