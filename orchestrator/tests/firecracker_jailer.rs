@@ -1189,3 +1189,36 @@ async fn a_symlink_left_in_the_jails_snapshot_is_refused() {
     assert!(!fx.chroot(id).join("snapshot").exists());
     vm.kill();
 }
+
+/// A snapshot moved out to another file system (here /dev/shm, a tmpfs) is
+/// copied from the files Firecracker wrote, with the same owner and mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_moved_to_another_file_system_is_copied() {
+    require_root("a_snapshot_moved_to_another_file_system_is_copied");
+    let fx = Fixture::new(None);
+    let shm = Path::new("/dev/shm");
+    let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
+    assert_ne!(
+        dev(shm),
+        dev(&fx.tmp.0),
+        "/dev/shm and /tmp are one file system here"
+    );
+    let out = TempDir(shm.join(format!("icjl-{}", std::process::id())));
+    std::fs::create_dir_all(&out.0).unwrap();
+    let id = "jcopy";
+    let fake = fx.fake_api(id);
+    let mut vm = firecracker::start_firecracker_in(&fx.opts, &fx.config(id, false), &fx.root)
+        .await
+        .expect("jailed launch");
+    vm.pause().await.unwrap();
+    let files = SnapshotFiles {
+        state: out.0.join("vm.state"),
+        memory: out.0.join("vm.mem"),
+    };
+    vm.create_snapshot(&files)
+        .await
+        .expect("snapshot across file systems");
+    assert_moved_out(&fx, id, &files, 4343, 0o640);
+    vm.kill();
+    assert_clean(&fake);
+}
