@@ -157,6 +157,60 @@ pub fn definition_errors(spec: &Spec, name: &str, value: &Json) -> Vec<String> {
     errs
 }
 
+// ---- the fake jailer ----------------------------------------------------------
+
+/// Does what the jailer documents, for the parts the orchestrator relies on.
+/// `@OUT@` (replaced by the directory it records into) receives `argv` (one
+/// argument a line; also as `argv-<id>` once everything is set up, which the
+/// fake APIs wait for), `netns` (what the `--netns` path links to), `links`
+/// and `cgroups`.
+pub const FAKE_JAILER: &str = r#"#!/bin/sh
+set -u
+out=@OUT@
+printf '%s\n' "$@" > "$out/argv.tmp"
+id= exec_file= base=/srv/jailer netns= version=1 parent=
+cgroups=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --id) id=$2; shift 2 ;;
+    --exec-file) exec_file=$2; shift 2 ;;
+    --uid|--gid) shift 2 ;;
+    --chroot-base-dir) base=$2; shift 2 ;;
+    --netns) netns=$2; shift 2 ;;
+    --cgroup-version) version=$2; shift 2 ;;
+    --parent-cgroup) parent=$2; shift 2 ;;
+    --cgroup) cgroups="$cgroups
+$2"; shift 2 ;;
+    --) shift; break ;;
+    *) echo "fake jailer: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+for a in "$@"; do
+  [ "$a" = --no-seccomp ] && { echo "fake jailer: --no-seccomp" >&2; exit 3; }
+done
+case "$(basename "$exec_file")" in *firecracker*) ;; *) echo "bad exec file" >&2; exit 4 ;; esac
+root="$base/$(basename "$exec_file")/$id/root"
+[ -d "$root/run" ] || { echo "fake jailer: $root/run missing" >&2; exit 5; }
+cp "$exec_file" "$root/$(basename "$exec_file")" || exit 6
+readlink "$netns" > "$out/netns" || { echo "fake jailer: netns $netns" >&2; exit 7; }
+if command -v nsenter >/dev/null && command -v ip >/dev/null; then
+  nsenter --net="$netns" ip -o link > "$out/links" || exit 7
+fi
+[ "$version" = 1 ] || { echo "fake jailer: only v1 here" >&2; exit 8; }
+echo "$cgroups" | while IFS= read -r c; do
+  [ -n "$c" ] || continue
+  file=${c%%=*}; value=${c#*=}; controller=${file%%.*}
+  mount=$(awk -v c="$controller" '$3 == "cgroup" { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] == c) { print $2; exit } }' /proc/mounts)
+  [ -n "$mount" ] || { echo "fake jailer: no $controller mount" >&2; exit 9; }
+  dir="$mount/$parent/$id"
+  mkdir -p "$dir" && echo "$value" > "$dir/$file" && echo $$ > "$dir/tasks" || exit 10
+  echo "$dir" >> "$out/cgroups"
+done || exit 11
+mv "$out/argv.tmp" "$out/argv"
+cp "$out/argv" "$out/argv-$id"
+exec "$root/$(basename "$exec_file")" --id="$id" "$@"
+"#;
+
 pub type Body = Full<Bytes>;
 
 pub fn answer(status: StatusCode, body: Option<Json>) -> Response<Body> {
