@@ -834,7 +834,9 @@ pub async fn start_firecracker_in(
 /// Starts a fresh Firecracker process as VM `config.id` under `root` and loads
 /// the snapshot `files` into it, its vsock socket moved into the new runtime
 /// directory. `config` is the prototype's (for the guest CID); its boot
-/// settings are in the snapshot and are not sent again.
+/// settings are in the snapshot and are not sent again. With a jailer the
+/// clone gets a jail of its own, the snapshot (and the rootfs its drive
+/// names) placed in its chroot ([`jailer::Jail::prepare_restore`]).
 pub async fn restore_firecracker_in(
     opts: &FirecrackerOptions,
     config: &VmConfig,

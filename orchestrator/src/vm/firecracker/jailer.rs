@@ -15,6 +15,9 @@
 //!   it) and name it in API requests by its path *inside* the chroot;
 //! - create what Firecracker writes (its log, the `/run` directory of the API
 //!   socket) owned by the jail uid;
+//! - snapshots: written by Firecracker into a directory of the chroot it may
+//!   write, then checked and moved out ([`Jail::take_snapshot_out`]); placed
+//!   into a new jail's chroot for loading ([`Jail::prepare_restore`]);
 //! - an empty network namespace, so Firecracker has no interface but a down `lo`;
 //! - clean up: the chroot directory `<base>/<exec name>/<id>` and the cgroups
 //!   on destroy, and (recorded in the runtime directory) after a crash.
