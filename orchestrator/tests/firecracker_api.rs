@@ -701,7 +701,7 @@ fn ref_name(v: &Yaml) -> Option<&str> {
 }
 
 /// `responses` of a Swagger operation are keyed by integers or strings.
-fn response<'a>(op: &'a Yaml, status: u64) -> Option<&'a Yaml> {
+fn response(op: &Yaml, status: u64) -> Option<&Yaml> {
     op.get("responses")?
         .as_mapping()?
         .iter()
