@@ -397,17 +397,25 @@ fn fake_host_in(spec: Arc<Spec>, root: PathBuf, jailer_out: Option<PathBuf>) -> 
     });
     let h = host.clone();
     tokio::spawn(async move {
+        // Each directory is served once, so one being removed (its socket
+        // already gone, `owner` not yet) is not served again. A directory
+        // made anew under the same id has a new `owner` file.
+        let mut served = std::collections::HashSet::new();
         loop {
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {
                     let id = e.file_name().to_string_lossy().to_string();
-                    // A new VM: its directory is complete (`owner` written)
-                    // and nobody serves its API socket yet. A directory that
-                    // comes back under the same id (a rebuilt prototype's
-                    // build VM) is new again.
-                    if !e.path().join("owner").exists() {
+                    let generation = std::fs::metadata(e.path().join("owner"))
+                        .and_then(|m| m.modified())
+                        .map(|t| (id.clone(), t));
+                    let Ok(generation) = generation else {
+                        continue;
+                    };
+                    if served.contains(&generation) {
                         continue;
                     }
+                    // A new VM: its directory is complete (`owner` written)
+                    // and nobody serves its API socket yet.
                     let (socket, chroot) = match &jailer_out {
                         None if e.path().join("firecracker.sock").exists() => continue,
                         None => (e.path().join("firecracker.sock"), None),
@@ -435,6 +443,7 @@ fn fake_host_in(spec: Arc<Spec>, root: PathBuf, jailer_out: Option<PathBuf>) -> 
                     let Ok(listener) = UnixListener::bind(&socket) else {
                         continue;
                     };
+                    served.insert(generation);
                     tokio::spawn(async move {
                         while let Ok((stream, _)) = listener.accept().await {
                             let vm = vm.clone();

@@ -677,7 +677,9 @@ async fn spawn_in(
             .map_err(|e| FirecrackerError::io("recording the jailed firecracker pid", e))?;
     }
     let found = process::poll_until(SOCKET_WAIT, || {
-        if api_socket.exists() {
+        // The socket file appears at bind(), before listen(): until a
+        // connection is accepted, the first request could be refused.
+        if api_socket.exists() && std::os::unix::net::UnixStream::connect(&api_socket).is_ok() {
             return Some(Ok(()));
         }
         fc.exit_status().map(Err)

@@ -207,7 +207,7 @@ echo "$cgroups" | while IFS= read -r c; do
   echo "$dir" >> "$out/cgroups"
 done || exit 11
 mv "$out/argv.tmp" "$out/argv"
-cp "$out/argv" "$out/argv-$id"
+cp "$out/argv" "$out/argv-$id.tmp" && mv "$out/argv-$id.tmp" "$out/argv-$id" || exit 12
 exec "$root/$(basename "$exec_file")" --id="$id" "$@"
 "#;
 
