@@ -161,27 +161,7 @@ pub fn run() -> Report {
         }
     }
     boot_ok &= confinement_checks(&mut checks);
-    let firecracker = qemu::which("firecracker");
-    checks.push(Check {
-        name: "firecracker",
-        level: Level::Info,
-        detail: match (&firecracker, kvm.usable) {
-            (Some(p), true) => format!(
-                "{} found and KVM is usable: the firecracker backend can be used, and auto prefers it",
-                p.display()
-            ),
-            (Some(p), false) => format!(
-                "{} found, but unusable here: Firecracker needs usable KVM ({}); auto uses QEMU",
-                p.display(),
-                kvm.reason
-            ),
-            (None, true) => "not on PATH: install it (or set $IRONCLAW_FIRECRACKER) to use it; KVM is usable here".into(),
-            (None, false) => format!(
-                "not on PATH, and it could not run here anyway: it needs usable KVM ({}); auto uses QEMU",
-                kvm.reason
-            ),
-        },
-    });
+    checks.extend(firecracker_checks(&kvm));
     checks.push(Check {
         name: "image",
         level: Level::Info,
@@ -211,6 +191,126 @@ pub fn run() -> Report {
         },
     });
     Report { checks, chosen }
+}
+
+/// The `firecracker` and `fc jailer` lines: the binaries found as
+/// the backend finds them (`$IRONCLAW_FIRECRACKER`, else PATH;
+/// `$IRONCLAW_FIRECRACKER_JAILER`, a path or a name on PATH), and whether
+/// `auto` would use Firecracker here and why not.
+pub fn firecracker_checks(kvm: &accel::KvmProbe) -> Vec<Check> {
+    use crate::vm::firecracker::{self, JailerConfig};
+    let from_env = std::env::var_os("IRONCLAW_FIRECRACKER").is_some();
+    let found = firecracker::find_binary();
+    let where_ = if from_env {
+        "$IRONCLAW_FIRECRACKER"
+    } else {
+        "PATH"
+    };
+    let mut checks = Vec::new();
+    let binary = match &found {
+        Some(p) if !p.is_file() => {
+            checks.push(Check {
+                name: "firecracker",
+                level: Level::Fail,
+                detail: format!(
+                    "$IRONCLAW_FIRECRACKER is {}, which is not a file: point it at the firecracker binary or unset it",
+                    p.display()
+                ),
+            });
+            None
+        }
+        Some(p) => Some(p.clone()),
+        None => {
+            checks.push(Check {
+                name: "firecracker",
+                level: Level::Info,
+                detail: if kvm.usable {
+                    "not on PATH and $IRONCLAW_FIRECRACKER is unset: install it (or set $IRONCLAW_FIRECRACKER) to use it; KVM is usable here".into()
+                } else {
+                    format!(
+                        "not on PATH and $IRONCLAW_FIRECRACKER is unset, and it could not run here anyway: it needs usable KVM ({}); auto uses QEMU",
+                        kvm.reason
+                    )
+                },
+            });
+            None
+        }
+    };
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let allow_unjailed =
+        std::env::var("IRONCLAW_FIRECRACKER_ALLOW_UNJAILED").is_ok_and(|v| v == "1");
+    let jailer = JailerConfig::from_env();
+    let jail_ok = match &jailer {
+        Ok(None) => {
+            checks.push(Check {
+                name: "fc jailer",
+                level: Level::Info,
+                detail: match (root, allow_unjailed) {
+                    (true, false) => "$IRONCLAW_FIRECRACKER_JAILER is unset: as root, Firecracker is only used through its jailer (or with $IRONCLAW_FIRECRACKER_ALLOW_UNJAILED=1); auto uses QEMU".into(),
+                    (true, true) => "$IRONCLAW_FIRECRACKER_JAILER is unset and $IRONCLAW_FIRECRACKER_ALLOW_UNJAILED=1: Firecracker would run unjailed, as root".into(),
+                    (false, _) => "$IRONCLAW_FIRECRACKER_JAILER is unset: Firecracker would run unjailed, as this user".into(),
+                },
+            });
+            !root || allow_unjailed
+        }
+        Ok(Some(j)) => {
+            let checked = match &binary {
+                Some(fc) => j.check(fc).map_err(|e| e.to_string()),
+                None => std::fs::metadata(&j.binary)
+                    .map(|_| ())
+                    .map_err(|e| format!("the jailer {}: {e}", j.binary.display())),
+            };
+            let ok = checked.is_ok();
+            checks.push(Check {
+                name: "fc jailer",
+                level: if ok { Level::Ok } else { Level::Fail },
+                detail: match checked {
+                    Ok(()) => format!(
+                        "{} (from $IRONCLAW_FIRECRACKER_JAILER), chroot base {}",
+                        j.binary.display(),
+                        j.chroot_base.display()
+                    ),
+                    Err(e) => format!("$IRONCLAW_FIRECRACKER_JAILER: {e}"),
+                },
+            });
+            ok
+        }
+        Err(e) => {
+            checks.push(Check {
+                name: "fc jailer",
+                level: Level::Fail,
+                detail: e.to_string(),
+            });
+            false
+        }
+    };
+    if let Some(p) = binary {
+        let detail = match (kvm.usable, jail_ok) {
+            (true, true) => format!(
+                "{} (from {where_}), KVM is usable: the firecracker backend can be used, and auto prefers it",
+                p.display()
+            ),
+            (true, false) => format!(
+                "{} (from {where_}), KVM is usable, but see the jailer line: auto uses QEMU",
+                p.display()
+            ),
+            (false, _) => format!(
+                "{} (from {where_}), but unusable here: Firecracker needs usable KVM ({}); auto uses QEMU",
+                p.display(),
+                kvm.reason
+            ),
+        };
+        checks.insert(
+            0,
+            Check {
+                name: "firecracker",
+                level: Level::Info,
+                detail,
+            },
+        );
+    }
+    checks
 }
 
 /// The prototype feasibility check: build (or reuse) the default prototype

@@ -340,6 +340,8 @@ fn secs_to_ms(field: &str, s: f64) -> anyhow::Result<u64> {
 }
 
 async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
+    // Before the guest image is prepared: a combination no backend can honour.
+    vm::config::check_backend_accel(args.backend, args.machine.accel)?;
     let mut env = std::collections::BTreeMap::new();
     for kv in &args.env {
         let (k, v) = kv

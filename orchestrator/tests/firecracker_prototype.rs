@@ -7,7 +7,8 @@
 //! start, pid recording, kill and cleanup are real), while a fake in this
 //! process plays Firecracker's part: for every runtime directory that
 //! appears it serves the API socket (every request checked against
-//! `firecracker-swagger.yaml`, parsed at test time; answers as described;
+//! `tests/data/firecracker-api.json`, the repository's description of the
+//! Firecracker API it uses; answers as described;
 //! calls recorded in order), the hybrid vsock socket (`CONNECT 1024` →
 //! `OK …`) and, behind it, a minimal guest agent (hello → hello_ack, exec →
 //! started/exited 0, reseed → done), and sends the agent's ready notice to
@@ -34,7 +35,6 @@ use ironclaw_orchestrator::vm::prototype::{self, Prototype};
 use ironclaw_orchestrator::vm::{self, BackendKind, VmConfig};
 use ironclaw_protocol::{ExitStatus, Frame, FrameCodec, Message, PROTOCOL_VERSION};
 use serde_json::{json, Value as Json};
-use serde_yaml::Value as Yaml;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -88,7 +88,7 @@ struct HostLog {
 
 /// Plays Firecracker for every VM started under the runtime root.
 struct Host {
-    spec: Arc<Yaml>,
+    spec: Arc<Spec>,
     log: Mutex<HostLog>,
 }
 
@@ -100,7 +100,10 @@ struct FakeVm {
     calls: Mutex<usize>,
     /// "Not started", "Running" or "Paused", as `GET /` reports it.
     state: Mutex<&'static str>,
+    /// The host path of the vsock socket.
     uds: Mutex<Option<PathBuf>>,
+    /// A jailed Firecracker's chroot: the paths in its requests are in it.
+    chroot: Option<PathBuf>,
 }
 
 impl Host {
@@ -110,6 +113,22 @@ impl Host {
 }
 
 impl FakeVm {
+    /// The host path of a path in a request: the same, or for a jailed
+    /// Firecracker the path inside its chroot (which must be absolute).
+    fn host_path(&self, p: &Json) -> PathBuf {
+        let p = p.as_str().unwrap_or_default();
+        match &self.chroot {
+            None => PathBuf::from(p),
+            Some(root) => {
+                if !p.starts_with('/') {
+                    self.host
+                        .violation(format!("{}: {p:?} is not a path in the chroot", self.id));
+                }
+                root.join(p.trim_start_matches('/'))
+            }
+        }
+    }
+
     fn state(&self) -> &'static str {
         *self.state.lock().unwrap()
     }
@@ -169,7 +188,7 @@ impl FakeVm {
                 return answer(StatusCode::OK, Some(info));
             }
             ("PUT", "/vsock") => {
-                let uds = PathBuf::from(b["uds_path"].as_str().unwrap());
+                let uds = self.host_path(&b["uds_path"]);
                 *self.uds.lock().unwrap() = Some(uds.clone());
                 serve_vsock(self.clone(), &uds);
             }
@@ -205,8 +224,8 @@ impl FakeVm {
                 if self.state() != "Paused" {
                     return fault("Cannot create a snapshot: the microVM is not paused");
                 }
-                let state = Path::new(b["snapshot_path"].as_str().unwrap());
-                let mem = Path::new(b["mem_file_path"].as_str().unwrap());
+                let state = &self.host_path(&b["snapshot_path"]);
+                let mem = &self.host_path(&b["mem_file_path"]);
                 let uds = self.uds.lock().unwrap().clone().unwrap_or_default();
                 if let Err(e) = std::fs::write(
                     state,
@@ -219,13 +238,21 @@ impl FakeVm {
                 if let Err(e) = std::fs::write(mem, &memory) {
                     return fault(format!("writing {}: {e}", mem.display()));
                 }
+                if let Some(root) = &self.chroot {
+                    // Written by Firecracker as the jail uid.
+                    use std::os::unix::fs::MetadataExt;
+                    let run = std::fs::metadata(root.join("run")).unwrap();
+                    for f in [state, mem] {
+                        std::os::unix::fs::chown(f, Some(run.uid()), Some(run.gid())).unwrap();
+                    }
+                }
             }
             ("PUT", "/snapshot/load") => {
                 if !first_call {
                     return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
                 }
-                let state = Path::new(b["snapshot_path"].as_str().unwrap());
-                let mem = Path::new(b["mem_backend"]["backend_path"].as_str().unwrap());
+                let state = &self.host_path(&b["snapshot_path"]);
+                let mem = &self.host_path(&b["mem_backend"]["backend_path"]);
                 if !state.exists() {
                     return fault(format!("{} does not exist", state.display()));
                 }
@@ -242,12 +269,12 @@ impl FakeVm {
                     }
                     Err(e) => return fault(format!("{}: {e}", mem.display())),
                 }
-                let Some(uds) = b["vsock_override"]["uds_path"].as_str() else {
+                if b["vsock_override"]["uds_path"].as_str().is_none() {
                     self.host
                         .violation(format!("{}: snapshot load without vsock_override", self.id));
                     return fault("clones need their own vsock socket");
-                };
-                let uds = PathBuf::from(uds);
+                }
+                let uds = self.host_path(&b["vsock_override"]["uds_path"]);
                 *self.uds.lock().unwrap() = Some(uds.clone());
                 serve_vsock(self.clone(), &uds);
                 self.set_state(if b["resume_vm"] == json!(true) {
@@ -356,26 +383,54 @@ async fn serve_connection(vm: Arc<FakeVm>, mut stream: UnixStream) {
 
 /// Serves every VM whose runtime directory appears under `root`, until the
 /// test's runtime ends.
-fn fake_host(spec: Arc<Yaml>, root: PathBuf) -> Arc<Host> {
+fn fake_host(spec: Arc<Spec>, root: PathBuf) -> Arc<Host> {
+    fake_host_in(spec, root, None)
+}
+
+/// [`fake_host`] for Firecracker launched through the fake jailer recording
+/// into `jailer_out`: each VM is served at its chroot's API socket once the
+/// jailer has run for it (`argv-<id>`, consumed), its paths taken in the chroot.
+fn fake_host_in(spec: Arc<Spec>, root: PathBuf, jailer_out: Option<PathBuf>) -> Arc<Host> {
     let host = Arc::new(Host {
         spec,
         log: Mutex::new(HostLog::default()),
     });
     let h = host.clone();
     tokio::spawn(async move {
+        // Each directory is served once, so one being removed (its socket
+        // already gone, `owner` not yet) is not served again. A directory
+        // made anew under the same id has a new `owner` file.
+        let mut served = std::collections::HashSet::new();
         loop {
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {
                     let id = e.file_name().to_string_lossy().to_string();
-                    // A new VM: its directory is complete (`owner` written)
-                    // and nobody serves its API socket yet. A directory that
-                    // comes back under the same id (a rebuilt prototype's
-                    // build VM) is new again.
-                    if !e.path().join("owner").exists()
-                        || e.path().join("firecracker.sock").exists()
-                    {
+                    let generation = std::fs::metadata(e.path().join("owner"))
+                        .and_then(|m| m.modified())
+                        .map(|t| (id.clone(), t));
+                    let Ok(generation) = generation else {
+                        continue;
+                    };
+                    if served.contains(&generation) {
                         continue;
                     }
+                    // A new VM: its directory is complete (`owner` written)
+                    // and nobody serves its API socket yet.
+                    let (socket, chroot) = match &jailer_out {
+                        None if e.path().join("firecracker.sock").exists() => continue,
+                        None => (e.path().join("firecracker.sock"), None),
+                        Some(out) => {
+                            let ran = out.join(format!("argv-{id}"));
+                            let Ok(jail) = std::fs::read_to_string(e.path().join("chroot")) else {
+                                continue;
+                            };
+                            if std::fs::remove_file(&ran).is_err() {
+                                continue;
+                            }
+                            let root = PathBuf::from(jail.trim()).join("root");
+                            (root.join("run/firecracker.socket"), Some(root))
+                        }
+                    };
                     let vm = Arc::new(FakeVm {
                         host: h.clone(),
                         id,
@@ -383,10 +438,12 @@ fn fake_host(spec: Arc<Yaml>, root: PathBuf) -> Arc<Host> {
                         calls: Mutex::new(0),
                         state: Mutex::new("Not started"),
                         uds: Mutex::new(None),
+                        chroot,
                     });
-                    let Ok(listener) = UnixListener::bind(e.path().join("firecracker.sock")) else {
+                    let Ok(listener) = UnixListener::bind(&socket) else {
                         continue;
                     };
+                    served.insert(generation);
                     tokio::spawn(async move {
                         while let Ok((stream, _)) = listener.accept().await {
                             let vm = vm.clone();
@@ -568,7 +625,7 @@ fn build_vm_of(proto: &Prototype) -> String {
 // ---- tests ------------------------------------------------------------------
 
 /// Tests of this file; the last one to finish removes the temporary tree.
-const TESTS: usize = 2;
+const TESTS: usize = 3;
 
 fn finished() {
     static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -830,5 +887,138 @@ async fn warm_pool_of_one_through_the_snapshot_api() {
     assert_clean(&host);
     assert_nothing_left(&host);
     prototype::remove(&proto_key).unwrap();
+    finished();
+}
+
+/// Removes the jailer's variables when the test ends, even by a panic.
+struct JailerEnv;
+
+impl Drop for JailerEnv {
+    fn drop(&mut self) {
+        for var in [
+            "IRONCLAW_FIRECRACKER_JAILER",
+            "IRONCLAW_JAILER_CHROOT_BASE",
+            "IRONCLAW_JAILER_UID",
+            "IRONCLAW_JAILER_GID",
+        ] {
+            std::env::remove_var(var);
+        }
+    }
+}
+
+/// The path of `ironclaw run` and `ironclaw pool serve` on a root host with
+/// Firecracker's jailer: the prototype is built by a jailed Firecracker (its
+/// snapshot written in the chroot and moved into the prototype cache) and
+/// each clone is restored in a jail of its own. (Creating the snapshot used
+/// to fail with "not implemented for a jailed Firecracker".) Needs root, as
+/// the jailer tests do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jailed_prototype_build_and_restore_through_the_snapshot_api() {
+    use std::os::unix::fs::MetadataExt;
+    let _serial = serial().await;
+    let env = env();
+    // SAFETY: geteuid cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "needs root (the jailer's network namespace, cgroups, chown), like the rest of `make test`"
+    );
+    let cfg = config("fcjail");
+    let direct_key = prototype::key_for(&cfg).unwrap().0;
+
+    let out = env.tmp.join("jailer-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let jailer = env.tmp.join("jailer");
+    std::fs::write(
+        &jailer,
+        FAKE_JAILER.replace("@OUT@", &out.to_string_lossy()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&jailer, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = env.tmp.join("jail");
+    let _jailer_env = JailerEnv;
+    // SAFETY (of the process environment): the tests of this file are
+    // serialized and the variables are removed when this one ends.
+    std::env::set_var("IRONCLAW_FIRECRACKER_JAILER", &jailer);
+    std::env::set_var("IRONCLAW_JAILER_CHROOT_BASE", &base);
+    std::env::set_var("IRONCLAW_JAILER_UID", "4242");
+    std::env::set_var("IRONCLAW_JAILER_GID", "4343");
+    let host = fake_host_in(spec(), env.root.clone(), Some(out));
+
+    let proto = prototype::ensure(&cfg, &|_| {})
+        .await
+        .expect("building a prototype with a jailed Firecracker");
+    assert_ne!(
+        proto.meta.key, direct_key,
+        "a jailed snapshot holds chroot paths: its prototype must not be the unjailed one"
+    );
+    let build_vm = build_vm_of(&proto);
+    assert_eq!(keys(&host), build_calls(&build_vm));
+    assert_eq!(
+        body(&host, &build_vm, "PUT", "/vsock")["uds_path"],
+        json!("/vsock.sock")
+    );
+    let create = body(&host, &build_vm, "PUT", "/snapshot/create");
+    assert_eq!(create["snapshot_path"], json!("/snapshot/vmstate"));
+    assert_eq!(create["mem_file_path"], json!("/snapshot/memory"));
+    // Moved out of the chroot into the cache: the orchestrator's, readable
+    // by the jails' shared gid.
+    for (name, bytes) in [
+        (VMSTATE_FILE, None),
+        (MEMORY_FILE, Some(FAKE_MEM_BYTES as u64)),
+    ] {
+        let m = std::fs::symlink_metadata(proto.dir.join(name)).unwrap();
+        assert!(m.is_file(), "{name}");
+        assert_eq!(
+            (m.uid(), m.gid(), m.mode() & 0o777),
+            (euid, 4343, 0o640),
+            "{name}"
+        );
+        if let Some(b) = bytes {
+            assert_eq!(m.len(), b, "{name}");
+        }
+    }
+
+    let a = prototype::restore(&proto, "fcj-a", &cfg)
+        .await
+        .expect("restoring a clone in a new jail");
+    let b = prototype::restore(&proto, "fcj-b", &cfg)
+        .await
+        .expect("restoring a second clone in a new jail");
+    let mut want = build_calls(&build_vm);
+    want.extend(clone_calls("fcj-a"));
+    want.extend(clone_calls("fcj-b"));
+    assert_eq!(keys(&host), want);
+    for clone in [&a, &b] {
+        assert_eq!(
+            body(&host, &clone.id, "PUT", "/snapshot/load"),
+            json!({
+                "snapshot_path": "/snapshot/vmstate",
+                "mem_backend": {"backend_type": "File", "backend_path": "/snapshot/memory"},
+                "resume_vm": false,
+                "vsock_override": {"uds_path": "/vsock.sock"},
+            })
+        );
+        let out = clone
+            .agent()
+            .run(vm::exec_request(["true"]), None)
+            .await
+            .unwrap();
+        assert_eq!(out.status.code, Some(0));
+        let log = host.log.lock().unwrap();
+        assert_eq!(log.agents[&clone.id].reseeds.len(), 1);
+    }
+    vm::destroy_vm(a).await.unwrap();
+    vm::destroy_vm(b).await.unwrap();
+    assert_clean(&host);
+    assert_nothing_left(&host);
+    let chroots: Vec<_> = std::fs::read_dir(base.join("firecracker"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(chroots.is_empty(), "chroots left: {chroots:?}");
+    // The clones' jails are gone, the prototype's files are intact.
+    let again = prototype::ensure(&cfg, &|_| {}).await.unwrap();
+    assert_eq!(again.meta, proto.meta);
+    prototype::remove(&proto.meta.key).unwrap();
     finished();
 }

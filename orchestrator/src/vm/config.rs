@@ -247,6 +247,7 @@ impl VmConfig {
             )?;
         }
         validate_id(&self.id)?;
+        check_backend_accel(self.backend, self.accel)?;
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             refuse(
                 "vcpus",
@@ -372,6 +373,20 @@ impl VmConfig {
     }
 }
 
+/// Firecracker has no emulator: it runs on KVM only, so an explicit TCG
+/// request cannot be honoured by it and is refused rather than ignored.
+/// (`auto` with TCG picks QEMU: [`super::backend::select_for`].)
+pub fn check_backend_accel(backend: BackendChoice, accel: AccelChoice) -> Result<(), ConfigError> {
+    if backend == BackendChoice::Firecracker && accel == AccelChoice::Tcg {
+        refuse(
+            "accel",
+            "is tcg, but Firecracker runs on KVM only: `--accel tcg` cannot be used with \
+             `--backend firecracker`; use `--backend qemu --accel tcg`, or drop `--accel tcg`",
+        )?;
+    }
+    Ok(())
+}
+
 /// Ids become directory and socket names: short, and no path tricks.
 pub fn validate_id(id: &str) -> Result<(), ConfigError> {
     if id.is_empty() {
@@ -423,6 +438,34 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         valid().validate().unwrap();
+    }
+
+    #[test]
+    fn tcg_with_firecracker_is_refused_naming_both_flags() {
+        let c = VmConfig {
+            backend: BackendChoice::Firecracker,
+            accel: AccelChoice::Tcg,
+            ..valid()
+        };
+        assert_eq!(field_of(&c), "accel");
+        let msg = c.validate().unwrap_err().to_string();
+        assert!(msg.contains("`--accel tcg`"), "{msg}");
+        assert!(msg.contains("`--backend firecracker`"), "{msg}");
+        // What Firecracker can do, and what TCG can run on, stay valid.
+        for (backend, accel) in [
+            (BackendChoice::Firecracker, AccelChoice::Kvm),
+            (BackendChoice::Firecracker, AccelChoice::Auto),
+            (BackendChoice::Qemu, AccelChoice::Tcg),
+            (BackendChoice::Auto, AccelChoice::Tcg),
+        ] {
+            VmConfig {
+                backend,
+                accel,
+                ..valid()
+            }
+            .validate()
+            .unwrap_or_else(|e| panic!("{backend:?} + {accel:?}: {e}"));
+        }
     }
 
     #[test]

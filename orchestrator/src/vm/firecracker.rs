@@ -163,9 +163,6 @@ impl From<FirecrackerError> for VmError {
                 hint: "set $IRONCLAW_FIRECRACKER or put it on PATH; it needs a host with usable KVM (or use --backend qemu)".into(),
             },
             FirecrackerError::AlreadyRunning(id) => VmError::AlreadyRunning(id),
-            FirecrackerError::Jailer(JailerError::Unsupported { .. }) => {
-                VmError::Unsupported(e.to_string())
-            }
             other => VmError::Backend(other.to_string()),
         }
     }
@@ -181,6 +178,18 @@ pub struct FirecrackerOptions {
     pub seccomp_filter: Option<PathBuf>,
     /// Start Firecracker through its jailer (`$IRONCLAW_FIRECRACKER_JAILER`).
     pub jailer: Option<JailerConfig>,
+}
+
+/// How Firecracker is launched here, from the environment: `jailed` (with
+/// `$IRONCLAW_FIRECRACKER_JAILER`) or `direct`. Part of a prototype's key: a
+/// snapshot records the paths its VMM saw (a jailed one's are chroot paths),
+/// so one taken one way cannot be loaded the other.
+pub fn launch_kind() -> &'static str {
+    if std::env::var_os("IRONCLAW_FIRECRACKER_JAILER").is_some() {
+        "jailed"
+    } else {
+        "direct"
+    }
 }
 
 /// `$IRONCLAW_FIRECRACKER`, else `firecracker` on PATH.
@@ -489,15 +498,20 @@ impl FirecrackerProcess {
     pub async fn resume(&self) -> Result<(), FirecrackerError> {
         resume_vm(&self.api).await
     }
-    /// Writes a full snapshot; the VM must be paused.
+    /// Writes a full snapshot to `files` (host paths); the VM must be paused.
+    /// A jailed Firecracker writes it inside its chroot, from where it is
+    /// moved out ([`jailer::Jail::take_snapshot_out`]).
     pub async fn create_snapshot(&self, files: &SnapshotFiles) -> Result<(), FirecrackerError> {
-        if self.jail.is_some() {
-            return Err(JailerError::Unsupported {
-                what: "creating a snapshot",
-            }
-            .into());
+        let Some(jail) = &self.jail else {
+            return create_snapshot(&self.api, files).await;
+        };
+        let inside = jail.snapshot_dir()?;
+        if let Err(e) = create_snapshot(&self.api, &inside).await {
+            jail.discard_snapshot();
+            return Err(e);
         }
-        create_snapshot(&self.api, files).await
+        jail.take_snapshot_out(files)?;
+        Ok(())
     }
     pub async fn describe(&self) -> Result<api::InstanceInfo, FirecrackerError> {
         self.api
@@ -663,7 +677,9 @@ async fn spawn_in(
             .map_err(|e| FirecrackerError::io("recording the jailed firecracker pid", e))?;
     }
     let found = process::poll_until(SOCKET_WAIT, || {
-        if api_socket.exists() {
+        // The socket file appears at bind(), before listen(): until a
+        // connection is accepted, the first request could be refused.
+        if api_socket.exists() && std::os::unix::net::UnixStream::connect(&api_socket).is_ok() {
             return Some(Ok(()));
         }
         fc.exit_status().map(Err)
@@ -820,7 +836,9 @@ pub async fn start_firecracker_in(
 /// Starts a fresh Firecracker process as VM `config.id` under `root` and loads
 /// the snapshot `files` into it, its vsock socket moved into the new runtime
 /// directory. `config` is the prototype's (for the guest CID); its boot
-/// settings are in the snapshot and are not sent again.
+/// settings are in the snapshot and are not sent again. With a jailer the
+/// clone gets a jail of its own, the snapshot (and the rootfs its drive
+/// names) placed in its chroot ([`jailer::Jail::prepare_restore`]).
 pub async fn restore_firecracker_in(
     opts: &FirecrackerOptions,
     config: &VmConfig,
@@ -829,17 +847,36 @@ pub async fn restore_firecracker_in(
     resume: bool,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
     config.validate()?;
-    if opts.jailer.is_some() {
-        return Err(JailerError::Unsupported {
-            what: "restoring a snapshot",
-        }
-        .into());
-    }
+    opts.check()?;
     let dir = create_dir(root, &config.id)?;
-    let uds = socket_path(dir.file(VSOCK_SOCKET))?;
+    let Some(jailer_config) = &opts.jailer else {
+        let uds = socket_path(dir.file(VSOCK_SOCKET))?;
+        let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
+        let mut fc = spawn_in(opts, &dir, vsock, None).await?;
+        load_snapshot(&fc.api, files, &uds, resume).await?;
+        fc.dir = Some(dir);
+        return Ok(fc);
+    };
+    // Through the jailer: the snapshot (and the rootfs its drive names) is
+    // placed in the new chroot and loaded by its paths there; the vsock
+    // socket moves to this chroot's /vsock.sock.
+    let jail = jailer::Jail::prepare_restore(
+        jailer_config,
+        &opts.binary,
+        opts.seccomp_filter.as_deref(),
+        config,
+        &dir,
+        files,
+    )?;
+    let uds = socket_path(jail.host_path(Path::new(jailer::VSOCK_IN_JAIL)))?;
     let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-    let mut fc = spawn_in(opts, &dir, vsock, None).await?;
-    load_snapshot(&fc.api, files, &uds, resume).await?;
+    let mut fc = spawn_in(opts, &dir, vsock, Some(&jail)).await?;
+    fc.jail = Some(jail);
+    let inside = SnapshotFiles {
+        state: jailer::VMSTATE_IN_JAIL.into(),
+        memory: jailer::MEMORY_IN_JAIL.into(),
+    };
+    load_snapshot(&fc.api, &inside, Path::new(jailer::VSOCK_IN_JAIL), resume).await?;
     fc.dir = Some(dir);
     Ok(fc)
 }

@@ -178,7 +178,7 @@ pub async fn spawn_vm_with_config(task_id: &str, config: &VmConfig) -> Result<Vm
     };
     config.validate()?;
     runtime::reap_stale_once();
-    let backend = backend::select(config.backend)?;
+    let backend = backend::select_for(config.backend, config.accel)?;
     let dir = create_runtime_dir(&config.id)?;
     let mut instance = backend.launch(&config, &dir).await?;
     let launched = t0.elapsed();

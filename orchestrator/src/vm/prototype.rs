@@ -164,7 +164,7 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
 /// The prototype key for `config` on this host, with the accelerator the
 /// prototype runs on.
 pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
-    key_with(config, resolved_backend(config.backend))
+    key_with(config, resolved_backend(config))
 }
 
 /// The VMM binary of `backend` (its identity enters the key: a snapshot is
@@ -213,6 +213,10 @@ fn key_with(config: &VmConfig, backend: BackendKind) -> Result<(String, Accel), 
     ] {
         h.update(part.as_bytes());
         h.update(b"\n");
+    }
+    if backend == BackendKind::Firecracker {
+        // A snapshot holds the paths its VMM saw: a jailed one's are chroot paths.
+        h.update(format!("launch={}\n", super::firecracker::launch_kind()).as_bytes());
     }
     Ok((hex::encode(&h.finalize()[..10]), accel))
 }
@@ -289,7 +293,7 @@ pub async fn ensure(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Prototype, VmError> {
     config.validate()?;
-    let backend = resolved_backend(config.backend);
+    let backend = resolved_backend(config);
     let (key, accel) = key_with(config, backend)?;
     // Snapshots are restored as whole VMs: only a cache of our own will do.
     let root = crate::cache::trusted_dir(PROTOTYPES_SUBDIR)?;
@@ -333,14 +337,16 @@ pub async fn ensure(
     Ok(proto)
 }
 
-fn resolved_backend(choice: BackendChoice) -> BackendKind {
-    match choice {
+fn resolved_backend(config: &VmConfig) -> BackendKind {
+    match config.backend {
         BackendChoice::Qemu => BackendKind::Qemu,
         BackendChoice::Firecracker => BackendKind::Firecracker,
-        BackendChoice::Auto => match super::backend::select(BackendChoice::Auto) {
-            Ok(b) => b.kind(),
-            Err(_) => BackendKind::Qemu,
-        },
+        BackendChoice::Auto => {
+            match super::backend::select_for(BackendChoice::Auto, config.accel) {
+                Ok(b) => b.kind(),
+                Err(_) => BackendKind::Qemu,
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
-//! Shared by the Firecracker test binaries: Firecracker's API description
-//! (read at test time from ../shared/spec, never copied), a small Swagger 2.0
-//! checker for request bodies, the fake API's answers, temporary directories.
+//! Shared by the Firecracker test binaries: the repository's own description
+//! of the part of Firecracker's API that IronClaw uses
+//! (`tests/data/firecracker-api.json`, written by hand from Firecracker's
+//! OpenAPI document), a checker of request bodies against it, the fake API's
+//! answers, temporary directories.
 
 #![allow(dead_code)]
 
@@ -11,162 +13,136 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use serde_json::{json, Value as Json};
-use serde_yaml::Value as Yaml;
 
-pub const SPEC: &str = concat!(
+/// The API description the fakes and checks use: in the repository, so the
+/// tests need nothing beside it.
+pub const API_DESCRIPTION: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../shared/spec/firecracker-swagger.yaml"
+    "/tests/data/firecracker-api.json"
 );
 
-pub fn spec() -> Arc<Yaml> {
-    let text = std::fs::read_to_string(SPEC)
-        .unwrap_or_else(|e| panic!("Firecracker's API description {SPEC}: {e}"));
-    Arc::new(serde_yaml::from_str(&text).expect("parsing the Firecracker API description"))
+/// The parsed API description (`operations`, `definitions`).
+pub type Spec = Json;
+
+pub fn spec() -> Arc<Spec> {
+    let text = std::fs::read_to_string(API_DESCRIPTION).unwrap_or_else(|e| {
+        panic!("IronClaw's Firecracker API description {API_DESCRIPTION}: {e}")
+    });
+    let spec: Spec =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {API_DESCRIPTION}: {e}"));
+    assert!(
+        spec["operations"].is_object() && spec["definitions"].is_object(),
+        "{API_DESCRIPTION} has no operations or definitions"
+    );
+    Arc::new(spec)
 }
 
-// ---- a small Swagger 2.0 schema checker ----------------------------------
+// ---- the request checker ----------------------------------------------------
 
-pub fn resolve<'a>(spec: &'a Yaml, schema: &'a Yaml) -> &'a Yaml {
-    match schema.get("$ref").and_then(Yaml::as_str) {
-        Some(r) => {
-            let name = r
-                .strip_prefix("#/definitions/")
-                .unwrap_or_else(|| panic!("unsupported $ref {r}"));
-            let def = &spec["definitions"][name];
-            assert!(!def.is_null(), "$ref {r} names no definition");
-            resolve(spec, def)
+/// The definition called `name`; a name the description lacks is a bug in
+/// the description (or the test), not a request error.
+pub fn definition<'a>(spec: &'a Spec, name: &str) -> &'a Json {
+    let def = &spec["definitions"][name];
+    assert!(
+        def.is_object(),
+        "{API_DESCRIPTION} has no definition {name}"
+    );
+    def
+}
+
+/// Appends to `errs` every way `v` violates the definition `def`: not an
+/// object, a required field missing, a field the description lacks, and
+/// every field's own violations ([`check_field`]).
+pub fn check_definition(spec: &Spec, def: &str, v: &Json, at: &str, errs: &mut Vec<String>) {
+    let schema = definition(spec, def);
+    let Some(obj) = v.as_object() else {
+        errs.push(format!("{at}: expected an object ({def}), got {v}"));
+        return;
+    };
+    for req in schema["required"].as_array().into_iter().flatten() {
+        let req = req.as_str().expect("required names are strings");
+        if !obj.contains_key(req) {
+            errs.push(format!("{at}: required field `{req}` missing"));
         }
-        None => schema,
+    }
+    for (k, val) in obj {
+        match schema["properties"].get(k.as_str()) {
+            Some(field) => check_field(spec, field, val, &format!("{at}.{k}"), errs),
+            None => errs.push(format!("{at}: field `{k}` is not in the API description")),
+        }
     }
 }
 
-pub fn enum_has(values: &Yaml, v: &Json) -> bool {
-    values.as_sequence().is_some_and(|vals| {
-        vals.iter().any(|e| match (e, v) {
-            (Yaml::String(a), Json::String(b)) => a == b,
-            (Yaml::Number(a), Json::Number(b)) => a.to_string() == b.to_string(),
-            (Yaml::Bool(a), Json::Bool(b)) => a == b,
-            _ => false,
-        })
-    })
-}
-
-/// Appends to `errs` every way `v` violates `schema`: wrong type, missing
-/// required field, a field the schema lacks, value outside an enum or range.
-pub fn check(spec: &Yaml, schema: &Yaml, v: &Json, at: &str, errs: &mut Vec<String>) {
-    let schema = resolve(spec, schema);
-    if let Some(values) = schema.get("enum") {
-        if !enum_has(values, v) {
+/// Wrong type (string, integer, boolean, or another definition), a value
+/// outside the listed enum values, an integer outside the range.
+pub fn check_field(spec: &Spec, field: &Json, v: &Json, at: &str, errs: &mut Vec<String>) {
+    if let Some(def) = field["definition"].as_str() {
+        return check_definition(spec, def, v, at, errs);
+    }
+    if let Some(values) = field["enum"].as_array() {
+        if !values.contains(v) {
             errs.push(format!("{at}: {v} is not one of {values:?}"));
         }
     }
-    let ty = schema
-        .get("type")
-        .and_then(Yaml::as_str)
-        .or_else(|| schema.get("properties").is_some().then_some("object"));
-    match ty {
-        Some("object") => {
-            let Some(obj) = v.as_object() else {
-                errs.push(format!("{at}: expected an object, got {v}"));
-                return;
-            };
-            for req in schema
-                .get("required")
-                .and_then(Yaml::as_sequence)
-                .into_iter()
-                .flatten()
-            {
-                let req = req.as_str().unwrap();
-                if !obj.contains_key(req) {
-                    errs.push(format!("{at}: required field `{req}` missing"));
-                }
-            }
-            let props = schema.get("properties");
-            for (k, val) in obj {
-                match props.and_then(|p| p.get(k.as_str())) {
-                    Some(s) => check(spec, s, val, &format!("{at}.{k}"), errs),
-                    None => errs.push(format!("{at}: field `{k}` is not in the schema")),
-                }
-            }
-        }
+    match field["type"].as_str() {
         Some("string") if !v.is_string() => errs.push(format!("{at}: expected a string, got {v}")),
-        Some("string") => {}
         Some("boolean") if !v.is_boolean() => {
             errs.push(format!("{at}: expected a boolean, got {v}"))
         }
-        Some("boolean") => {}
         Some("integer") => match v.as_i64() {
             None => errs.push(format!("{at}: expected an integer, got {v}")),
             Some(n) => {
-                if let Some(min) = schema.get("minimum").and_then(Yaml::as_i64) {
+                if let Some(min) = field["minimum"].as_i64() {
                     if n < min {
                         errs.push(format!("{at}: {n} is below the minimum {min}"));
                     }
                 }
-                if let Some(max) = schema.get("maximum").and_then(Yaml::as_i64) {
+                if let Some(max) = field["maximum"].as_i64() {
                     if n > max {
                         errs.push(format!("{at}: {n} is above the maximum {max}"));
                     }
                 }
             }
         },
-        Some("number") if !v.is_number() => errs.push(format!("{at}: expected a number, got {v}")),
-        Some("number") => {}
-        Some("array") => match v.as_array() {
-            None => errs.push(format!("{at}: expected an array, got {v}")),
-            Some(items) => {
-                for (i, item) in items.iter().enumerate() {
-                    check(spec, &schema["items"], item, &format!("{at}[{i}]"), errs);
-                }
-            }
-        },
-        Some(other) => errs.push(format!(
-            "{at}: schema type {other} not handled by the checker"
-        )),
-        None => {}
+        Some("string" | "boolean") => {}
+        other => {
+            panic!("{API_DESCRIPTION}: field type {other:?} at {at} is not handled by the checker")
+        }
     }
 }
 
 /// The operation for `method` on a concrete `path`, matching templated
 /// segments like `{drive_id}`: (template, operation).
-pub fn operation<'a>(spec: &'a Yaml, method: &str, path: &str) -> Option<(String, &'a Yaml)> {
+pub fn operation<'a>(spec: &'a Spec, method: &str, path: &str) -> Option<(String, &'a Json)> {
     let want: Vec<&str> = path.split('/').collect();
-    spec["paths"].as_mapping()?.iter().find_map(|(tmpl, ops)| {
-        let tmpl = tmpl.as_str()?;
-        let segs: Vec<&str> = tmpl.split('/').collect();
-        let matches = segs.len() == want.len()
-            && segs
-                .iter()
-                .zip(&want)
-                .all(|(s, w)| s == w || (s.starts_with('{') && s.ends_with('}') && !w.is_empty()));
-        let op = ops.get(method.to_ascii_lowercase().as_str())?;
-        matches.then(|| (tmpl.to_string(), op))
-    })
+    spec["operations"]
+        .as_object()?
+        .iter()
+        .find_map(|(tmpl, ops)| {
+            let segs: Vec<&str> = tmpl.split('/').collect();
+            let matches = segs.len() == want.len()
+                && segs.iter().zip(&want).all(|(s, w)| {
+                    s == w || (s.starts_with('{') && s.ends_with('}') && !w.is_empty())
+                });
+            let op = ops.get(method.to_ascii_uppercase().as_str())?;
+            matches.then(|| (tmpl.clone(), op))
+        })
 }
 
-/// Every violation of the spec by a request: unknown path or method, a
-/// missing required body, a body that does not fit its schema.
-pub fn check_request(spec: &Yaml, method: &str, path: &str, body: Option<&Json>) -> Vec<String> {
+/// Every violation of the description by a request: unknown path or
+/// method, a missing required body, a body that does not fit its definition.
+pub fn check_request(spec: &Spec, method: &str, path: &str, body: Option<&Json>) -> Vec<String> {
     let Some((tmpl, op)) = operation(spec, method, path) else {
         return vec![format!(
             "{method} {path}: no such operation in the API description"
         )];
     };
     let mut errs = Vec::new();
-    let body_param = op["parameters"]
-        .as_sequence()
-        .into_iter()
-        .flatten()
-        .find(|p| p["in"].as_str() == Some("body"));
-    match (body_param, body) {
-        (Some(p), Some(b)) => check(
-            spec,
-            &p["schema"],
-            b,
-            &format!("{method} {tmpl}"),
-            &mut errs,
-        ),
-        (Some(p), None) if p["required"].as_bool() == Some(true) => {
+    match (op["body"].as_str(), body) {
+        (Some(def), Some(b)) => {
+            check_definition(spec, def, b, &format!("{method} {tmpl}"), &mut errs)
+        }
+        (Some(_), None) if op["body_required"] == json!(true) => {
             errs.push(format!("{method} {tmpl}: the required body is missing"))
         }
         (None, Some(b)) => errs.push(format!("{method} {tmpl}: takes no body, got {b}")),
@@ -175,13 +151,65 @@ pub fn check_request(spec: &Yaml, method: &str, path: &str, body: Option<&Json>)
     errs
 }
 
-pub fn definition_errors(spec: &Yaml, name: &str, value: &Json) -> Vec<String> {
+pub fn definition_errors(spec: &Spec, name: &str, value: &Json) -> Vec<String> {
     let mut errs = Vec::new();
-    let def = &spec["definitions"][name];
-    assert!(!def.is_null(), "no definition {name}");
-    check(spec, def, value, name, &mut errs);
+    check_definition(spec, name, value, name, &mut errs);
     errs
 }
+
+// ---- the fake jailer ----------------------------------------------------------
+
+/// Does what the jailer documents, for the parts the orchestrator relies on.
+/// `@OUT@` (replaced by the directory it records into) receives `argv` (one
+/// argument a line; also as `argv-<id>` once everything is set up, which the
+/// fake APIs wait for), `netns` (what the `--netns` path links to), `links`
+/// and `cgroups`.
+pub const FAKE_JAILER: &str = r#"#!/bin/sh
+set -u
+out=@OUT@
+printf '%s\n' "$@" > "$out/argv.tmp"
+id= exec_file= base=/srv/jailer netns= version=1 parent=
+cgroups=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --id) id=$2; shift 2 ;;
+    --exec-file) exec_file=$2; shift 2 ;;
+    --uid|--gid) shift 2 ;;
+    --chroot-base-dir) base=$2; shift 2 ;;
+    --netns) netns=$2; shift 2 ;;
+    --cgroup-version) version=$2; shift 2 ;;
+    --parent-cgroup) parent=$2; shift 2 ;;
+    --cgroup) cgroups="$cgroups
+$2"; shift 2 ;;
+    --) shift; break ;;
+    *) echo "fake jailer: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+for a in "$@"; do
+  [ "$a" = --no-seccomp ] && { echo "fake jailer: --no-seccomp" >&2; exit 3; }
+done
+case "$(basename "$exec_file")" in *firecracker*) ;; *) echo "bad exec file" >&2; exit 4 ;; esac
+root="$base/$(basename "$exec_file")/$id/root"
+[ -d "$root/run" ] || { echo "fake jailer: $root/run missing" >&2; exit 5; }
+cp "$exec_file" "$root/$(basename "$exec_file")" || exit 6
+readlink "$netns" > "$out/netns" || { echo "fake jailer: netns $netns" >&2; exit 7; }
+if command -v nsenter >/dev/null && command -v ip >/dev/null; then
+  nsenter --net="$netns" ip -o link > "$out/links" || exit 7
+fi
+[ "$version" = 1 ] || { echo "fake jailer: only v1 here" >&2; exit 8; }
+echo "$cgroups" | while IFS= read -r c; do
+  [ -n "$c" ] || continue
+  file=${c%%=*}; value=${c#*=}; controller=${file%%.*}
+  mount=$(awk -v c="$controller" '$3 == "cgroup" { n = split($4, o, ","); for (i = 1; i <= n; i++) if (o[i] == c) { print $2; exit } }' /proc/mounts)
+  [ -n "$mount" ] || { echo "fake jailer: no $controller mount" >&2; exit 9; }
+  dir="$mount/$parent/$id"
+  mkdir -p "$dir" && echo "$value" > "$dir/$file" && echo $$ > "$dir/tasks" || exit 10
+  echo "$dir" >> "$out/cgroups"
+done || exit 11
+mv "$out/argv.tmp" "$out/argv"
+cp "$out/argv" "$out/argv-$id.tmp" && mv "$out/argv-$id.tmp" "$out/argv-$id" || exit 12
+exec "$root/$(basename "$exec_file")" --id="$id" "$@"
+"#;
 
 pub type Body = Full<Bytes>;
 

@@ -1,6 +1,7 @@
 //! Typed bodies of the Firecracker API requests IronClaw sends, one struct per
 //! resource, named and shaped as in Firecracker's OpenAPI description
-//! (`firecracker-swagger.yaml`, definitions of the same names).
+//! (`firecracker-swagger.yaml`, definitions of the same names; the part used
+//! is described in `tests/data/firecracker-api.json`, which the tests check against).
 //!
 //! Every body refuses unknown fields (`deny_unknown_fields`), so a misspelt
 //! field is an error in our own tests rather than a field Firecracker never
