@@ -1,0 +1,76 @@
+//! Reading back what confines a running process: its seccomp state, uid,
+//! namespaces and cgroup, as the kernel reports them in `/proc`.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::super::seccomp::{self, SeccompFilter};
+
+/// What confines one running process, read back from `/proc`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessConfinement {
+    pub process: &'static str,
+    pub pid: u32,
+    pub seccomp: seccomp::ProcStatus,
+    pub level: Option<seccomp::SeccompLevel>,
+    pub allowed_syscalls: Option<usize>,
+    /// Whether its network namespace differs from the orchestrator's.
+    pub own_netns: bool,
+    pub own_pidns: bool,
+    pub cgroup: Vec<PathBuf>,
+}
+
+impl ProcessConfinement {
+    pub fn read(
+        process: &'static str,
+        pid: u32,
+        filter: Option<&SeccompFilter>,
+        cgroup: Vec<PathBuf>,
+    ) -> Self {
+        let ns = |kind: &str| {
+            let theirs = std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+            let ours = std::fs::read_link(format!("/proc/self/ns/{kind}")).ok();
+            theirs.is_some() && theirs != ours
+        };
+        ProcessConfinement {
+            process,
+            pid,
+            seccomp: seccomp::proc_status(pid).unwrap_or_default(),
+            level: filter.map(|f| f.level),
+            allowed_syscalls: filter.map(|f| f.allowed),
+            own_netns: ns("net"),
+            own_pidns: ns("pid_for_children") || ns("pid"),
+            cgroup,
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessConfinement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.seccomp;
+        write!(
+            f,
+            "{} (pid {}): seccomp {} ({} syscalls allowed, Seccomp: {}, {} filters), NoNewPrivs: {}, uid {}, {} network namespace, {} PID namespace, cgroup {}",
+            self.process,
+            self.pid,
+            self.level.map_or("none".into(), |l| l.to_string()),
+            self.allowed_syscalls.map_or("-".into(), |n| n.to_string()),
+            s.seccomp.map_or("?".into(), |v| v.to_string()),
+            s.seccomp_filters.map_or("?".into(), |v| v.to_string()),
+            s.no_new_privs.map_or("?".into(), |v| v.to_string()),
+            s.uid.map_or("?".into(), |v| v.to_string()),
+            if self.own_netns { "own (empty)" } else { "host" },
+            if self.own_pidns { "own" } else { "host" },
+            if self.cgroup.is_empty() {
+                "none".to_string()
+            } else {
+                self.cgroup
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )
+    }
+}
