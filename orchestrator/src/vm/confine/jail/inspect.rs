@@ -5,15 +5,15 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use super::super::seccomp::{self, SeccompFilter};
+use super::super::seccomp::{SeccompFilter, SeccompLevel};
 
 /// What confines one running process, read back from `/proc`.
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessConfinement {
     pub process: &'static str,
     pub pid: u32,
-    pub seccomp: seccomp::ProcStatus,
-    pub level: Option<seccomp::SeccompLevel>,
+    pub seccomp: ProcStatus,
+    pub level: Option<SeccompLevel>,
     pub allowed_syscalls: Option<usize>,
     /// Whether its network namespace differs from the orchestrator's.
     pub own_netns: bool,
@@ -36,7 +36,7 @@ impl ProcessConfinement {
         ProcessConfinement {
             process,
             pid,
-            seccomp: seccomp::proc_status(pid).unwrap_or_default(),
+            seccomp: proc_status(pid).unwrap_or_default(),
             level: filter.map(|f| f.level),
             allowed_syscalls: filter.map(|f| f.allowed),
             own_netns: ns("net"),
@@ -73,4 +73,30 @@ impl std::fmt::Display for ProcessConfinement {
             }
         )
     }
+}
+
+/// `Seccomp`, `Seccomp_filters` and `NoNewPrivs` of `/proc/<pid>/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProcStatus {
+    /// 0 none, 1 strict mode, 2 filter.
+    pub seccomp: Option<u32>,
+    pub seccomp_filters: Option<u32>,
+    pub no_new_privs: Option<u32>,
+    pub uid: Option<u32>,
+}
+
+pub fn proc_status(pid: u32) -> std::io::Result<ProcStatus> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+    };
+    Ok(ProcStatus {
+        seccomp: field("Seccomp:"),
+        seccomp_filters: field("Seccomp_filters:"),
+        no_new_privs: field("NoNewPrivs:"),
+        uid: field("Uid:"),
+    })
 }

@@ -43,7 +43,7 @@ use crate::vm::process;
 use child::ChildPlan;
 pub use error::{JailError, JailStep};
 pub use ids::{dir_hash, vm_ids};
-pub use inspect::ProcessConfinement;
+pub use inspect::{proc_status, ProcStatus, ProcessConfinement};
 use report::{pipe, read_reports, TAG_ERROR, TAG_PID};
 use root::{cstr, RootPlan};
 
