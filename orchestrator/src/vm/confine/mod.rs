@@ -1,6 +1,9 @@
 //! Confinement of the VMM processes: everything that stands between a
 //! compromised VMM and the host.
 //!
+//! - [`prepare`]: what a backend runs before starting anything: the audit
+//!   log, the jail uid, the runtime directory's mode, the boot files to
+//!   bind-mount, the VM's cgroup ([`prepare::Confinement`]).
 //! - [`jail`]: the forked child's steps before `exec` (namespaces, minimal
 //!   root, uid, `no_new_privs`), the reaper, the report channel, and reading
 //!   back what confines a running process.
@@ -16,4 +19,5 @@ pub mod cgroup;
 pub mod fd_pass;
 pub mod jail;
 pub mod perm;
+pub mod prepare;
 pub mod seccomp;

@@ -109,10 +109,25 @@ pub enum JailError {
     },
     #[error("jail: confining the VMM needs root (namespaces, cgroups, a uid change); run as root, or set confinement.jail = false to run with the seccomp filter only")]
     NotRoot,
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("jail: VM cgroup: {0}")]
     Cgroup(#[from] CgroupError),
     #[error("jail: {0}")]
     Seccomp(#[from] SeccompError),
+}
+
+impl JailError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> JailError {
+        JailError::Io {
+            context: context.into(),
+            source,
+        }
+    }
 }
 
 #[cfg(test)]
