@@ -12,11 +12,10 @@
 
 pub mod accel;
 pub mod backend;
-pub mod cgroup;
 pub mod channel;
 pub mod config;
+pub mod confine;
 pub mod firecracker;
-pub mod jail;
 pub mod pool;
 pub mod process;
 pub mod prototype;
@@ -24,7 +23,6 @@ pub mod qemu;
 pub mod qmp;
 pub mod rootfs_args;
 pub mod runtime;
-pub mod seccomp;
 pub mod vsock;
 
 use std::path::PathBuf;
@@ -36,6 +34,9 @@ pub use crate::agent::{AgentClient, AgentError, ExecOutput};
 pub use accel::Accel;
 pub use backend::{BackendKind, Hypervisor, VmInstance};
 pub use config::{ConfigError, VmConfig};
+// The architecture names `vm::seccomp`; `vm::jail` and `vm::cgroup` are kept
+// beside it so that callers need not know the folder.
+pub use confine::{cgroup, jail, seccomp};
 pub use ironclaw_protocol::{ExecRequest, ExitStatus};
 
 use runtime::RuntimeDir;

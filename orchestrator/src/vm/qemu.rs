@@ -18,14 +18,15 @@ pub const SERIAL_SOCKET: &str = "agent.sock";
 
 use super::accel::{self, Accel};
 use super::backend::{BackendKind, Hypervisor, VmInstance};
-use super::cgroup::{Layout, VmCgroup};
 use super::channel::{GuestChannel, SerialChannel};
 use super::config::VmConfig;
-use super::jail::{self, Bind, Confined, JailError, JailSpec, ProcessConfinement};
+use super::confine::cgroup::VmCgroup;
+use super::confine::jail::{self, Confined, JailError, ProcessConfinement};
+use super::confine::prepare::Confinement;
+use super::confine::seccomp::{self, AuditLog, ProcessKind, SeccompFilter};
 use super::process;
 use super::qmp::Qmp;
 use super::runtime::RuntimeDir;
-use super::seccomp::{self, AuditLog, ProcessKind, SeccompFilter, SeccompLevel};
 use super::vsock::Vsock;
 use super::VmError;
 
@@ -217,177 +218,6 @@ impl QemuBackend {
             cmd.args(["-device", "virtio-blk-device,drive=rootfs"]);
         }
         cmd
-    }
-}
-
-/// Everything the VM's processes are confined with, prepared before any starts.
-struct Confinement {
-    jailed: bool,
-    ids: Option<(u32, u32)>,
-    /// Owned by the instance once it exists; the directories stay known here
-    /// so that each process joins them.
-    cgroup: Option<VmCgroup>,
-    cgroup_dirs: Vec<PathBuf>,
-    binds: Vec<Bind>,
-    /// The config with its boot files as the jailed QEMU sees them (bind
-    /// mounts in the runtime directory).
-    config: VmConfig,
-    level: SeccompLevel,
-    audit: Option<Arc<AuditLog>>,
-    /// The runtime directory, the only host directory the jailed VMM sees
-    /// besides `/usr` (see `JailSpec::minimal_root`).
-    minimal_root: Option<PathBuf>,
-}
-
-impl Confinement {
-    fn prepare(config: &VmConfig, dir: &RuntimeDir) -> Result<Confinement, VmError> {
-        let c = &config.confinement;
-        let audit = match c.seccomp {
-            SeccompLevel::Audit => Some(Arc::new(
-                AuditLog::new(
-                    &config.id,
-                    Some(&dir.file(seccomp::AUDIT_FILE)),
-                    seccomp::AUDIT_RING_ENTRIES,
-                    seccomp::AUDIT_FILE_LINES,
-                )
-                .map_err(|e| VmError::io("creating the seccomp audit log", e))?,
-            )),
-            SeccompLevel::Strict => None,
-        };
-        if !c.jail {
-            return Ok(Confinement {
-                jailed: false,
-                ids: None,
-                cgroup: None,
-                cgroup_dirs: Vec::new(),
-                binds: Vec::new(),
-                config: config.clone(),
-                level: c.seccomp,
-                audit,
-                minimal_root: None,
-            });
-        }
-        // SAFETY: geteuid cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(JailError::NotRoot.into());
-        }
-        let (uid, gid) = jail::vm_ids(dir.path(), c.uid);
-        let prep = |what: &'static str| {
-            move |source| {
-                VmError::from(JailError::Prepare {
-                    process: "vmm",
-                    what,
-                    source,
-                })
-            }
-        };
-        // The VMM creates its sockets and console log here; the sticky bit
-        // keeps it from removing the orchestrator's files (owner, pids).
-        std::os::unix::fs::chown(dir.path(), Some(0), Some(gid))
-            .map_err(prep("the runtime directory's group"))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1770))
-            .map_err(prep("the runtime directory's mode"))?;
-        let mut binds = Vec::new();
-        let mut bind =
-            |what: &'static str, source: &Path, name: &str| -> Result<PathBuf, VmError> {
-                jail::check_readable(what, source, uid, gid)?;
-                let target = dir.file(name);
-                File::create(&target).map_err(prep("a bind-mount target"))?;
-                binds.push(Bind {
-                    what,
-                    source: source.to_path_buf(),
-                    target: target.clone(),
-                    exec: false,
-                });
-                Ok(target)
-            };
-        let jailed_config = VmConfig {
-            kernel: bind("kernel", &config.kernel, "boot-kernel")?,
-            initramfs: bind("initramfs", &config.initramfs, "boot-initramfs")?,
-            rootfs: match &config.rootfs {
-                Some(r) => Some(bind("rootfs", r, "boot-rootfs")?),
-                None => None,
-            },
-            ..config.clone()
-        };
-        let layout = Layout::detect().map_err(JailError::from)?;
-        let name = format!("{}-{:08x}", config.id, jail::dir_hash(dir.path()) as u32);
-        let cgroup = VmCgroup::create(&layout, &name, config.limits()).map_err(JailError::from)?;
-        dir.record_cgroups(&cgroup.dirs())
-            .map_err(|e| VmError::io("recording the VM's cgroups", e))?;
-        Ok(Confinement {
-            jailed: true,
-            ids: Some((uid, gid)),
-            cgroup_dirs: cgroup.dirs(),
-            cgroup: Some(cgroup),
-            binds,
-            config: jailed_config,
-            level: c.seccomp,
-            audit,
-            minimal_root: Some(dir.path().to_path_buf()),
-        })
-    }
-
-    /// The path to exec `program` by: itself when the jail uid can reach it,
-    /// else a bind mount of it in the runtime directory (e.g. a
-    /// `cargo install`ed vhost-device-vsock under `/root`).
-    fn program(&mut self, program: &Path, dir: &RuntimeDir) -> Result<PathBuf, VmError> {
-        let Some((uid, gid)) = self.ids else {
-            return Ok(program.to_path_buf());
-        };
-        // Inside the minimal root only /usr (and the runtime dir) exist.
-        if jail::reachable(program, uid, gid) && program.starts_with("/usr") {
-            return Ok(program.to_path_buf());
-        }
-        jail::check_readable("program", program, uid, gid)?;
-        let name = program
-            .file_name()
-            .map(|n| format!("bin-{}", n.to_string_lossy()))
-            .unwrap_or_else(|| "bin-vmm".into());
-        let target = dir.file(&name);
-        File::create(&target).map_err(|source| {
-            VmError::from(JailError::Prepare {
-                process: "vmm",
-                what: "a bind-mount target",
-                source,
-            })
-        })?;
-        self.binds.push(Bind {
-            what: "program",
-            source: program.to_path_buf(),
-            target: target.clone(),
-            exec: true,
-        });
-        Ok(target)
-    }
-
-    fn spec(&self, filter: SeccompFilter) -> Result<JailSpec, VmError> {
-        Ok(JailSpec {
-            namespaces: self.jailed,
-            ids: self.ids,
-            binds: self.binds.clone(),
-            cgroup_procs: self
-                .cgroup_dirs
-                .iter()
-                .map(|d| {
-                    let p = d.join("cgroup.procs");
-                    std::fs::OpenOptions::new()
-                        .write(true)
-                        .open(&p)
-                        .map(std::os::fd::OwnedFd::from)
-                        .map_err(|source| {
-                            VmError::from(JailError::Prepare {
-                                process: "vmm",
-                                what: "joining the VM's cgroup",
-                                source,
-                            })
-                        })
-                })
-                .collect::<Result<_, _>>()?,
-            seccomp: Some(filter),
-            minimal_root: self.minimal_root.clone(),
-        })
     }
 }
 

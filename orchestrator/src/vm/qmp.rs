@@ -9,6 +9,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
+use super::confine::fd_pass;
+
 /// Longest QMP line read (events and answers are small; bounds memory).
 const MAX_LINE: usize = 1 << 20;
 
@@ -85,7 +87,7 @@ impl Qmp {
         loop {
             sock.writable().await?;
             match sock.try_io(tokio::io::Interest::WRITABLE, || {
-                send_with_fd(sock.as_raw_fd(), &line, fd)
+                fd_pass::send_fd(sock.as_raw_fd(), &line, fd, libc::MSG_NOSIGNAL)
             }) {
                 Ok(n) if n == line.len() => break,
                 Ok(n) => {
@@ -137,37 +139,5 @@ impl Qmp {
         tokio::time::timeout(Duration::from_secs(60), answer)
             .await
             .map_err(|_| QmpError::Timeout(command.into()))?
-    }
-}
-
-/// One `sendmsg` of `data` with `fd` attached.
-fn send_with_fd(sock: i32, data: &[u8], fd: i32) -> std::io::Result<usize> {
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    let mut control = vec![0u8; space];
-    // SAFETY: msghdr is plain data; every pointer set below points into live
-    // buffers (iov, control) that outlive the sendmsg call, and the cmsg
-    // header written is the first one of a buffer sized by CMSG_SPACE.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
-        let n = libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL);
-        if n < 0 {
-            Err(std::io::Error::last_os_error())
-        } else {
-            Ok(n as usize)
-        }
     }
 }

@@ -33,6 +33,7 @@ use std::process::Command;
 
 use super::super::cgroup::{self, Limits};
 use super::super::config::VmConfig;
+use super::super::confine::perm::readable_by;
 use super::super::runtime::RuntimeDir;
 
 pub const JAILER_BINARY: &str = "jailer";
@@ -56,7 +57,6 @@ pub const VMSTATE_IN_JAIL: &str = "/snapshot/vmstate";
 pub const MEMORY_IN_JAIL: &str = "/snapshot/memory";
 /// The jailer refuses longer ids.
 pub const MAX_JAIL_ID: usize = 64;
-const CPU_PERIOD_US: u64 = 100_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CgroupVersion {
@@ -279,21 +279,15 @@ pub fn check_id(id: &str) -> Result<(), JailerError> {
 
 /// `--cgroup` values for `limits` (v1 and v2 name the files differently).
 pub fn cgroup_args(version: CgroupVersion, limits: Limits) -> Vec<String> {
-    let mem = u64::from(limits.memory_mib) * 1024 * 1024;
-    let quota = u64::from(limits.cpu_millis) * CPU_PERIOD_US / 1000;
-    match version {
-        CgroupVersion::V1 => vec![
-            format!("memory.limit_in_bytes={mem}"),
-            format!("cpu.cfs_period_us={CPU_PERIOD_US}"),
-            format!("cpu.cfs_quota_us={quota}"),
-            format!("pids.max={}", limits.pids),
-        ],
-        CgroupVersion::V2 => vec![
-            format!("memory.max={mem}"),
-            format!("cpu.max={quota} {CPU_PERIOD_US}"),
-            format!("pids.max={}", limits.pids),
-        ],
-    }
+    let version = match version {
+        CgroupVersion::V1 => cgroup::Version::V1,
+        CgroupVersion::V2 => cgroup::Version::V2,
+    };
+    limits
+        .files(version)
+        .into_iter()
+        .map(|(_, file, value)| format!("{file}={value}"))
+        .collect()
 }
 
 /// The cgroup directories the jailer makes for `id`: like the jailer, the
@@ -463,14 +457,6 @@ fn copy_out(mut src: &fs::File, dest: &Path, mode: u32, group: u32) -> std::io::
     std::os::unix::fs::fchown(&out, None, Some(group))?;
     out.set_permissions(fs::Permissions::from_mode(mode))?;
     out.sync_all()
-}
-
-/// Whether `uid`/`gid` may read the file by its mode bits.
-fn readable_by(m: &fs::Metadata, uid: u32, gid: u32) -> bool {
-    let mode = m.mode();
-    mode & 0o004 != 0
-        || (m.uid() == uid && mode & 0o400 != 0)
-        || (m.gid() == gid && mode & 0o040 != 0)
 }
 
 impl Jail {

@@ -33,6 +33,33 @@ pub struct Limits {
     pub pids: u32,
 }
 
+/// The CFS period CPU limits are expressed in.
+pub const CPU_PERIOD_US: u64 = 100_000;
+
+impl Limits {
+    /// The limit files of a VM cgroup and their values, as
+    /// `(controller, file, value)`; the controller of v2 files is `unified`.
+    /// The jailer is given the same files as `--cgroup file=value`.
+    pub fn files(&self, version: Version) -> Vec<(&'static str, &'static str, String)> {
+        let mem = (u64::from(self.memory_mib) * 1024 * 1024).to_string();
+        let quota = u64::from(self.cpu_millis) * CPU_PERIOD_US / 1000;
+        let pids = self.pids.to_string();
+        match version {
+            Version::V1 => vec![
+                ("memory", "memory.limit_in_bytes", mem),
+                ("cpu", "cpu.cfs_period_us", CPU_PERIOD_US.to_string()),
+                ("cpu", "cpu.cfs_quota_us", quota.to_string()),
+                ("pids", "pids.max", pids),
+            ],
+            Version::V2 => vec![
+                ("unified", "memory.max", mem),
+                ("unified", "cpu.max", format!("{quota} {CPU_PERIOD_US}")),
+                ("unified", "pids.max", pids),
+            ],
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Version {
     V1,
@@ -190,37 +217,26 @@ impl VmCgroup {
     }
 
     fn apply_limits(&self) -> Result<(), CgroupError> {
-        let mem = u64::from(self.limits.memory_mib) * 1024 * 1024;
-        const PERIOD_US: u64 = 100_000;
-        let quota = u64::from(self.limits.cpu_millis) * PERIOD_US / 1000;
         for (controller, dir) in &self.dirs {
-            match (self.version, *controller) {
-                (Version::V1, "memory") => {
-                    write(&dir.join("memory.limit_in_bytes"), &mem.to_string())?;
-                    // Swap would let the VM exceed its limit; where swap
-                    // accounting exists, cap memory+swap at the same value.
-                    let memsw = dir.join("memory.memsw.limit_in_bytes");
-                    if memsw.exists() {
-                        write(&memsw, &mem.to_string())?;
-                    }
+            for (c, file, value) in self.limits.files(self.version) {
+                if c != *controller {
+                    continue;
                 }
-                (Version::V1, "cpu") => {
-                    write(&dir.join("cpu.cfs_period_us"), &PERIOD_US.to_string())?;
-                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
-                }
-                (Version::V1, "pids") => {
-                    write(&dir.join("pids.max"), &self.limits.pids.to_string())?;
-                }
-                (Version::V2, _) => {
-                    write(&dir.join("memory.max"), &mem.to_string())?;
-                    let swap = dir.join("memory.swap.max");
+                write(&dir.join(file), &value)?;
+                // Swap would let the VM exceed its memory limit; where swap
+                // accounting exists, cap memory+swap at the same value (v1)
+                // or swap at 0 (v2).
+                let swap = match file {
+                    "memory.limit_in_bytes" => Some(("memory.memsw.limit_in_bytes", value)),
+                    "memory.max" => Some(("memory.swap.max", "0".to_string())),
+                    _ => None,
+                };
+                if let Some((swap, value)) = swap {
+                    let swap = dir.join(swap);
                     if swap.exists() {
-                        write(&swap, "0")?;
+                        write(&swap, &value)?;
                     }
-                    write(&dir.join("cpu.max"), &format!("{quota} {PERIOD_US}"))?;
-                    write(&dir.join("pids.max"), &self.limits.pids.to_string())?;
                 }
-                _ => {}
             }
         }
         Ok(())

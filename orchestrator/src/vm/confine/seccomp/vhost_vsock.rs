@@ -6,7 +6,7 @@
 //! directions, guest-initiated connections to the host's ready socket,
 //! destroy (SIGKILL). It needs no vsock socket: the host side is unix sockets.
 
-use super::{ArgRule, Group, Sys};
+use super::rules::{ArgRule, Group, Sys};
 
 const UNIX_ONLY: ArgRule = ArgRule::OneOf {
     arg: 0,
@@ -68,7 +68,7 @@ pub const GROUPS: &[Group] = &[
     Group {
         why: "threads (vring worker, listener): clone only without namespace flags; clone3 gets ENOSYS",
         calls: &[
-            sys!(SYS_clone, ArgRule::NoneOf { arg: 0, mask: super::NAMESPACE_FLAGS }),
+            sys!(SYS_clone, ArgRule::NoneOf { arg: 0, mask: super::rules::NAMESPACE_FLAGS }),
             sys!(SYS_clone3),
             sys!(SYS_futex),
             sys!(SYS_set_robust_list),

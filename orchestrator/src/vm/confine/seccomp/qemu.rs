@@ -11,7 +11,7 @@
 //! The KVM group is not traced here (KVM is not usable on these machines); it
 //! comes from QEMU's sources.
 
-use super::{ArgRule, Group, Sys};
+use super::rules::{ArgRule, Group, Sys};
 
 /// Families QEMU may open sockets in: unix only (QMP, chardevs, vhost-user).
 const UNIX_ONLY: ArgRule = ArgRule::OneOf {
@@ -85,7 +85,7 @@ pub const GROUPS: &[Group] = &[
     Group {
         why: "threads (vCPU, RCU, worker pool): clone only without namespace flags; clone3 is answered ENOSYS by a separate filter so glibc falls back to clone",
         calls: &[
-            sys!(SYS_clone, ArgRule::NoneOf { arg: 0, mask: super::NAMESPACE_FLAGS }),
+            sys!(SYS_clone, ArgRule::NoneOf { arg: 0, mask: super::rules::NAMESPACE_FLAGS }),
             sys!(SYS_clone3),
             sys!(SYS_futex),
             sys!(SYS_set_robust_list),
