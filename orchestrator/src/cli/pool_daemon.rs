@@ -1,5 +1,5 @@
-//! `ironclaw pool serve`: a long-lived process that keeps a warm pool and runs
-//! commands for CLI calls arriving on a unix socket.
+//! The pool daemon's server loop: serves the library's warm pool on a unix
+//! socket, running commands for `ironclaw run --pool` calls.
 //!
 //! Why a daemon: a pool is only warm if something keeps it running between
 //! calls, and a one-shot CLI process cannot. The daemon speaks the *same*
@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use ironclaw_protocol::{
@@ -21,13 +22,12 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::ExecEvent;
-use crate::vm::pool::Pool;
-use crate::vm::VmError;
+use ironclaw_orchestrator::agent::ExecEvent;
+use ironclaw_orchestrator::vm::pool::Pool;
 
 /// Default socket of the pool daemon: `<runtime root>/pool.sock`.
 pub fn default_socket() -> PathBuf {
-    crate::vm::runtime::runtime_root().join("pool.sock")
+    ironclaw_orchestrator::vm::runtime::runtime_root().join("pool.sock")
 }
 
 /// What a client asks of a running request, forwarded to its task.
@@ -42,20 +42,17 @@ pub async fn serve(
     pool: &Arc<Pool>,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), VmError> {
+) -> anyhow::Result<()> {
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| VmError::io(format!("creating {}", parent.display()), e))?;
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     if UnixStream::connect(socket).await.is_ok() {
-        return Err(VmError::Backend(format!(
-            "a pool daemon already serves {}",
-            socket.display()
-        )));
+        anyhow::bail!("a pool daemon already serves {}", socket.display());
     }
     let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)
-        .map_err(|e| VmError::io(format!("binding {}", socket.display()), e))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     let kernel = Arc::new(pool.kernel_release());
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -65,7 +62,7 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     tokio::spawn(serve_client(pool.clone(), stream, kernel.clone(), stop.clone()));
                 }
-                Err(e) => break Err(VmError::io("accepting a client", e)),
+                Err(e) => break Err(anyhow::Error::new(e).context("accepting a client")),
             },
             _ = &mut shutdown => break Ok(()),
         }
