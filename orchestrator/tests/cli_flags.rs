@@ -27,6 +27,16 @@ impl Root {
         self.ironclaw().args(args).output().unwrap()
     }
 
+    /// Runs `args`, expects IronClaw's own failure (125) with `needle` in
+    /// the message, and returns the message.
+    fn refused(&self, args: &[&str], needle: &str) -> String {
+        let out = self.run(args);
+        let err = s(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: no {needle:?} in {err}");
+        err
+    }
+
     /// The VM directories left in the root (the pool socket is not one).
     fn vm_dirs(&self) -> Vec<PathBuf> {
         std::fs::read_dir(&self.0)
@@ -67,27 +77,12 @@ fn config_file(dir: &Path, extra: serde_json::Value) -> PathBuf {
 #[test]
 fn a_bad_flag_value_is_refused_naming_the_flag() {
     let r = Root::new("mem");
-    let out = r.run(&["run", "--mem", "64", "--", "true"]);
-    assert_eq!(out.status.code(), Some(125), "{}", s(&out.stderr));
-    let err = s(&out.stderr);
-    assert!(err.contains("--mem") && err.contains("128"), "{err}");
+    let err = r.refused(&["run", "--mem", "64", "--", "true"], "--mem");
+    assert!(err.contains("128"), "{err}");
     // Advice from the library is given in flags too.
-    let out = r.run(&[
-        "run",
-        "--no-image",
-        "--mem",
-        "128",
-        "--overlay-mib",
-        "512",
-        "--",
-        "true",
-    ]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(
-        s(&out.stderr).contains("--overlay-mib"),
-        "{}",
-        s(&out.stderr)
-    );
+    let args = ["run", "--no-image", "--mem", "128", "--overlay-mib", "512"];
+    let err = r.refused(&[&args[..], &["--", "true"]].concat(), "--overlay-mib");
+    assert!(err.contains("and --mem (128)"), "{err}");
     assert!(r.vm_dirs().is_empty(), "{:?}", r.vm_dirs());
 }
 
@@ -134,32 +129,17 @@ fn run_with_a_config_file_boots_it_and_names_its_fields() {
     assert!(r.vm_dirs().is_empty(), "{:?}", r.vm_dirs());
 
     // Machine flags next to --config are refused, by name.
-    let out = r.run(&["run", "--config", f, "--mem", "512", "--", "true"]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(
-        s(&out.stderr).contains("--mem cannot be combined with --config"),
-        "{}",
-        s(&out.stderr)
-    );
+    let args = ["run", "--config", f, "--mem", "512", "--", "true"];
+    r.refused(&args, "--mem cannot be combined with --config");
 
     // A bad value in the file is named by its field, not by a flag.
     let file = config_file(&dir, serde_json::json!({ "memory_mib": 64 }));
-    let out = r.run(&["run", "--config", file.to_str().unwrap(), "--", "true"]);
-    assert_eq!(out.status.code(), Some(125));
-    let err = s(&out.stderr);
-    assert!(
-        err.contains("`memory_mib`") && !err.contains("--mem"),
-        "{err}"
-    );
+    let args = ["run", "--config", file.to_str().unwrap(), "--", "true"];
+    let err = r.refused(&args, "`memory_mib`");
+    assert!(!err.contains("--mem"), "{err}");
     // So is an unknown one.
-    let file = config_file(&dir, serde_json::json!({ "enable_network": true }));
-    let out = r.run(&["run", "--config", file.to_str().unwrap(), "--", "true"]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(
-        s(&out.stderr).contains("enable_network"),
-        "{}",
-        s(&out.stderr)
-    );
+    config_file(&dir, serde_json::json!({ "enable_network": true }));
+    r.refused(&args, "enable_network");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -167,12 +147,12 @@ fn run_with_a_config_file_boots_it_and_names_its_fields() {
 fn run_pool_refuses_the_machine_flags_it_would_ignore() {
     let r = Root::new("pool-flags");
     // No daemon is needed: the refusal comes first.
-    let out = r.run(&["run", "--pool", "--mem", "512", "--", "true"]);
-    assert_eq!(out.status.code(), Some(125));
-    let err = s(&out.stderr);
-    assert!(err.contains("--mem") && err.contains("--pool"), "{err}");
-    assert!(!err.contains("no pool daemon"), "{err}");
-    let out = r.run(&[
+    let err = r.refused(&["run", "--pool", "--mem", "512", "--", "true"], "--mem");
+    assert!(
+        err.contains("--pool") && !err.contains("no pool daemon"),
+        "{err}"
+    );
+    let args = [
         "run",
         "--pool",
         "--backend",
@@ -180,14 +160,10 @@ fn run_pool_refuses_the_machine_flags_it_would_ignore() {
         "--no-jail",
         "--image",
         "x",
-        "--",
-        "true",
-    ]);
-    assert_eq!(out.status.code(), Some(125));
-    assert!(
-        s(&out.stderr).contains("--backend, --no-jail, --image"),
-        "{}",
-        s(&out.stderr)
+    ];
+    r.refused(
+        &[&args[..], &["--", "true"]].concat(),
+        "--backend, --no-jail, --image cannot be used with --pool",
     );
 }
 

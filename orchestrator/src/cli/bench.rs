@@ -38,12 +38,14 @@ pub struct BenchArgs {
 /// The line the guest prints first thing in `/init`.
 const INIT_MARKER: &str = "ironclaw-guest: /init started";
 
-fn median(mut v: Vec<Duration>) -> Duration {
+/// The median of the samples (the upper one of an even count).
+pub(super) fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
 }
 
-fn ms(d: Duration) -> String {
+/// Milliseconds with one decimal, for the report.
+pub(super) fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1e3)
 }
 

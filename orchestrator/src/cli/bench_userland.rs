@@ -6,17 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use ironclaw_orchestrator::vm::{self, VmConfig};
 
+use super::bench::{median, ms};
+
 /// Bytes moved each way in the throughput measurement.
 const TRANSFER_BYTES: usize = 64 << 20;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
-}
 
 fn mib_per_s(d: Duration) -> f64 {
     (TRANSFER_BYTES as f64 / (1 << 20) as f64) / d.as_secs_f64()

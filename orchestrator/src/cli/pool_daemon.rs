@@ -78,6 +78,13 @@ pub async fn serve(
     result
 }
 
+/// Tells the client that `stream` failed (a client that is gone misses it).
+async fn send_error(out: &mpsc::Sender<Frame>, stream: u32, message: String) {
+    let _ = out
+        .send(Frame::control(stream, &Message::Error { message }))
+        .await;
+}
+
 async fn serve_client(
     pool: Arc<Pool>,
     stream: UnixStream,
@@ -108,14 +115,7 @@ async fn serve_client(
             FrameKind::Control => match frame.message() {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = out_tx
-                        .send(Frame::control(
-                            SESSION_STREAM,
-                            &Message::Error {
-                                message: e.to_string(),
-                            },
-                        ))
-                        .await;
+                    send_error(&out_tx, SESSION_STREAM, e.to_string()).await;
                     break;
                 }
             },
@@ -143,9 +143,7 @@ async fn serve_client(
             _ if !hello_done => {
                 let message =
                     format!("the first frame must be hello with version {PROTOCOL_VERSION}");
-                let _ = out_tx
-                    .send(Frame::control(SESSION_STREAM, &Message::Error { message }))
-                    .await;
+                send_error(&out_tx, SESSION_STREAM, message).await;
                 break;
             }
             Message::Exec(req) if id != SESSION_STREAM && !requests.contains_key(&id) => {
@@ -173,9 +171,7 @@ async fn serve_client(
             }
             other => {
                 let message = format!("unexpected request on stream {id}: {other:?}");
-                let _ = out_tx
-                    .send(Frame::control(id, &Message::Error { message }))
-                    .await;
+                send_error(&out_tx, id, message).await;
             }
         }
     }
@@ -197,14 +193,7 @@ async fn run_request(
     let vm = match pool.acquire().await {
         Ok(vm) => vm,
         Err(e) => {
-            let _ = out
-                .send(Frame::control(
-                    id,
-                    &Message::Error {
-                        message: format!("no VM: {e}"),
-                    },
-                ))
-                .await;
+            send_error(&out, id, format!("no VM: {e}")).await;
             return;
         }
     };
@@ -237,9 +226,7 @@ async fn run_request(
     }
     .await;
     if let Err(message) = result {
-        let _ = out
-            .send(Frame::control(id, &Message::Error { message }))
-            .await;
+        send_error(&out, id, message).await;
     }
     if let Err(e) = pool.release(vm).await {
         tracing::warn!("releasing a pool VM: {e}");
