@@ -5,7 +5,6 @@
 //! `anyhow` are used here and nowhere in the library.
 
 pub mod bench;
-pub mod bench_userland;
 pub mod doctor;
 pub mod field_flags;
 pub mod image;

@@ -16,6 +16,10 @@ use ironclaw_orchestrator::vm::runtime::{self, RuntimeDir};
 use ironclaw_orchestrator::vm::{self, accel, qemu, VmConfig};
 
 use super::machine::{self, MachineArgs};
+use stats::{median, ms};
+
+mod stats;
+mod userland;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -37,17 +41,6 @@ pub struct BenchArgs {
 
 /// The line the guest prints first thing in `/init`.
 const INIT_MARKER: &str = "ironclaw-guest: /init started";
-
-/// The median of the samples (the upper one of an even count).
-pub(super) fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-/// Milliseconds with one decimal, for the report.
-pub(super) fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
-}
 
 /// Bare QEMU, same machine, kernel and initramfs, no IronClaw: time from
 /// starting QEMU until `/init` prints its first line on the serial console.
@@ -415,8 +408,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ms(median(execs.clone())),
         execs.len(),
     );
-    let report =
-        report + &super::bench_userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
+    let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     print!("{report}");
     if let Some(path) = args.output {
         std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;

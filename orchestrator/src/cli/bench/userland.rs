@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 use ironclaw_orchestrator::vm::{self, VmConfig};
 
-use super::bench::{median, ms};
+use super::stats::{median, ms};
 
 /// Bytes moved each way in the throughput measurement.
 const TRANSFER_BYTES: usize = 64 << 20;
