@@ -4,14 +4,14 @@
 //! the host side of the guest protocol; [`image`] builds the guest's boot
 //! image; [`rootfs`] builds the guest's userland images; [`doctor`] tells
 //! what this host can run.
+//!
+//! The `ironclaw` command line is not part of the library: it lives in the
+//! binary (`src/main.rs`, `src/cli/`), which is the only place that knows
+//! about flags, clap or `anyhow`.
 
 pub mod agent;
-pub mod bench;
-pub mod bench_userland;
 pub mod cache;
 pub mod doctor;
 pub mod image;
-pub mod image_cli;
-pub mod pool_server;
 pub mod rootfs;
 pub mod vm;

@@ -20,7 +20,7 @@ pub const MAX_SOCKET_PATH: usize = 107;
 pub const MIN_GUEST_CID: u32 = 3;
 
 /// Which VMM runs the VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// Firecracker when it is installed and KVM is usable, QEMU otherwise.
@@ -31,7 +31,7 @@ pub enum BackendChoice {
 }
 
 /// Which accelerator QEMU uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM when it is really usable (not merely present), TCG otherwise.

@@ -155,7 +155,10 @@ impl QemuBackend {
         cmd
     }
 
-    pub(crate) fn qemu_command(
+    /// The whole QEMU command line of a VM: [`Self::machine_command`] plus
+    /// its sandbox, console, QMP socket, guest channel and boot files
+    /// (public for the benchmark's bare-QEMU reference).
+    pub fn qemu_command(
         &self,
         config: &VmConfig,
         accel: Accel,

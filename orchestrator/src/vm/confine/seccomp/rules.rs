@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::names;
 
 /// How a VMM process is filtered.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SeccompLevel {
     /// Default deny: unlisted syscalls fail with EPERM, the *never* set and IP

@@ -1,12 +1,10 @@
-//! The `ironclaw image …` commands and the `run` options for images and file
-//! copies: argument parsing and user-facing output over [`crate::rootfs`] and
-//! [`crate::agent::files`].
+//! `ironclaw image build|list`: user-facing output over the library's
+//! userland image builder (`ironclaw_orchestrator::rootfs`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use crate::agent::{AgentClient, FileError};
-use crate::rootfs::{self, BuildSpec, Progress, RootfsError, Source};
+use ironclaw_orchestrator::rootfs::{self, BuildSpec, Progress, Source};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
@@ -129,77 +127,5 @@ fn show_progress(p: &Progress, verbose: bool) {
             eprint!("      {l}\r");
         }
         Progress::Detail(_) => {}
-    }
-}
-
-/// Which root file system `ironclaw run` boots: `--no-image` → none;
-/// `--image NAME|PATH` → that one; else the default image when it was built.
-pub fn choose_rootfs(image: Option<&str>, no_image: bool) -> Result<Option<PathBuf>, RootfsError> {
-    if no_image {
-        return Ok(None);
-    }
-    match image {
-        // A path (has a slash or an extension) is used as is; a bare word names a cached image.
-        Some(i) if i.contains('/') || i.contains('.') => Ok(Some(PathBuf::from(i))),
-        Some(name) => rootfs::find(name).map(Some),
-        None => Ok(rootfs::default_image()),
-    }
-}
-
-/// `--copy-in LOCAL:GUEST`: split at the last colon (the guest path has none).
-pub fn parse_copy_in(spec: &str) -> anyhow::Result<(PathBuf, String)> {
-    let (l, g) = spec
-        .rsplit_once(':')
-        .filter(|(l, g)| !l.is_empty() && !g.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("--copy-in {spec:?} is not of the form LOCAL:GUEST"))?;
-    Ok((PathBuf::from(l), g.to_string()))
-}
-
-/// `--copy-out GUEST:LOCAL`: split at the first colon (the guest path has none).
-pub fn parse_copy_out(spec: &str) -> anyhow::Result<(String, PathBuf)> {
-    let (g, l) = spec
-        .split_once(':')
-        .filter(|(g, l)| !l.is_empty() && !g.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("--copy-out {spec:?} is not of the form GUEST:LOCAL"))?;
-    Ok((g.to_string(), PathBuf::from(l)))
-}
-
-/// Copies `local` into the guest at `guest`, creating the guest's parent directories.
-pub async fn copy_in(agent: &AgentClient, local: &Path, guest: &str) -> Result<u64, FileError> {
-    if let Some(parent) = Path::new(guest).parent().and_then(Path::to_str) {
-        if !parent.is_empty() && parent != "/" {
-            agent.mkdir(parent, 0o755, true).await?;
-        }
-    }
-    agent.put_file(local, guest).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn copy_specs() {
-        assert_eq!(
-            parse_copy_in("a:b/c.txt:/root/c.txt").unwrap(),
-            (PathBuf::from("a:b/c.txt"), "/root/c.txt".to_string())
-        );
-        assert_eq!(
-            parse_copy_out("/root/out.txt:./x:y").unwrap(),
-            ("/root/out.txt".to_string(), PathBuf::from("./x:y"))
-        );
-        for bad in ["nocolon", ":x", "x:"] {
-            assert!(parse_copy_in(bad).is_err(), "{bad}");
-            assert!(parse_copy_out(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn no_image_wins() {
-        assert_eq!(choose_rootfs(Some("/x/y.ext4"), true).unwrap(), None);
-        assert_eq!(
-            choose_rootfs(Some("/x/y.ext4"), false).unwrap(),
-            Some(PathBuf::from("/x/y.ext4"))
-        );
     }
 }

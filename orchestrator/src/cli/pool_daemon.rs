@@ -1,5 +1,5 @@
-//! `ironclaw pool serve`: a long-lived process that keeps a warm pool and runs
-//! commands for CLI calls arriving on a unix socket.
+//! The pool daemon's server loop: serves the library's warm pool on a unix
+//! socket, running commands for `ironclaw run --pool` calls.
 //!
 //! Why a daemon: a pool is only warm if something keeps it running between
 //! calls, and a one-shot CLI process cannot. The daemon speaks the *same*
@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use ironclaw_protocol::{
@@ -21,13 +22,12 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::ExecEvent;
-use crate::vm::pool::Pool;
-use crate::vm::VmError;
+use ironclaw_orchestrator::agent::ExecEvent;
+use ironclaw_orchestrator::vm::pool::Pool;
 
 /// Default socket of the pool daemon: `<runtime root>/pool.sock`.
 pub fn default_socket() -> PathBuf {
-    crate::vm::runtime::runtime_root().join("pool.sock")
+    ironclaw_orchestrator::vm::runtime::runtime_root().join("pool.sock")
 }
 
 /// What a client asks of a running request, forwarded to its task.
@@ -42,20 +42,17 @@ pub async fn serve(
     pool: &Arc<Pool>,
     socket: &Path,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<(), VmError> {
+) -> anyhow::Result<()> {
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| VmError::io(format!("creating {}", parent.display()), e))?;
+            .with_context(|| format!("creating {}", parent.display()))?;
     }
     if UnixStream::connect(socket).await.is_ok() {
-        return Err(VmError::Backend(format!(
-            "a pool daemon already serves {}",
-            socket.display()
-        )));
+        anyhow::bail!("a pool daemon already serves {}", socket.display());
     }
     let _ = std::fs::remove_file(socket);
-    let listener = UnixListener::bind(socket)
-        .map_err(|e| VmError::io(format!("binding {}", socket.display()), e))?;
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
     let kernel = Arc::new(pool.kernel_release());
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
@@ -65,7 +62,7 @@ pub async fn serve(
                 Ok((stream, _)) => {
                     tokio::spawn(serve_client(pool.clone(), stream, kernel.clone(), stop.clone()));
                 }
-                Err(e) => break Err(VmError::io("accepting a client", e)),
+                Err(e) => break Err(anyhow::Error::new(e).context("accepting a client")),
             },
             _ = &mut shutdown => break Ok(()),
         }
@@ -79,6 +76,13 @@ pub async fn serve(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     result
+}
+
+/// Tells the client that `stream` failed (a client that is gone misses it).
+async fn send_error(out: &mpsc::Sender<Frame>, stream: u32, message: String) {
+    let _ = out
+        .send(Frame::control(stream, &Message::Error { message }))
+        .await;
 }
 
 async fn serve_client(
@@ -111,14 +115,7 @@ async fn serve_client(
             FrameKind::Control => match frame.message() {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = out_tx
-                        .send(Frame::control(
-                            SESSION_STREAM,
-                            &Message::Error {
-                                message: e.to_string(),
-                            },
-                        ))
-                        .await;
+                    send_error(&out_tx, SESSION_STREAM, e.to_string()).await;
                     break;
                 }
             },
@@ -146,9 +143,7 @@ async fn serve_client(
             _ if !hello_done => {
                 let message =
                     format!("the first frame must be hello with version {PROTOCOL_VERSION}");
-                let _ = out_tx
-                    .send(Frame::control(SESSION_STREAM, &Message::Error { message }))
-                    .await;
+                send_error(&out_tx, SESSION_STREAM, message).await;
                 break;
             }
             Message::Exec(req) if id != SESSION_STREAM && !requests.contains_key(&id) => {
@@ -176,9 +171,7 @@ async fn serve_client(
             }
             other => {
                 let message = format!("unexpected request on stream {id}: {other:?}");
-                let _ = out_tx
-                    .send(Frame::control(id, &Message::Error { message }))
-                    .await;
+                send_error(&out_tx, id, message).await;
             }
         }
     }
@@ -200,14 +193,7 @@ async fn run_request(
     let vm = match pool.acquire().await {
         Ok(vm) => vm,
         Err(e) => {
-            let _ = out
-                .send(Frame::control(
-                    id,
-                    &Message::Error {
-                        message: format!("no VM: {e}"),
-                    },
-                ))
-                .await;
+            send_error(&out, id, format!("no VM: {e}")).await;
             return;
         }
     };
@@ -240,9 +226,7 @@ async fn run_request(
     }
     .await;
     if let Err(message) = result {
-        let _ = out
-            .send(Frame::control(id, &Message::Error { message }))
-            .await;
+        send_error(&out, id, message).await;
     }
     if let Err(e) = pool.release(vm).await {
         tracing::warn!("releasing a pool VM: {e}");

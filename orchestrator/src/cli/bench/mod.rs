@@ -7,15 +7,24 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::vm::pool::{Pool, PoolConfig};
-use crate::vm::prototype::{self, Prototype};
-use crate::vm::qemu::{LaunchOptions, QemuBackend, Transport};
-use crate::vm::qmp::Qmp;
-use crate::vm::runtime::{self, RuntimeDir};
-use crate::vm::{self, accel, qemu, VmConfig, VmError};
+use anyhow::{anyhow, bail, Context};
+use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
+use ironclaw_orchestrator::vm::prototype::{self, Prototype};
+use ironclaw_orchestrator::vm::qemu::{LaunchOptions, QemuBackend, Transport};
+use ironclaw_orchestrator::vm::qmp::Qmp;
+use ironclaw_orchestrator::vm::runtime::{self, RuntimeDir};
+use ironclaw_orchestrator::vm::{self, accel, qemu, VmConfig};
+
+use super::machine::{self, MachineArgs};
+use stats::{median, ms};
+
+mod stats;
+mod userland;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
+    #[command(flatten)]
+    pub machine: MachineArgs,
     /// Runs of each measurement (alternating, so drift hits both sides alike).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
@@ -33,18 +42,9 @@ pub struct BenchArgs {
 /// The line the guest prints first thing in `/init`.
 const INIT_MARKER: &str = "ironclaw-guest: /init started";
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
-}
-
 /// Bare QEMU, same machine, kernel and initramfs, no IronClaw: time from
 /// starting QEMU until `/init` prints its first line on the serial console.
-fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> Result<Duration, VmError> {
+fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> anyhow::Result<Duration> {
     // The same QEMU (`$IRONCLAW_QEMU` honoured) and machine as IronClaw's
     // serial-transport VMs, minus everything IronClaw adds.
     let mut cmd = qemu::QemuBackend::from_env()?.machine_command(config, accel, false);
@@ -58,8 +58,7 @@ fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> Result<Duration, Vm
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let t0 = Instant::now();
-    let mut child =
-        vm::process::spawn_child(cmd).map_err(|e| VmError::io("starting bare qemu", e))?;
+    let mut child = vm::process::spawn_child(cmd).context("starting bare qemu")?;
     let stdout = child.stdout.take().expect("piped");
     let mut found = None;
     for line in BufReader::new(stdout).lines() {
@@ -73,24 +72,21 @@ fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> Result<Duration, Vm
         }
     }
     vm::process::kill_and_reap(&mut child);
-    found.ok_or_else(|| VmError::Backend("bare QEMU never reached /init".into()))
+    found.ok_or_else(|| anyhow!("bare QEMU never reached /init"))
 }
 
 /// IronClaw cold spawn until the first `true` has returned its exit status.
 async fn ironclaw_cold(
     config: &VmConfig,
     i: usize,
-) -> Result<(Duration, vm::SpawnTimings), VmError> {
+) -> anyhow::Result<(Duration, vm::SpawnTimings)> {
     let t0 = Instant::now();
     let handle =
         vm::spawn_vm_with_config(&format!("bench-{}-{i}", std::process::id()), config).await?;
     let out = handle.agent().run(vm::exec_request(["true"]), None).await?;
     let elapsed = t0.elapsed();
     if out.status.code != Some(0) {
-        return Err(VmError::Backend(format!(
-            "`true` failed in the guest: {:?}",
-            out.status
-        )));
+        bail!("`true` failed in the guest: {:?}", out.status);
     }
     let timings = handle.timings;
     vm::destroy_vm(handle).await?;
@@ -105,11 +101,10 @@ async fn bare_qemu_restore(
     proto: &Prototype,
     config: &VmConfig,
     i: usize,
-) -> Result<(Duration, Duration), VmError> {
+) -> anyhow::Result<(Duration, Duration)> {
     let backend = QemuBackend::from_env()?;
     let id = format!("bench-bare-{}-{i}", std::process::id());
-    let dir = RuntimeDir::create(&runtime::runtime_root(), &id)
-        .map_err(|e| VmError::io("runtime dir", e))?;
+    let dir = RuntimeDir::create(&runtime::runtime_root(), &id).context("runtime dir")?;
     let (accel, _) = accel::choose(config.accel);
     let opts = LaunchOptions {
         transport: Transport::Serial,
@@ -119,8 +114,7 @@ async fn bare_qemu_restore(
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    let snapshot = std::fs::File::open(proto.snapshot())
-        .map_err(|e| VmError::io("opening the snapshot", e))?;
+    let snapshot = std::fs::File::open(proto.snapshot()).context("opening the snapshot")?;
     let fd = std::os::fd::AsRawFd::as_raw_fd(&snapshot);
     // SAFETY: dup2 is async-signal-safe; the copy lacks CLOEXEC so QEMU inherits it as fd 3.
     unsafe {
@@ -132,8 +126,7 @@ async fn bare_qemu_restore(
         });
     }
     let t0 = Instant::now();
-    let mut child =
-        vm::process::spawn_child(cmd).map_err(|e| VmError::io("starting bare qemu", e))?;
+    let mut child = vm::process::spawn_child(cmd).context("starting bare qemu")?;
     let qmp_path = dir.file("qmp.sock");
     let result = async {
         let mut qmp = loop {
@@ -142,10 +135,10 @@ async fn bare_qemu_restore(
                 Err(_) if t0.elapsed() < Duration::from_secs(30) => {
                     tokio::time::sleep(Duration::from_millis(2)).await
                 }
-                Err(e) => return Err(VmError::Backend(format!("bare QMP: {e}"))),
+                Err(e) => bail!("bare QMP: {e}"),
             }
         };
-        let q = |e| VmError::Backend(format!("bare QMP: {e}"));
+        let q = |e| anyhow!("bare QMP: {e}");
         loop {
             let st = qmp.execute("query-status", None).await.map_err(q)?;
             if st.get("status").and_then(|s| s.as_str()) != Some("inmigrate") {
@@ -159,7 +152,7 @@ async fn bare_qemu_restore(
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::UnixStream::connect(dir.file(qemu::SERIAL_SOCKET))
             .await
-            .map_err(|e| VmError::io("bare: serial socket", e))?;
+            .context("bare: serial socket")?;
         let hello = ironclaw_protocol::Frame::control(
             ironclaw_protocol::SESSION_STREAM,
             &ironclaw_protocol::Message::Hello {
@@ -172,15 +165,13 @@ async fn bare_qemu_restore(
             hello,
             &mut frame,
         )
-        .map_err(|e| VmError::Backend(format!("bare: encoding hello: {e}")))?;
-        s.write_all(&frame)
-            .await
-            .map_err(|e| VmError::io("bare: hello", e))?;
+        .map_err(|e| anyhow!("bare: encoding hello: {e}"))?;
+        s.write_all(&frame).await.context("bare: hello")?;
         let mut header = [0u8; 9];
         tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut header))
             .await
-            .map_err(|_| VmError::Backend("bare: no answer from the guest".into()))?
-            .map_err(|e| VmError::io("bare: answer", e))?;
+            .map_err(|_| anyhow!("bare: no answer from the guest"))?
+            .context("bare: answer")?;
         Ok((running, t0.elapsed()))
     }
     .await;
@@ -202,9 +193,10 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub async fn run(args: BenchArgs) -> Result<(), VmError> {
+/// Runs every measurement and prints (and with `--output` writes) the report.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
-    let config = vm::default_config("bench")?;
+    let config = machine::vm_config("bench", &args.machine, None, None).await?;
     let (accel, reason) = accel::choose(config.accel);
     eprintln!("bench: {runs} runs each, accel {accel} ({reason})");
     let mut bare = Vec::new();
@@ -213,9 +205,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
     for i in 0..runs {
         let b = {
             let config = config.clone();
-            tokio::task::spawn_blocking(move || bare_qemu_boot(&config, accel))
-                .await
-                .map_err(|e| VmError::Backend(e.to_string()))??
+            tokio::task::spawn_blocking(move || bare_qemu_boot(&config, accel)).await??
         };
         let (c, t) = ironclaw_cold(&config, i).await?;
         eprintln!(
@@ -279,10 +269,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
     let mut idle_pss = Vec::new();
     for i in 0..runs {
         if !pool.wait_ready(2, Duration::from_secs(120)).await {
-            return Err(VmError::Backend(format!(
-                "the pool did not fill: {:?}",
-                pool.stats()
-            )));
+            bail!("the pool did not fill: {:?}", pool.stats());
         }
         if i == 0 {
             // Memory of idle pooled VMs, measured while they sit ready.
@@ -318,7 +305,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
             vm.agent().run(vm::exec_request(["true"]), None).await?;
             let done = t0.elapsed();
             vm::destroy_vm(vm).await?;
-            Ok::<_, VmError>(done)
+            Ok::<_, anyhow::Error>(done)
         }
     });
     let par: Vec<Duration> = futures::future::join_all(spawns)
@@ -343,7 +330,7 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
     let ratio = cold_m.as_secs_f64() / bare_m.as_secs_f64();
     let restore_ratio =
         median(restore.clone()).as_secs_f64() / median(bare_restore.clone()).as_secs_f64();
-    let kernel = crate::image::kernel_release(&config.kernel).unwrap_or_default();
+    let kernel = ironclaw_orchestrator::image::kernel_release(&config.kernel).unwrap_or_default();
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")
@@ -421,12 +408,10 @@ pub async fn run(args: BenchArgs) -> Result<(), VmError> {
         ms(median(execs.clone())),
         execs.len(),
     );
-    let report =
-        report + &crate::bench_userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
+    let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     print!("{report}");
     if let Some(path) = args.output {
-        std::fs::write(&path, &report)
-            .map_err(|e| VmError::io(format!("writing {}", path.display()), e))?;
+        std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(())

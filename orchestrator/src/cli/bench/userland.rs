@@ -3,27 +3,21 @@
 
 use std::time::{Duration, Instant};
 
-use crate::vm::{self, VmConfig, VmError};
+use anyhow::anyhow;
+use ironclaw_orchestrator::vm::{self, VmConfig};
+
+use super::stats::{median, ms};
 
 /// Bytes moved each way in the throughput measurement.
 const TRANSFER_BYTES: usize = 64 << 20;
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1}", d.as_secs_f64() * 1e3)
-}
 
 fn mib_per_s(d: Duration) -> f64 {
     (TRANSFER_BYTES as f64 / (1 << 20) as f64) / d.as_secs_f64()
 }
 
 /// Measures and returns the markdown section (a note when no image is built).
-pub async fn section(base: &VmConfig, runs: usize, execs: usize) -> Result<String, VmError> {
-    let Some(image) = crate::rootfs::default_image() else {
+pub async fn section(base: &VmConfig, runs: usize, execs: usize) -> anyhow::Result<String> {
+    let Some(image) = ironclaw_orchestrator::rootfs::default_image() else {
         return Ok("\n## Userland image and file transfer\n\n\
                    Not measured: no default image in the cache (`ironclaw image build`).\n"
             .into());
@@ -64,13 +58,13 @@ pub async fn section(base: &VmConfig, runs: usize, execs: usize) -> Result<Strin
             vm.agent()
                 .put(&mut &data[..], "/root/bench.bin", 0o644)
                 .await
-                .map_err(|e| VmError::Backend(format!("upload: {e}")))?;
+                .map_err(|e| anyhow!("upload: {e}"))?;
             up.push(t0.elapsed());
             let t0 = Instant::now();
             vm.agent()
                 .get("/root/bench.bin", &mut tokio::io::sink())
                 .await
-                .map_err(|e| VmError::Backend(format!("download: {e}")))?;
+                .map_err(|e| anyhow!("download: {e}"))?;
             down.push(t0.elapsed());
         }
         eprintln!(
@@ -88,16 +82,16 @@ pub async fn section(base: &VmConfig, runs: usize, execs: usize) -> Result<Strin
                 .await?;
             python.push(t0.elapsed());
             if out.status.code != Some(0) {
-                return Err(VmError::Backend(format!(
+                return Err(anyhow!(
                     "python3 -c pass failed in the guest: {:?}",
                     out.status
-                )));
+                ));
             }
             let t0 = Instant::now();
             vm.agent().run(vm::exec_request(["true"]), None).await?;
             truth.push(t0.elapsed());
         }
-        Ok::<_, VmError>((up, down, python, truth))
+        Ok::<_, anyhow::Error>((up, down, python, truth))
     }
     .await;
     vm::destroy_vm(vm).await?;

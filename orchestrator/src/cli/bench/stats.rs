@@ -1,0 +1,14 @@
+//! The statistics of the benchmark report.
+
+use std::time::Duration;
+
+/// The median of the samples (the upper one of an even count).
+pub fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Milliseconds with one decimal, for the report.
+pub fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e3)
+}

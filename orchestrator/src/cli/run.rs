@@ -1,0 +1,305 @@
+//! `ironclaw run`: one command in a fresh microVM (a prototype clone, a cold
+//! boot, or a VM of the pool daemon), its output streamed, its exit status
+//! passed on.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ironclaw_orchestrator::agent::{AgentClient, ExecEvent, FileError};
+use ironclaw_orchestrator::vm::{self, ExecRequest};
+
+use super::field_flags::Refusal;
+use super::machine::{self, ImageArgs, MachineArgs};
+use super::{pool_daemon, Signals};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Boot the VM from scratch instead of cloning it from a prototype snapshot.
+    #[arg(long, conflicts_with = "pool")]
+    pub cold: bool,
+    /// Run in a VM from the warm pool of `ironclaw pool serve` (its socket by
+    /// default, or --pool-socket). The pool's machine shape applies: machine,
+    /// image and confinement flags are refused with it.
+    #[arg(long)]
+    pub pool: bool,
+    /// Socket of the pool daemon (default: <runtime dir>/pool.sock).
+    #[arg(long, requires = "pool")]
+    pub pool_socket: Option<PathBuf>,
+    /// Kill the command after this many seconds (exit code 124).
+    #[arg(long, value_name = "S")]
+    pub timeout: Option<f64>,
+    /// Environment variable for the command (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "K=V")]
+    pub env: Vec<String>,
+    /// Working directory of the command in the guest.
+    #[arg(long, short = 'w')]
+    pub workdir: Option<String>,
+    /// Copy a local file into the guest before the command (repeatable).
+    #[arg(long = "copy-in", value_name = "LOCAL:GUEST")]
+    pub copy_in: Vec<String>,
+    /// Copy a guest file out after the command, to exactly LOCAL (repeatable).
+    #[arg(long = "copy-out", value_name = "GUEST:LOCAL")]
+    pub copy_out: Vec<String>,
+    #[command(flatten)]
+    pub machine: MachineArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
+}
+
+/// Runs the command; returns its exit status as the process exit code.
+pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
+    let mut env = BTreeMap::new();
+    for kv in &args.env {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--env {kv:?} is not of the form K=V"))?;
+        anyhow::ensure!(!k.is_empty(), "--env {kv:?} has an empty name");
+        env.insert(k.to_string(), v.to_string());
+    }
+    let copy_in = args
+        .copy_in
+        .iter()
+        .map(|s| parse_copy_in(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let copy_out = args
+        .copy_out
+        .iter()
+        .map(|s| parse_copy_out(s))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let forward_stdin = !std::io::stdin().is_terminal();
+    if args.pool {
+        return run_in_pool(
+            args,
+            env,
+            !copy_in.is_empty() || !copy_out.is_empty(),
+            forward_stdin,
+        )
+        .await;
+    }
+    let mut id_bytes = [0u8; 6];
+    getrandom::getrandom(&mut id_bytes).context("random VM id")?;
+    let id = format!("run-{}", hex::encode(id_bytes));
+    let config = machine::vm_config(&id, &args.machine, Some(&args.image), args.timeout).await?;
+
+    let mut signals = Signals::new()?;
+    let progress = |msg: &str| eprintln!("ironclaw: {msg}");
+    let spawn = async {
+        if args.cold {
+            vm::spawn_vm_with_config(&id, &config).await
+        } else {
+            vm::prototype::spawn_from_prototype(&id, &config, &progress).await
+        }
+    };
+    let vm = tokio::select! {
+        vm = spawn => vm?,
+        sig = signals.recv() => {
+            // Dropping the spawn future drops what it started.
+            return Ok(128 + sig);
+        }
+    };
+    if verbose {
+        eprintln!(
+            "ironclaw: VM {} up: backend {}, accel {}, kernel {}, spawn {:.0} ms (launch {:.0} ms, boot {:.0} ms)",
+            vm.id,
+            vm.backend,
+            vm.accel,
+            vm.agent().kernel_release(),
+            vm.timings.total.as_secs_f64() * 1e3,
+            vm.timings.launch.as_secs_f64() * 1e3,
+            vm.timings.boot.as_secs_f64() * 1e3
+        );
+        for process in vm.confinement() {
+            eprintln!("ironclaw: confinement: {process}");
+        }
+    }
+    let req = ExecRequest {
+        argv: args.command,
+        env,
+        cwd: args.workdir,
+        stdin: forward_stdin,
+        timeout_ms: Some(config.exec_timeout_ms),
+    };
+    let work = async {
+        for (local, guest) in &copy_in {
+            copy_file_in(vm.agent(), local, guest)
+                .await
+                .with_context(|| format!("--copy-in {}:{guest}", local.display()))?;
+        }
+        let code = stream_exec(vm.agent(), req).await?;
+        for (guest, local) in &copy_out {
+            vm.agent()
+                .get_file(guest, local)
+                .await
+                .with_context(|| format!("--copy-out {guest}:{}", local.display()))?;
+        }
+        Ok(code)
+    };
+    let outcome = tokio::select! {
+        r = work => r,
+        sig = signals.recv() => Ok(128 + sig),
+    };
+    vm::destroy_vm(vm).await?;
+    outcome
+}
+
+/// `run --pool`: the daemon's VMs are booted by the daemon, which serves exec
+/// only; every flag it would ignore is refused by name.
+async fn run_in_pool(
+    args: RunArgs,
+    env: BTreeMap<String, String>,
+    copies: bool,
+    forward_stdin: bool,
+) -> anyhow::Result<i32> {
+    let mut ignored = Vec::new();
+    if args.machine.config.is_some() {
+        ignored.push("--config");
+    }
+    ignored.extend(args.machine.given());
+    ignored.extend(args.image.given());
+    if !ignored.is_empty() {
+        return Err(Refusal(format!(
+            "{} cannot be used with --pool: the pool's VMs have the machine shape \
+             `ironclaw pool serve` was started with (give these flags to it instead)",
+            ignored.join(", ")
+        ))
+        .into());
+    }
+    if copies {
+        return Err(Refusal(
+            "--copy-in and --copy-out are not supported with --pool yet \
+             (the pool daemon serves exec requests only)"
+                .into(),
+        )
+        .into());
+    }
+    let timeout_ms = args
+        .timeout
+        .map(|t| machine::secs_to_ms("--timeout", t))
+        .transpose()?;
+    let socket = args.pool_socket.unwrap_or_else(pool_daemon::default_socket);
+    let stream = tokio::net::UnixStream::connect(&socket)
+        .await
+        .with_context(|| {
+            format!(
+                "no pool daemon at {} (start one with `ironclaw pool serve`)",
+                socket.display()
+            )
+        })?;
+    let client = AgentClient::handshake(Box::new(stream)).await?;
+    let req = ExecRequest {
+        argv: args.command,
+        env,
+        cwd: args.workdir,
+        stdin: forward_stdin,
+        timeout_ms,
+    };
+    let mut signals = Signals::new()?;
+    tokio::select! {
+        r = stream_exec(&client, req) => r,
+        // Closing the connection makes the daemon kill the command and destroy its VM.
+        sig = signals.recv() => Ok(128 + sig),
+    }
+}
+
+/// Runs `req`, streaming stdin in and stdout/stderr out; returns the shell
+/// exit code (the command's, 128+N on signal N, 124 on timeout).
+async fn stream_exec(agent: &AgentClient, req: ExecRequest) -> anyhow::Result<i32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let forward_stdin = req.stdin;
+    let mut session = agent.exec(req).await?;
+    if forward_stdin {
+        let writer = session.stdin_writer();
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if writer.write(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = writer.close().await;
+        });
+    }
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    loop {
+        match session.next_event().await? {
+            ExecEvent::Started { .. } => {}
+            ExecEvent::Stdout(b) => {
+                stdout.write_all(&b).await?;
+                stdout.flush().await?;
+            }
+            ExecEvent::Stderr(b) => {
+                stderr.write_all(&b).await?;
+                stderr.flush().await?;
+            }
+            ExecEvent::Exit(status) => {
+                if status.timed_out {
+                    eprintln!("ironclaw: the command timed out and was killed");
+                } else if let Some(sig) = status.signal {
+                    eprintln!("ironclaw: the command was killed by signal {sig}");
+                }
+                return Ok(status.shell_code());
+            }
+        }
+    }
+}
+
+/// `--copy-in LOCAL:GUEST`: split at the last colon (the guest path has none).
+fn parse_copy_in(spec: &str) -> anyhow::Result<(PathBuf, String)> {
+    let (l, g) = spec
+        .rsplit_once(':')
+        .filter(|(l, g)| !l.is_empty() && !g.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--copy-in {spec:?} is not of the form LOCAL:GUEST"))?;
+    Ok((PathBuf::from(l), g.to_string()))
+}
+
+/// `--copy-out GUEST:LOCAL`: split at the first colon (the guest path has none).
+fn parse_copy_out(spec: &str) -> anyhow::Result<(String, PathBuf)> {
+    let (g, l) = spec
+        .split_once(':')
+        .filter(|(g, l)| !l.is_empty() && !g.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("--copy-out {spec:?} is not of the form GUEST:LOCAL"))?;
+    Ok((g.to_string(), PathBuf::from(l)))
+}
+
+/// Copies `local` into the guest at `guest`, creating the guest's parent directories.
+async fn copy_file_in(agent: &AgentClient, local: &Path, guest: &str) -> Result<u64, FileError> {
+    if let Some(parent) = Path::new(guest).parent().and_then(Path::to_str) {
+        if !parent.is_empty() && parent != "/" {
+            agent.mkdir(parent, 0o755, true).await?;
+        }
+    }
+    agent.put_file(local, guest).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_specs() {
+        assert_eq!(
+            parse_copy_in("a:b/c.txt:/root/c.txt").unwrap(),
+            (PathBuf::from("a:b/c.txt"), "/root/c.txt".to_string())
+        );
+        assert_eq!(
+            parse_copy_out("/root/out.txt:./x:y").unwrap(),
+            ("/root/out.txt".to_string(), PathBuf::from("./x:y"))
+        );
+        for bad in ["nocolon", ":x", "x:"] {
+            assert!(parse_copy_in(bad).is_err(), "{bad}");
+            assert!(parse_copy_out(bad).is_err(), "{bad}");
+        }
+    }
+}
