@@ -37,9 +37,13 @@ pub fn parse(cmdline: &str) -> Result<Option<Request>, String> {
     let mut device = None;
     let mut overlay = None;
     for word in cmdline.split_whitespace() {
-        if let Some(d) = word.strip_prefix("ironclaw.rootfs=") {
+        let value = |key: &str| {
+            word.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix('='))
+        };
+        if let Some(d) = value(ironclaw_protocol::ROOTFS_ARG) {
             device = Some(d.to_string());
-        } else if let Some(m) = word.strip_prefix("ironclaw.overlay_mib=") {
+        } else if let Some(m) = value(ironclaw_protocol::OVERLAY_MIB_ARG) {
             overlay = Some(
                 m.parse::<u32>()
                     .ok()

@@ -38,7 +38,7 @@ impl Report {
 fn tool(name: &'static str, env: &str, hint: &str) -> (Check, Option<PathBuf>) {
     let found = std::env::var_os(env)
         .map(PathBuf::from)
-        .or_else(|| qemu::which(name));
+        .or_else(|| crate::vm::host::which(name));
     match found {
         Some(p) if !p.is_file() => (
             Check {

@@ -395,7 +395,7 @@ pub fn build(spec: &BuildSpec, progress: &mut dyn FnMut(Progress)) -> Result<Bui
                 ),
             });
             let root = work.path.join("root");
-            let tool = crate::vm::qemu::which("debootstrap").ok_or(RootfsError::MissingTool {
+            let tool = crate::vm::host::which("debootstrap").ok_or(RootfsError::MissingTool {
                 tool: "debootstrap",
                 hint: "apt-get install debootstrap (or run scripts/setup.sh)",
             })?;
@@ -550,7 +550,7 @@ fn run_logged(
         step,
         status: status.to_string(),
         log: log.to_path_buf(),
-        tail: crate::vm::qemu::tail(log, 2000),
+        tail: crate::vm::host::tail(log, 2000),
     })
 }
 
@@ -608,7 +608,7 @@ fn make_ext4(
     log: &Path,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<(), RootfsError> {
-    let tool = crate::vm::qemu::which("mkfs.ext4")
+    let tool = crate::vm::host::which("mkfs.ext4")
         .or_else(|| Some(PathBuf::from("/usr/sbin/mkfs.ext4")).filter(|p| p.is_file()))
         .or_else(|| Some(PathBuf::from("/sbin/mkfs.ext4")).filter(|p| p.is_file()))
         .ok_or(RootfsError::MissingTool {

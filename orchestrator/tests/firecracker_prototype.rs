@@ -30,7 +30,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use ironclaw_orchestrator::vm::config::BackendChoice;
 use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
-use ironclaw_orchestrator::vm::prototype::firecracker::{MEMORY_FILE, VMSTATE_FILE};
+use ironclaw_orchestrator::vm::firecracker::{MEMORY_FILE, VMSTATE_FILE};
 use ironclaw_orchestrator::vm::prototype::{self, Prototype};
 use ironclaw_orchestrator::vm::{self, BackendKind, VmConfig};
 use ironclaw_protocol::{ExitStatus, Frame, FrameCodec, Message, PROTOCOL_VERSION};

@@ -44,6 +44,13 @@ pub const AGENT_SERIAL_PORT_NAME: &str = "ironclaw.agent";
 /// Kernel command-line switch selecting the virtio-serial transport.
 pub const SERIAL_TRANSPORT_ARG: &str = "ironclaw.transport=serial";
 
+/// Kernel command-line key naming the block device of the root file system
+/// image (`ironclaw.rootfs=/dev/vda`); the guest boots into it under an overlay.
+pub const ROOTFS_ARG: &str = "ironclaw.rootfs";
+
+/// Kernel command-line key giving the size of that overlay in MiB.
+pub const OVERLAY_MIB_ARG: &str = "ironclaw.overlay_mib";
+
 /// Largest entropy blob accepted in a `Reseed`.
 pub const MAX_RESEED_ENTROPY: usize = 512;
 

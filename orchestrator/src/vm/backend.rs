@@ -1,7 +1,7 @@
 //! The VMM backends behind one trait. Everything above this module (vsock,
 //! agent, CLI) never asks which backend runs a VM.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -29,10 +29,41 @@ impl std::fmt::Display for BackendKind {
     }
 }
 
-/// A VMM that can start VMs.
+/// What a VM is launched for. A backend may set a VM up differently when it
+/// is to be snapshotted (QEMU: a virtio-serial channel instead of vsock,
+/// because its vhost-user vsock device cannot migrate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchPurpose {
+    /// Run commands; never snapshotted.
+    Run,
+    /// Boot, then [`VmInstance::snapshot`] it (a prototype).
+    Snapshot,
+}
+
+/// What a backend can do in its current mode, so callers (and `auto`) can
+/// choose by what an operation needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// [`VmInstance::snapshot`] and [`Hypervisor::restore`] work.
+    pub snapshots: bool,
+}
+
+/// A VMM: starts VMs, from scratch or from a snapshot one of its instances
+/// wrote. Everything above this trait (prototypes, the pool, spawn) is
+/// backend-neutral.
 #[async_trait]
 pub trait Hypervisor: Send + Sync {
     fn kind(&self) -> BackendKind;
+
+    fn capabilities(&self) -> Capabilities;
+
+    /// The accelerator a VM of `config` will run on.
+    fn accel(&self, config: &VmConfig) -> Accel;
+
+    /// Everything about this backend that decides whether a snapshot it
+    /// wrote can be restored by it (the VMM executable, how it is launched),
+    /// as `name=value` lines for a prototype key.
+    fn snapshot_identity(&self) -> Result<Vec<String>, VmError>;
 
     /// Starts the VM described by the (validated) `config`, with all its files
     /// in `dir`. On error nothing it started is left running.
@@ -40,11 +71,27 @@ pub trait Hypervisor: Send + Sync {
         &self,
         config: &VmConfig,
         dir: &RuntimeDir,
+        purpose: LaunchPurpose,
+    ) -> Result<Box<dyn VmInstance>, VmError>;
+
+    /// Starts a VM in `dir` from `snapshot` (the files a
+    /// [`VmInstance::snapshot`] of this backend wrote, main file first) and
+    /// resumes it. `config` is the snapshotted VM's, renamed for this one.
+    async fn restore(
+        &self,
+        config: &VmConfig,
+        dir: &RuntimeDir,
+        snapshot: &[PathBuf],
     ) -> Result<Box<dyn VmInstance>, VmError>;
 }
 
 /// A running VM as its backend sees it.
+#[async_trait]
 pub trait VmInstance: Send + Sync {
+    /// Pauses the VM and writes its state into the directory `out` (which
+    /// exists and is empty); returns the names of the files written, main
+    /// file first. The VM stays paused: the caller destroys it.
+    async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError>;
     /// The accelerator the VM runs on.
     fn accel(&self) -> Accel;
     /// The transport to the guest agent.

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use ironclaw_protocol::AGENT_VSOCK_PORT;
 
 use super::accel::Accel;
-use super::backend::{BackendKind, Hypervisor, VmInstance};
+use super::backend::{BackendKind, Capabilities, Hypervisor, LaunchPurpose, VmInstance};
 use super::channel::GuestChannel;
 use super::config::{ConfigError, VmConfig, MAX_SOCKET_PATH};
 use super::process::{self, spawn_child};
@@ -62,25 +62,6 @@ const SOCKET_WAIT: Duration = Duration::from_secs(10);
 const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long [`FirecrackerProcess::stop`] waits after Ctrl-Alt-Del by default.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
-
-/// Parts of [`super::qemu::KERNEL_ARGS`] that only make sense under QEMU:
-/// `tsc_early_khz` works around TSC calibration under TCG (Firecracker always
-/// runs on KVM), `panic=-1`/`reboot=t` pair with QEMU's `-no-reboot`.
-const QEMU_ONLY_ARGS: &[&str] = &["tsc_early_khz=", "panic=", "reboot="];
-/// Firecracker's recommended arguments: a guest reboot (`reboot=k`, also what
-/// a panic leads to after 1 s) ends the Firecracker process; there is no PCI bus.
-const FIRECRACKER_ARGS: &[&str] = &["reboot=k", "panic=1", "pci=off"];
-
-/// The guest kernel command line under Firecracker: QEMU's without its
-/// QEMU-specific parts, plus Firecracker's.
-pub fn kernel_args() -> String {
-    super::qemu::KERNEL_ARGS
-        .split_whitespace()
-        .filter(|a| !QEMU_ONLY_ARGS.iter().any(|q| a.starts_with(q)))
-        .chain(FIRECRACKER_ARGS.iter().copied())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirecrackerError {
@@ -163,7 +144,7 @@ impl From<FirecrackerError> for VmError {
                 hint: "set $IRONCLAW_FIRECRACKER or put it on PATH; it needs a host with usable KVM (or use --backend qemu)".into(),
             },
             FirecrackerError::AlreadyRunning(id) => VmError::AlreadyRunning(id),
-            other => VmError::Backend(other.to_string()),
+            other => VmError::Firecracker(other),
         }
     }
 }
@@ -184,8 +165,8 @@ pub struct FirecrackerOptions {
 /// `$IRONCLAW_FIRECRACKER_JAILER`) or `direct`. Part of a prototype's key: a
 /// snapshot records the paths its VMM saw (a jailed one's are chroot paths),
 /// so one taken one way cannot be loaded the other.
-pub fn launch_kind() -> &'static str {
-    if std::env::var_os("IRONCLAW_FIRECRACKER_JAILER").is_some() {
+fn launch_kind(opts: &FirecrackerOptions) -> &'static str {
+    if opts.jailer.is_some() {
         "jailed"
     } else {
         "direct"
@@ -196,7 +177,7 @@ pub fn launch_kind() -> &'static str {
 pub fn find_binary() -> Option<PathBuf> {
     std::env::var_os("IRONCLAW_FIRECRACKER")
         .map(PathBuf::from)
-        .or_else(|| super::qemu::which(FIRECRACKER_BINARY))
+        .or_else(|| super::host::which(FIRECRACKER_BINARY))
 }
 
 impl FirecrackerOptions {
@@ -304,7 +285,7 @@ pub async fn configure_vm(
     api.send(&api::BootSource {
         kernel_image_path: config.kernel.clone(),
         initrd_path: Some(config.initramfs.clone()),
-        boot_args: Some(kernel_args() + &super::rootfs_args::kernel_args(config)),
+        boot_args: Some(super::cmdline::firecracker(config)),
     })
     .await
     .map_err(step("setting the boot source"))?;
@@ -581,7 +562,22 @@ impl Drop for FirecrackerProcess {
     }
 }
 
+/// The microVM state (`snapshot_path`), small.
+pub const VMSTATE_FILE: &str = "snapshot.vmstate";
+/// The guest memory (`mem_file_path`), as large as the VM's memory.
+pub const MEMORY_FILE: &str = "snapshot.mem";
+
+#[async_trait]
 impl VmInstance for FirecrackerProcess {
+    async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError> {
+        self.pause().await?;
+        let files = SnapshotFiles {
+            state: out.join(VMSTATE_FILE),
+            memory: out.join(MEMORY_FILE),
+        };
+        self.create_snapshot(&files).await?;
+        Ok(vec![VMSTATE_FILE.into(), MEMORY_FILE.into()])
+    }
     fn accel(&self) -> Accel {
         // Firecracker has no emulator: it always runs on KVM.
         Accel::Kvm
@@ -694,8 +690,8 @@ async fn spawn_in(
             socket: api_socket,
             output: format!(
                 "{} / firecracker log: {}",
-                super::qemu::tail(&fc.console, 1500),
-                super::qemu::tail(&log, 1500)
+                super::host::tail(&fc.console, 1500),
+                super::host::tail(&log, 1500)
             ),
         }
         .into()),
@@ -704,8 +700,8 @@ async fn spawn_in(
             socket: api_socket,
             log_tail: format!(
                 "{} / console: {}",
-                super::qemu::tail(&log, 1500),
-                super::qemu::tail(&fc.console, 1500)
+                super::host::tail(&log, 1500),
+                super::host::tail(&fc.console, 1500)
             ),
         }),
         None => Err(FirecrackerError::SocketTimeout {
@@ -849,12 +845,28 @@ pub async fn restore_firecracker_in(
     config.validate()?;
     opts.check()?;
     let dir = create_dir(root, &config.id)?;
+    // On error `dir` is dropped here, after the process was killed.
+    let mut fc = restore_in(opts, config, &dir, files, resume).await?;
+    fc.dir = Some(dir);
+    Ok(fc)
+}
+
+/// [`restore_firecracker_in`] into the caller's runtime directory `dir`.
+/// On error the process is killed; `dir` is the caller's to remove.
+pub async fn restore_in(
+    opts: &FirecrackerOptions,
+    config: &VmConfig,
+    dir: &RuntimeDir,
+    files: &SnapshotFiles,
+    resume: bool,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    config.validate()?;
+    opts.check()?;
     let Some(jailer_config) = &opts.jailer else {
         let uds = socket_path(dir.file(VSOCK_SOCKET))?;
         let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-        let mut fc = spawn_in(opts, &dir, vsock, None).await?;
+        let fc = spawn_in(opts, dir, vsock, None).await?;
         load_snapshot(&fc.api, files, &uds, resume).await?;
-        fc.dir = Some(dir);
         return Ok(fc);
     };
     // Through the jailer: the snapshot (and the rootfs its drive names) is
@@ -865,19 +877,18 @@ pub async fn restore_firecracker_in(
         &opts.binary,
         opts.seccomp_filter.as_deref(),
         config,
-        &dir,
+        dir,
         files,
     )?;
     let uds = socket_path(jail.host_path(Path::new(jailer::VSOCK_IN_JAIL)))?;
     let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-    let mut fc = spawn_in(opts, &dir, vsock, Some(&jail)).await?;
+    let mut fc = spawn_in(opts, dir, vsock, Some(&jail)).await?;
     fc.jail = Some(jail);
     let inside = SnapshotFiles {
         state: jailer::VMSTATE_IN_JAIL.into(),
         memory: jailer::MEMORY_IN_JAIL.into(),
     };
     load_snapshot(&fc.api, &inside, Path::new(jailer::VSOCK_IN_JAIL), resume).await?;
-    fc.dir = Some(dir);
     Ok(fc)
 }
 
@@ -901,12 +912,70 @@ impl Hypervisor for FirecrackerBackend {
         BackendKind::Firecracker
     }
 
+    fn capabilities(&self) -> Capabilities {
+        // Directly and through the jailer (files moved out of and placed
+        // into the chroot).
+        Capabilities { snapshots: true }
+    }
+
+    fn accel(&self, _config: &VmConfig) -> Accel {
+        // Firecracker has no emulator: it always runs on KVM.
+        Accel::Kvm
+    }
+
+    fn snapshot_identity(&self) -> Result<Vec<String>, VmError> {
+        Ok(vec![
+            format!("vmm={}", super::host::file_identity(&self.options.binary)?),
+            // A snapshot holds the paths its VMM saw: a jailed one's are chroot paths.
+            format!("launch={}", launch_kind(&self.options)),
+        ])
+    }
+
     async fn launch(
         &self,
         config: &VmConfig,
         dir: &RuntimeDir,
+        purpose: LaunchPurpose,
     ) -> Result<Box<dyn VmInstance>, VmError> {
-        let fc = launch_in(&self.options, config, dir).await?;
+        let fc = match purpose {
+            LaunchPurpose::Run => launch_in(&self.options, config, dir).await?,
+            // The socket goes into the VM's own runtime directory: a path from
+            // the config would be recorded in the snapshot as the socket of
+            // every clone (each clone gets its own through `vsock_override`).
+            LaunchPurpose::Snapshot => {
+                let config = VmConfig {
+                    vsock: super::config::VsockConfig {
+                        uds_path: None,
+                        ..config.vsock.clone()
+                    },
+                    ..config.clone()
+                };
+                launch_in(&self.options, &config, dir).await?
+            }
+        };
+        Ok(Box::new(fc))
+    }
+
+    async fn restore(
+        &self,
+        config: &VmConfig,
+        dir: &RuntimeDir,
+        snapshot: &[PathBuf],
+    ) -> Result<Box<dyn VmInstance>, VmError> {
+        let [state, memory] = snapshot else {
+            return Err(VmError::SnapshotIncompatible(format!(
+                "a Firecracker snapshot is a microVM state and a memory file, not {} files",
+                snapshot.len()
+            )));
+        };
+        let files = SnapshotFiles {
+            state: state.clone(),
+            memory: memory.clone(),
+        };
+        // Loaded paused and resumed explicitly, so a refused resume is
+        // reported as such rather than as a failed load.
+        let fc = restore_in(&self.options, config, dir, &files, false).await?;
+        fc.resume().await?;
         Ok(Box::new(fc))
     }
 }
@@ -1010,25 +1079,5 @@ mod tests {
         // anything is created.
         let err = o.check().unwrap_err();
         assert!(err.to_string().contains("/usr/bin/jailer"), "{err}");
-    }
-
-    #[test]
-    fn kernel_args_drop_qemu_only_parts() {
-        let a = kernel_args();
-        assert!(!a.contains("tsc_early_khz"), "{a}");
-        assert!(!a.contains("panic=-1"), "{a}");
-        assert!(!a.contains("reboot=t"), "{a}");
-        for want in [
-            "console=ttyS0",
-            "rdinit=/init",
-            "reboot=k",
-            "panic=1",
-            "pci=off",
-        ] {
-            assert!(
-                a.split_whitespace().any(|x| x == want),
-                "{want} missing in {a}"
-            );
-        }
     }
 }

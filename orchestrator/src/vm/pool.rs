@@ -69,7 +69,7 @@ impl Pool {
         let by_memory = (pool.max_memory_mib / u64::from(proto.meta.memory_mib).max(1)) as usize;
         let target = pool.size.min(by_memory).min(MAX_POOL_SIZE);
         let mut rnd = [0u8; 3];
-        getrandom::getrandom(&mut rnd).map_err(|e| VmError::Backend(format!("random: {e}")))?;
+        getrandom::getrandom(&mut rnd).map_err(|e| VmError::Randomness(e.to_string()))?;
         let inner = Arc::new(Inner {
             proto,
             config: config.clone(),
@@ -214,10 +214,11 @@ async fn restore_one(inner: &Inner) -> Result<VmHandle, VmError> {
 async fn warm_up(vm: &VmHandle) -> Result<(), VmError> {
     let out = vm.agent().run(super::exec_request(["true"]), None).await?;
     if out.status.code != Some(0) {
-        return Err(VmError::Backend(format!(
-            "warm-up command failed in {}: {:?}",
-            vm.id, out.status
-        )));
+        return Err(VmError::GuestCheckFailed {
+            vm: vm.id.clone(),
+            command: "true (warm-up)".into(),
+            status: format!("{:?}", out.status),
+        });
     }
     Ok(())
 }

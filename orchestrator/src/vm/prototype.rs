@@ -9,13 +9,14 @@
 //! failed build is never used. A snapshot file whose size or SHA-256 does
 //! not match its metadata is removed and rebuilt.
 //!
-//! The backends differ only in how they snapshot and restore ([`qemu`]:
-//! virtio-serial transport and migration to a file; [`firecracker`]: the
-//! snapshot API, vsock kept). Every clone gets fresh entropy and the current
-//! wall clock before it is handed out.
-
-pub mod firecracker;
-mod qemu;
+//! This module never asks which backend it drives: the [`Hypervisor`] a
+//! config selects boots the VM for snapshotting, its [`VmInstance`] writes
+//! the snapshot, and the same backend restores it
+//! (QEMU: virtio-serial transport and migration to a file; Firecracker: its
+//! snapshot API). Every clone gets fresh entropy and the current wall clock
+//! before it is handed out.
+//!
+//! [`VmInstance`]: super::VmInstance
 
 use std::fs;
 use std::io::Read;
@@ -25,16 +26,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::accel::{self, Accel};
-use super::backend::BackendKind;
+use super::accel::Accel;
+use super::backend::{self, BackendKind, Hypervisor, LaunchPurpose};
 use super::config::{BackendChoice, VmConfig};
+use super::host::{file_identity, stat_stamp};
+use super::spawn::{start_vm, Start};
 use super::{AgentClient, VmError, VmHandle};
 
 /// Bumped whenever what a snapshot or its metadata holds changes
 /// incompatibly (2: a list of snapshot files, for Firecracker's two).
 const FORMAT_VERSION: u32 = 2;
-/// The QEMU migration stream.
-const SNAPSHOT_FILE: &str = "snapshot.bin";
 const META_FILE: &str = "meta.json";
 const ENTROPY_BYTES: usize = 64;
 
@@ -90,10 +91,8 @@ impl Prototype {
     /// The main snapshot file: QEMU's migration stream, Firecracker's
     /// microVM state.
     pub fn snapshot(&self) -> PathBuf {
-        match self.meta.files.first() {
-            Some(f) => self.dir.join(&f.name),
-            None => self.dir.join(SNAPSHOT_FILE),
-        }
+        // Never empty: refused on load and on build.
+        self.dir.join(&self.meta.files[0].name)
     }
 
     /// Every snapshot file.
@@ -106,14 +105,6 @@ impl Prototype {
     }
 }
 
-/// What a backend's build left in the build directory.
-struct Built {
-    /// The snapshot files, main one first.
-    files: Vec<&'static str>,
-    boot_ms: u64,
-    snapshot_ms: u64,
-}
-
 const PROTOTYPES_SUBDIR: &str = "prototypes";
 
 pub fn prototypes_dir() -> PathBuf {
@@ -123,26 +114,6 @@ pub fn prototypes_dir() -> PathBuf {
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     let context = context.into();
     move |e| VmError::io(context, e)
-}
-
-/// Identity of an input file for the key: path, size, modification time and
-/// inode. Cheap (no hashing on the spawn path) and changes whenever the file
-/// is replaced or rewritten: the generated initramfs and images are named by
-/// their content hash, and a kernel package upgrade writes a new file.
-fn file_identity(path: &Path) -> Result<String, VmError> {
-    let m = fs::metadata(path).map_err(io(format!("reading {}", path.display())))?;
-    Ok(format!("{}:{}", path.display(), stat_stamp(&m)))
-}
-
-/// Size, mtime (ns) and inode: what changes when a file is rewritten or replaced.
-fn stat_stamp(m: &fs::Metadata) -> String {
-    use std::os::unix::fs::MetadataExt;
-    format!(
-        "{}:{}:{}",
-        m.len(),
-        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-        m.ino()
-    )
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
@@ -164,33 +135,33 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
 /// The prototype key for `config` on this host, with the accelerator the
 /// prototype runs on.
 pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
-    key_with(config, resolved_backend(config))
+    key_with(config, snapshot_backend(config)?.as_ref())
 }
 
-/// The VMM binary of `backend` (its identity enters the key: a snapshot is
-/// only loadable by the VMM that wrote it) and the accelerator it will use.
-fn vmm_for(config: &VmConfig, backend: BackendKind) -> Result<(PathBuf, Accel), VmError> {
-    match backend {
-        BackendKind::Qemu => {
-            let (accel, _) = accel::choose(config.accel);
-            // The QEMU that will run the clone: `$IRONCLAW_QEMU` when set.
-            Ok((super::qemu::qemu_binary()?, accel))
-        }
-        // Firecracker has no emulator: it always runs on KVM.
-        BackendKind::Firecracker => Ok((
-            super::firecracker::find_binary()
-                .ok_or(super::firecracker::FirecrackerError::MissingBinary)?,
-            Accel::Kvm,
-        )),
+/// The backend that builds and restores prototypes of `config`: the one the
+/// config selects, when it can snapshot in its current mode; `auto` falls
+/// back to QEMU otherwise.
+fn snapshot_backend(config: &VmConfig) -> Result<Box<dyn Hypervisor>, VmError> {
+    let chosen = backend::select_for(config.backend, config.accel)?;
+    if chosen.capabilities().snapshots {
+        return Ok(chosen);
+    }
+    match config.backend {
+        BackendChoice::Auto => backend::select_for(BackendChoice::Qemu, config.accel),
+        _ => Err(VmError::Unsupported(format!(
+            "the {} backend cannot snapshot in its current mode, so it cannot make prototypes; \
+             boot cold or choose another backend",
+            chosen.kind()
+        ))),
     }
 }
 
-fn key_with(config: &VmConfig, backend: BackendKind) -> Result<(String, Accel), VmError> {
-    let (vmm, accel) = vmm_for(config, backend)?;
+fn key_with(config: &VmConfig, backend: &dyn Hypervisor) -> Result<(String, Accel), VmError> {
+    let accel = backend.accel(config);
     let mut h = Sha256::new();
-    for part in [
+    let parts = [
         format!("format={FORMAT_VERSION}"),
-        format!("backend={backend}"),
+        format!("backend={}", backend.kind()),
         format!("kernel={}", file_identity(&config.kernel)?),
         format!("initramfs={}", file_identity(&config.initramfs)?),
         format!(
@@ -209,14 +180,11 @@ fn key_with(config: &VmConfig, backend: BackendKind) -> Result<(String, Accel), 
             "vcpus={} memory={} accel={accel}",
             config.vcpus, config.memory_mib
         ),
-        format!("vmm={}", file_identity(&vmm)?),
-    ] {
+    ];
+    // The VMM that wrote a snapshot, and how it ran, decide who can load it.
+    for part in parts.into_iter().chain(backend.snapshot_identity()?) {
         h.update(part.as_bytes());
         h.update(b"\n");
-    }
-    if backend == BackendKind::Firecracker {
-        // A snapshot holds the paths its VMM saw: a jailed one's are chroot paths.
-        h.update(format!("launch={}\n", super::firecracker::launch_kind()).as_bytes());
     }
     Ok((hex::encode(&h.finalize()[..10]), accel))
 }
@@ -293,8 +261,9 @@ pub async fn ensure(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<Prototype, VmError> {
     config.validate()?;
-    let backend = resolved_backend(config);
-    let (key, accel) = key_with(config, backend)?;
+    let backend = snapshot_backend(config)?;
+    let kind = backend.kind();
+    let (key, accel) = key_with(config, backend.as_ref())?;
     // Snapshots are restored as whole VMs: only a cache of our own will do.
     let root = crate::cache::trusted_dir(PROTOTYPES_SUBDIR)?;
     let dir = root.join(&key);
@@ -302,13 +271,13 @@ pub async fn ensure(
         let path = key_lock_path(&root, &key);
         tokio::task::spawn_blocking(move || crate::cache::FileLock::acquire(&path))
             .await
-            .map_err(|e| VmError::Backend(e.to_string()))??
+            .map_err(|e| VmError::TaskFailed(format!("locking the prototype: {e}")))??
     };
     let checked = {
         let dir = dir.clone();
-        tokio::task::spawn_blocking(move || load_checked(&dir, backend))
+        tokio::task::spawn_blocking(move || load_checked(&dir, kind))
             .await
-            .map_err(|e| VmError::Backend(e.to_string()))??
+            .map_err(|e| VmError::TaskFailed(format!("checking the prototype: {e}")))??
     };
     if let Some(p) = checked {
         return Ok(p);
@@ -318,9 +287,9 @@ pub async fn ensure(
         fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
     }
     progress(&format!(
-        "building a {backend} prototype VM (once per kernel/image/size; key {key})"
+        "building a {kind} prototype VM (once per kernel/image/size; key {key})"
     ));
-    let proto = build(config, &key, accel, backend, &root).await?;
+    let proto = build(config, &key, accel, backend.as_ref(), &root).await?;
     let pruned = prune(&proto.meta);
     if !pruned.is_empty() {
         progress(&format!(
@@ -337,28 +306,15 @@ pub async fn ensure(
     Ok(proto)
 }
 
-fn resolved_backend(config: &VmConfig) -> BackendKind {
-    match config.backend {
-        BackendChoice::Qemu => BackendKind::Qemu,
-        BackendChoice::Firecracker => BackendKind::Firecracker,
-        BackendChoice::Auto => {
-            match super::backend::select_for(BackendChoice::Auto, config.accel) {
-                Ok(b) => b.kind(),
-                Err(_) => BackendKind::Qemu,
-            }
-        }
-    }
-}
-
 async fn build(
     config: &VmConfig,
     key: &str,
     accel: Accel,
-    backend: BackendKind,
+    backend: &dyn Hypervisor,
     root: &Path,
 ) -> Result<Prototype, VmError> {
     let mut rnd = [0u8; 4];
-    getrandom::getrandom(&mut rnd).map_err(|e| VmError::Backend(format!("random: {e}")))?;
+    getrandom::getrandom(&mut rnd).map_err(|e| VmError::Randomness(e.to_string()))?;
     let tmp = root.join(format!(".build-{key}-{}", hex::encode(rnd)));
     let result = build_into(config, key, accel, backend, &tmp).await;
     match result {
@@ -376,11 +332,13 @@ async fn build(
     }
 }
 
+/// Boots the prototype VM, proves its agent runs commands, snapshots it into
+/// `out` and writes the metadata.
 async fn build_into(
     config: &VmConfig,
     key: &str,
     accel: Accel,
-    backend: BackendKind,
+    backend: &dyn Hypervisor,
     out: &Path,
 ) -> Result<Prototype, VmError> {
     fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
@@ -388,21 +346,29 @@ async fn build_into(
         id: format!("proto-{}", &key[..12.min(key.len())]),
         ..config.clone()
     };
-    let built = match backend {
-        BackendKind::Qemu => qemu::build(&config, out).await?,
-        BackendKind::Firecracker => firecracker::build(&config, out).await?,
-    };
+    let vm = start_vm(backend, &config, Start::Boot(LaunchPurpose::Snapshot)).await?;
+    prove_agent_runs(&vm).await?;
+    let boot_ms = vm.timings.total.as_millis() as u64;
+    let t1 = std::time::Instant::now();
+    let names = vm.into_snapshot(out).await?;
+    let snapshot_ms = t1.elapsed().as_millis() as u64;
+    if names.is_empty() || names.iter().any(|n| !crate::cache::is_plain_file_name(n)) {
+        return Err(VmError::SnapshotIncompatible(format!(
+            "the {} backend wrote an unusable list of snapshot files: {names:?}",
+            backend.kind()
+        )));
+    }
     let mut files = Vec::new();
-    for name in &built.files {
+    for name in &names {
         let path = out.join(name);
         let sha = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || sha256_file(&path))
                 .await
-                .map_err(|e| VmError::Backend(e.to_string()))??
+                .map_err(|e| VmError::TaskFailed(format!("hashing the snapshot: {e}")))??
         };
         files.push(SnapshotFileMeta {
-            name: name.to_string(),
+            name: name.clone(),
             bytes: fs::metadata(&path)
                 .map_err(io(format!("sizing {}", path.display())))?
                 .len(),
@@ -419,14 +385,14 @@ async fn build_into(
         vcpus: config.vcpus,
         memory_mib: config.memory_mib,
         accel,
-        backend,
+        backend: backend.kind(),
         files,
         created_unix: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs(),
-        boot_ms: built.boot_ms,
-        snapshot_ms: built.snapshot_ms,
+        boot_ms,
+        snapshot_ms,
     };
     let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
     fs::write(out.join(META_FILE), text).map_err(io("writing meta.json"))?;
@@ -438,13 +404,14 @@ async fn build_into(
 
 /// Runs `true` in a freshly booted prototype VM: proves the agent can run
 /// things before it is frozen.
-async fn prove_agent_runs(agent: &AgentClient) -> Result<(), VmError> {
-    let out = agent.run(super::exec_request(["true"]), None).await?;
+async fn prove_agent_runs(vm: &VmHandle) -> Result<(), VmError> {
+    let out = vm.agent().run(super::exec_request(["true"]), None).await?;
     if out.status.code != Some(0) {
-        return Err(VmError::Backend(format!(
-            "`true` failed in the prototype VM: {:?}",
-            out.status
-        )));
+        return Err(VmError::GuestCheckFailed {
+            vm: vm.id.clone(),
+            command: "true".into(),
+            status: format!("{:?}", out.status),
+        });
     }
     Ok(())
 }
@@ -476,17 +443,16 @@ pub async fn restore(
     };
     config.validate()?;
     super::runtime::reap_stale_once();
-    match proto.meta.backend {
-        BackendKind::Qemu => qemu::restore(proto, &config).await,
-        BackendKind::Firecracker => firecracker::restore(proto, &config).await,
-    }
+    let backend = backend::select_for(config.backend, config.accel)?;
+    let vm = start_vm(backend.as_ref(), &config, Start::Restore(&proto.files())).await?;
+    tracing::info!(vm = %vm.id, prototype = %proto.meta.key, "clone ready");
+    Ok(vm)
 }
 
 /// Gives the guest fresh entropy and the current time.
 pub async fn reseed(agent: &AgentClient) -> Result<(), VmError> {
     let mut entropy = vec![0u8; ENTROPY_BYTES];
-    getrandom::getrandom(&mut entropy)
-        .map_err(|e| VmError::Backend(format!("host randomness: {e}")))?;
+    getrandom::getrandom(&mut entropy).map_err(|e| VmError::Randomness(e.to_string()))?;
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -508,9 +474,11 @@ pub async fn spawn_from_prototype(
     let proto = ensure(&config, progress).await?;
     match restore(&proto, task_id, &config).await {
         Ok(vm) => Ok(vm),
-        Err(e @ VmError::Backend(_)) => {
-            // A snapshot QEMU cannot load is damaged in a way the checksum did
-            // not catch (or QEMU changed): rebuild once, never retry blindly.
+        Err(e @ VmError::RestoreFailed { .. }) => {
+            // A snapshot the VMM cannot load (or whose guest never answers) is
+            // damaged in a way the checksum did not catch, or the VMM changed:
+            // rebuild once, never retry blindly. Other failures (a missing
+            // tool, the host's files) would not be cured by a rebuild.
             progress(&format!(
                 "restoring the prototype failed ({e}); rebuilding it"
             ));

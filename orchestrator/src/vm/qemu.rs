@@ -11,15 +11,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ironclaw_protocol::{AGENT_SERIAL_PORT_NAME, AGENT_VSOCK_PORT, SERIAL_TRANSPORT_ARG};
+use ironclaw_protocol::{AGENT_SERIAL_PORT_NAME, AGENT_VSOCK_PORT};
 
 /// The host end of the virtio-serial agent port, in the VM's runtime directory.
 pub const SERIAL_SOCKET: &str = "agent.sock";
 
 use super::accel::{self, Accel};
-use super::backend::{BackendKind, Hypervisor, VmInstance};
+use super::backend::{BackendKind, Capabilities, Hypervisor, LaunchPurpose, VmInstance};
 use super::channel::{GuestChannel, SerialChannel};
 use super::config::VmConfig;
+use super::host::{file_identity, find_tool, tail};
 use super::confine::cgroup::VmCgroup;
 use super::confine::jail::{self, Confined, JailError, ProcessConfinement};
 use super::confine::prepare::Confinement;
@@ -36,11 +37,49 @@ pub const VHOST_VSOCK_BINARY: &str = "vhost-device-vsock";
 /// How long the helper processes get to create their sockets.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
-/// Kernel command line. `pit=on` on the machine and `tsc_early_khz` here keep
-/// TSC calibration from stalling under TCG; `panic=-1` with `-no-reboot`
-/// turns a guest panic into a QEMU exit.
-pub const KERNEL_ARGS: &str =
-    "console=ttyS0 quiet panic=-1 reboot=t tsc_early_khz=2000000 rdinit=/init";
+/// How long writing a snapshot (a migration to a file) may take.
+const MIGRATION_WAIT: Duration = Duration::from_secs(120);
+
+/// What went wrong with a QEMU VM.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("QMP: {source}; QEMU {status}: {log_tail}")]
+    Qmp {
+        #[source]
+        source: super::qmp::QmpError,
+        /// Whether QEMU is still running, or how it exited.
+        status: String,
+        log_tail: String,
+    },
+    #[error("restoring {}: {source}: {log_tail}", snapshot.display())]
+    Incoming {
+        snapshot: PathBuf,
+        #[source]
+        source: super::qmp::QmpError,
+        log_tail: String,
+    },
+    #[error("QEMU is not running the VM after start: {status}")]
+    NotRunning { status: String },
+    #[error("snapshot: QMP: {0}")]
+    SnapshotQmp(#[source] super::qmp::QmpError),
+    #[error("snapshot failed: {0}")]
+    MigrationFailed(String),
+    #[error("snapshot did not finish within {0:?}")]
+    MigrationTimeout(Duration),
+    #[error("{process} exited ({status}) before creating {}: {log_tail}", socket.display())]
+    ExitedEarly {
+        process: &'static str,
+        status: String,
+        socket: PathBuf,
+        log_tail: String,
+    },
+    #[error("{process} did not create {} within {waited:?}", socket.display())]
+    SocketTimeout {
+        process: &'static str,
+        socket: PathBuf,
+        waited: Duration,
+    },
+}
 
 /// How the host reaches the guest agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,24 +116,7 @@ pub struct QemuBackend {
     vhost_vsock: PathBuf,
 }
 
-/// Finds `name` in `PATH`.
-pub fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
 
-/// `$env`, else `name` on `PATH`.
-fn find_tool(env: &str, name: &str, hint: &str) -> Result<PathBuf, VmError> {
-    std::env::var_os(env)
-        .map(PathBuf::from)
-        .or_else(|| which(name))
-        .ok_or_else(|| VmError::MissingTool {
-            tool: name.into(),
-            hint: hint.into(),
-        })
-}
 
 /// The QEMU that runs VMs: `$IRONCLAW_QEMU`, else `qemu-system-x86_64` on `PATH`.
 pub fn qemu_binary() -> Result<PathBuf, VmError> {
@@ -184,10 +206,7 @@ impl QemuBackend {
         cmd.arg("-initrd").arg(&config.initramfs);
         match opts.transport {
             Transport::Vsock => {
-                cmd.arg("-append").arg(format!(
-                    "{KERNEL_ARGS}{}",
-                    super::rootfs_args::kernel_args(config)
-                ));
+                cmd.arg("-append").arg(super::cmdline::qemu(config, false));
                 cmd.arg("-chardev").arg(format!(
                     "socket,id=vsock0,path={}",
                     dir.file("vhost-vsock.sock").display()
@@ -196,10 +215,7 @@ impl QemuBackend {
                 cmd.args(["-device", "vhost-user-vsock-device,chardev=vsock0"]);
             }
             Transport::Serial => {
-                cmd.arg("-append").arg(format!(
-                    "{KERNEL_ARGS} {SERIAL_TRANSPORT_ARG}{}",
-                    super::rootfs_args::kernel_args(config)
-                ));
+                cmd.arg("-append").arg(super::cmdline::qemu(config, true));
                 cmd.args(["-device", "virtio-serial-device"]);
                 cmd.arg("-chardev").arg(format!(
                     "socket,id=agent0,path={},server=on,wait=off",
@@ -243,15 +259,55 @@ impl Hypervisor for QemuBackend {
         BackendKind::Qemu
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { snapshots: true }
+    }
+
+    fn accel(&self, config: &VmConfig) -> Accel {
+        accel::choose(config.accel).0
+    }
+
+    fn snapshot_identity(&self) -> Result<Vec<String>, VmError> {
+        // A migration stream is loadable by the QEMU that wrote it.
+        Ok(vec![format!("vmm={}", file_identity(&self.qemu)?)])
+    }
+
     async fn launch(
         &self,
         config: &VmConfig,
         dir: &RuntimeDir,
+        purpose: LaunchPurpose,
     ) -> Result<Box<dyn VmInstance>, VmError> {
-        Ok(Box::new(
-            self.launch_with(config, dir, &LaunchOptions::cold())
-                .await?,
-        ))
+        // QEMU cannot migrate its vhost-user vsock device: a VM that will be
+        // snapshotted talks to its agent over a virtio-serial port instead.
+        let transport = match purpose {
+            LaunchPurpose::Run => Transport::Vsock,
+            LaunchPurpose::Snapshot => Transport::Serial,
+        };
+        let opts = LaunchOptions {
+            transport,
+            incoming: None,
+        };
+        Ok(Box::new(self.launch_with(config, dir, &opts).await?))
+    }
+
+    async fn restore(
+        &self,
+        config: &VmConfig,
+        dir: &RuntimeDir,
+        snapshot: &[PathBuf],
+    ) -> Result<Box<dyn VmInstance>, VmError> {
+        let [stream] = snapshot else {
+            return Err(VmError::SnapshotIncompatible(format!(
+                "a QEMU snapshot is one migration stream, not {} files",
+                snapshot.len()
+            )));
+        };
+        let opts = LaunchOptions {
+            transport: Transport::Serial,
+            incoming: Some(stream.clone()),
+        };
+        Ok(Box::new(self.launch_with(config, dir, &opts).await?))
     }
 }
 
@@ -357,10 +413,11 @@ impl QemuBackend {
             .await?;
         let qmp_failed = |inst: &mut QemuInstance, e: super::qmp::QmpError| {
             let exited = inst.exited_soon().unwrap_or_else(|| "still running".into());
-            VmError::Backend(format!(
-                "QMP: {e}; {exited}: {}",
-                tail(&dir.file("qemu.log"), 2000)
-            ))
+            VmError::Qemu(QemuError::Qmp {
+                source: e,
+                status: exited,
+                log_tail: tail(&dir.file("qemu.log"), 2000),
+            })
         };
         // The socket file appears at bind(), a moment before QEMU listens on it.
         let connect_deadline = std::time::Instant::now() + SOCKET_WAIT;
@@ -390,11 +447,12 @@ impl QemuBackend {
                 }
             };
             if let Err(e) = loaded.await {
-                return Err(VmError::Backend(format!(
-                    "restoring {}: {e}: {}",
-                    snapshot.display(),
-                    tail(&dir.file("qemu.log"), 2000)
-                )));
+                return Err(QemuError::Incoming {
+                    snapshot: snapshot.clone(),
+                    source: e,
+                    log_tail: tail(&dir.file("qemu.log"), 2000),
+                }
+                .into());
             }
             if let Err(e) = qmp.execute("cont", None).await {
                 return Err(qmp_failed(&mut inst, e));
@@ -406,9 +464,10 @@ impl QemuBackend {
             Err(e) => return Err(qmp_failed(&mut inst, e)),
         };
         if status.get("running").and_then(|r| r.as_bool()) != Some(true) {
-            return Err(VmError::Backend(format!(
-                "QEMU is not running the VM: {status}"
-            )));
+            return Err(QemuError::NotRunning {
+                status: status.to_string(),
+            }
+            .into());
         }
         Ok(inst)
     }
@@ -455,7 +514,7 @@ impl QemuInstance {
     /// Pauses the VM and writes its state (a QEMU migration stream) to `dest`.
     /// The VM stays paused; the caller destroys it.
     pub async fn snapshot_to(&mut self, dest: &Path) -> Result<(), VmError> {
-        let qmp_err = |e: super::qmp::QmpError| VmError::Backend(format!("snapshot: QMP: {e}"));
+        let qmp_err = |e: super::qmp::QmpError| VmError::Qemu(QemuError::SnapshotQmp(e));
         let mut qmp = Qmp::connect(&self.qmp).await.map_err(qmp_err)?;
         qmp.execute("stop", None).await.map_err(qmp_err)?;
         let file = File::create(dest)
@@ -467,23 +526,22 @@ impl QemuInstance {
         qmp.execute("migrate", Some(serde_json::json!({ "uri": "fd:snapshot" })))
             .await
             .map_err(qmp_err)?;
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        let deadline = std::time::Instant::now() + MIGRATION_WAIT;
         loop {
             let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
             match info.get("status").and_then(|s| s.as_str()) {
                 Some("completed") => return Ok(()),
                 Some("failed") | Some("cancelled") => {
-                    return Err(VmError::Backend(format!(
-                        "snapshot failed: {}",
+                    return Err(QemuError::MigrationFailed(
                         info.get("error-desc")
                             .and_then(|d| d.as_str())
                             .unwrap_or("no reason given")
-                    )))
+                            .to_string(),
+                    )
+                    .into())
                 }
                 _ if std::time::Instant::now() > deadline => {
-                    return Err(VmError::Backend(
-                        "snapshot did not finish within 120 s".into(),
-                    ))
+                    return Err(QemuError::MigrationTimeout(MIGRATION_WAIT).into())
                 }
                 _ => tokio::time::sleep(Duration::from_millis(10)).await,
             }
@@ -536,7 +594,7 @@ impl QemuInstance {
     /// Waits until `name` has created `socket`, failing early if it exits.
     async fn wait_for_socket(
         &mut self,
-        name: &str,
+        name: &'static str,
         socket: &Path,
         dir: &RuntimeDir,
         log: &str,
@@ -550,20 +608,32 @@ impl QemuInstance {
         .await;
         match found {
             Some(Ok(())) => Ok(()),
-            Some(Err(status)) => Err(VmError::Backend(format!(
-                "{name} exited ({status}) before creating {}: {}",
-                socket.display(),
-                tail(&dir.file(log), 2000)
-            ))),
-            None => Err(VmError::Backend(format!(
-                "{name} did not create {} within {SOCKET_WAIT:?}",
-                socket.display()
-            ))),
+            Some(Err(status)) => Err(QemuError::ExitedEarly {
+                process: name,
+                status,
+                socket: socket.to_path_buf(),
+                log_tail: tail(&dir.file(log), 2000),
+            }
+            .into()),
+            None => Err(QemuError::SocketTimeout {
+                process: name,
+                socket: socket.to_path_buf(),
+                waited: SOCKET_WAIT,
+            }
+            .into()),
         }
     }
 }
 
+/// The migration stream a QEMU snapshot consists of.
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+#[async_trait]
 impl VmInstance for QemuInstance {
+    async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError> {
+        self.snapshot_to(&out.join(SNAPSHOT_FILE)).await?;
+        Ok(vec![SNAPSHOT_FILE.to_string()])
+    }
     fn accel(&self) -> Accel {
         self.accel
     }
@@ -631,16 +701,3 @@ impl Drop for QemuInstance {
     }
 }
 
-/// The last `max` bytes of a log file, for error messages.
-pub fn tail(path: &Path, max: usize) -> String {
-    let Ok(data) = std::fs::read(path) else {
-        return format!("({} unreadable)", path.display());
-    };
-    let start = data.len().saturating_sub(max);
-    let text = String::from_utf8_lossy(&data[start..]).trim().to_string();
-    if text.is_empty() {
-        format!("({} is empty)", path.display())
-    } else {
-        text
-    }
-}

@@ -53,7 +53,7 @@ fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> anyhow::Result<Dura
         .arg(&config.kernel)
         .arg("-initrd")
         .arg(&config.initramfs);
-    cmd.args(["-append", qemu::KERNEL_ARGS]);
+    cmd.arg("-append").arg(vm::cmdline::qemu_base());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -183,7 +183,7 @@ impl JailerConfig {
         };
         let bin = PathBuf::from(bin);
         let binary = if bin.components().count() == 1 && !bin.is_absolute() {
-            super::super::qemu::which(&bin.to_string_lossy()).unwrap_or(bin)
+            super::super::host::which(&bin.to_string_lossy()).unwrap_or(bin)
         } else {
             bin
         };

@@ -1,0 +1,107 @@
+//! The guest kernel's command line: the arguments every backend passes, each
+//! backend's own, and the `ironclaw.*` words the guest's `/init` reads from
+//! `/proc/cmdline` (it has no other channel before its agent runs; their
+//! names are shared with the guest through `ironclaw_protocol`).
+
+use ironclaw_protocol::{OVERLAY_MIB_ARG, ROOTFS_ARG, SERIAL_TRANSPORT_ARG};
+
+use super::config::VmConfig;
+
+/// Every backend: the serial console, quiet, and `/init` of the initramfs.
+const BASE_ARGS: &[&str] = &["console=ttyS0", "quiet", "rdinit=/init"];
+
+/// QEMU: `panic=-1` with `-no-reboot` turns a guest panic into a QEMU exit;
+/// `tsc_early_khz` (with the machine's `pit=on`) keeps TSC calibration from
+/// stalling under TCG.
+const QEMU_ARGS: &[&str] = &["panic=-1", "reboot=t", "tsc_early_khz=2000000"];
+
+/// Firecracker's recommended arguments: a guest reboot (`reboot=k`, also what
+/// a panic leads to after 1 s) ends the Firecracker process; there is no PCI
+/// bus. No TSC work-around: Firecracker always runs on KVM.
+const FIRECRACKER_ARGS: &[&str] = &["reboot=k", "panic=1", "pci=off"];
+
+/// The block device of the image: the only (hence first) virtio disk.
+pub const ROOTFS_DEVICE: &str = "/dev/vda";
+
+/// QEMU's base command line without anything VM-specific (the benchmark's
+/// bare-QEMU reference boots with exactly this).
+pub fn qemu_base() -> String {
+    join(BASE_ARGS.iter().chain(QEMU_ARGS))
+}
+
+/// The command line of a QEMU VM of `config`; `serial` selects the
+/// virtio-serial transport for the agent.
+pub fn qemu(config: &VmConfig, serial: bool) -> String {
+    let mut args = qemu_base();
+    if serial {
+        args.push(' ');
+        args.push_str(SERIAL_TRANSPORT_ARG);
+    }
+    args + &guest_args(config)
+}
+
+/// The command line of a Firecracker VM of `config`.
+pub fn firecracker(config: &VmConfig) -> String {
+    join(BASE_ARGS.iter().chain(FIRECRACKER_ARGS)) + &guest_args(config)
+}
+
+fn join<'a>(args: impl Iterator<Item = &'a &'a str>) -> String {
+    args.copied().collect::<Vec<_>>().join(" ")
+}
+
+/// What the guest reads for `config`: its root file system image (empty
+/// without one), each word with a leading space.
+fn guest_args(config: &VmConfig) -> String {
+    match &config.rootfs {
+        Some(_) => format!(
+            " {ROOTFS_ARG}={ROOTFS_DEVICE} {OVERLAY_MIB_ARG}={}",
+            config.overlay_mib
+        ),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<&str> {
+        s.split_whitespace().collect()
+    }
+
+    #[test]
+    fn the_rootfs_words_only_with_a_rootfs() {
+        let exe = std::env::current_exe().unwrap();
+        let mut c = VmConfig::new("a", &exe, &exe);
+        assert!(!qemu(&c, false).contains("ironclaw."));
+        c.rootfs = Some(exe.clone());
+        c.overlay_mib = 64;
+        let q = qemu(&c, true);
+        for want in [
+            "ironclaw.rootfs=/dev/vda",
+            "ironclaw.overlay_mib=64",
+            SERIAL_TRANSPORT_ARG,
+        ] {
+            assert!(words(&q).contains(&want), "{want} missing in {q}");
+        }
+    }
+
+    #[test]
+    fn each_backend_gets_its_own_extras() {
+        let exe = std::env::current_exe().unwrap();
+        let c = VmConfig::new("a", &exe, &exe);
+        let q = qemu(&c, false);
+        let f = firecracker(&c);
+        for both in ["console=ttyS0", "rdinit=/init"] {
+            assert!(words(&q).contains(&both) && words(&f).contains(&both));
+        }
+        for qemu_only in ["tsc_early_khz=2000000", "panic=-1", "reboot=t"] {
+            assert!(words(&q).contains(&qemu_only), "{q}");
+            assert!(!words(&f).contains(&qemu_only), "{f}");
+        }
+        for fc_only in ["reboot=k", "panic=1", "pci=off"] {
+            assert!(words(&f).contains(&fc_only), "{f}");
+            assert!(!words(&q).contains(&fc_only), "{q}");
+        }
+    }
+}
