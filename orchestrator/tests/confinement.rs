@@ -337,7 +337,7 @@ fn a_memory_limit_below_what_the_vm_needs_fails_cleanly() {
     let msg = err.to_string();
     assert!(msg.contains("memory limit of 40 MiB"), "{msg}");
     assert!(
-        matches!(err, VmError::Backend(_) | VmError::BootFailed { .. }),
+        matches!(err, VmError::Qemu(_) | VmError::BootFailed { .. }),
         "{err:?}"
     );
     assert!(!common::test_root().join("too-little").exists());

@@ -22,7 +22,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ironclaw_orchestrator::vm::backend::Hypervisor;
+use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose};
 use ironclaw_orchestrator::vm::firecracker::{
     self, api, FirecrackerBackend, FirecrackerOptions, SnapshotFiles, Stopped,
 };
@@ -443,7 +443,13 @@ async fn full_lifecycle_follows_the_api_description() {
         args.ends_with(" ironclaw.rootfs=/dev/vda ironclaw.overlay_mib=128"),
         "{args}"
     );
-    for want in ["console=ttyS0", "rdinit=/init", "reboot=k", "panic=1", "pci=off"] {
+    for want in [
+        "console=ttyS0",
+        "rdinit=/init",
+        "reboot=k",
+        "panic=1",
+        "pci=off",
+    ] {
         assert!(args.split_whitespace().any(|w| w == want), "{want}: {args}");
     }
     assert_eq!(
@@ -519,7 +525,10 @@ async fn backend_trait_launches_without_rootfs_and_kills() {
         options: fx.opts.clone(),
     };
     let dir = RuntimeDir::create(&fx.root, "via-trait").unwrap();
-    let mut inst = backend.launch(&config, &dir).await.expect("launch");
+    let mut inst = backend
+        .launch(&config, &dir, LaunchPurpose::Run)
+        .await
+        .expect("launch");
     let pids = inst.pids();
     assert_eq!(pids.len(), 1);
     assert!(inst.exited().is_none());

@@ -29,7 +29,7 @@ use std::time::Duration;
 use http_body_util::BodyExt;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use ironclaw_orchestrator::vm::backend::Hypervisor;
+use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose};
 use ironclaw_orchestrator::vm::firecracker::{
     self, jailer, FirecrackerBackend, FirecrackerError, FirecrackerOptions, JailerConfig,
     SnapshotFiles, Stopped,
@@ -831,7 +831,10 @@ async fn backend_trait_launches_jailed_and_destroy_leaves_nothing() {
         options: fx.opts.clone(),
     };
     let dir = RuntimeDir::create(&fx.root, id).unwrap();
-    let mut inst = backend.launch(&config, &dir).await.expect("launch");
+    let mut inst = backend
+        .launch(&config, &dir, LaunchPurpose::Run)
+        .await
+        .expect("launch");
     let (uid, gid) = ironclaw_orchestrator::vm::jail::vm_ids(dir.path(), None);
     let argv = fx.argv();
     let netns = argv[argv.iter().position(|a| a == "--netns").unwrap() + 1].clone();
@@ -909,7 +912,7 @@ async fn missing_jailer_fails_before_anything_starts() {
         options: fx.opts.clone(),
     };
     let err = backend
-        .launch(&fx.config(id, false), &dir)
+        .launch(&fx.config(id, false), &dir, LaunchPurpose::Run)
         .await
         .err()
         .unwrap();

@@ -182,7 +182,7 @@ fn a_kernel_that_cannot_boot_fails_fast() {
         .err()
         .expect("must fail");
     assert!(
-        matches!(err, VmError::Backend(_) | VmError::BootFailed { .. }),
+        matches!(err, VmError::Qemu(_) | VmError::BootFailed { .. }),
         "expected a backend failure, got {err}"
     );
     assert!(!test_root().join("bad-kernel").exists());

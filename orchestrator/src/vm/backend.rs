@@ -48,6 +48,15 @@ pub struct Capabilities {
     pub snapshots: bool,
 }
 
+impl From<BackendKind> for BackendChoice {
+    fn from(kind: BackendKind) -> BackendChoice {
+        match kind {
+            BackendKind::Qemu => BackendChoice::Qemu,
+            BackendKind::Firecracker => BackendChoice::Firecracker,
+        }
+    }
+}
+
 /// A VMM: starts VMs, from scratch or from a snapshot one of its instances
 /// wrote. Everything above this trait (prototypes, the pool, spawn) is
 /// backend-neutral.
@@ -160,5 +169,28 @@ pub fn select_for(
             }
             Ok(Box::new(super::qemu::QemuBackend::from_env()?))
         }
+    }
+}
+
+/// [`select_for`], for an operation that `needs` some capabilities: `auto`
+/// takes QEMU when the backend it would pick lacks them (QEMU has them all);
+/// an explicit choice that lacks them is refused, saying what is missing.
+pub fn select_capable(
+    choice: BackendChoice,
+    accel: AccelChoice,
+    needs: Capabilities,
+) -> Result<Box<dyn Hypervisor>, VmError> {
+    let chosen = select_for(choice, accel)?;
+    let has = chosen.capabilities();
+    if !needs.snapshots || has.snapshots {
+        return Ok(chosen);
+    }
+    match choice {
+        BackendChoice::Auto => select_for(BackendChoice::Qemu, accel),
+        _ => Err(VmError::Unsupported(format!(
+            "the {} backend cannot snapshot in its current mode, so it cannot make \
+             prototypes; boot cold (--cold) or choose another backend",
+            chosen.kind()
+        ))),
     }
 }

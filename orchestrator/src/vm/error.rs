@@ -21,9 +21,9 @@ pub enum VmError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Qemu(#[from] super::qemu::QemuError),
+    Qemu(Box<super::qemu::QemuError>),
     #[error(transparent)]
-    Firecracker(super::firecracker::FirecrackerError),
+    Firecracker(Box<super::firecracker::FirecrackerError>),
     /// Restoring from a snapshot failed in a way that points at the snapshot
     /// itself (the VMM refused it, or the restored guest never answered).
     #[error("restoring from {}: {source}", snapshot.display())]
@@ -78,3 +78,8 @@ impl VmError {
     }
 }
 
+impl From<super::qemu::QemuError> for VmError {
+    fn from(e: super::qemu::QemuError) -> VmError {
+        VmError::Qemu(Box::new(e))
+    }
+}

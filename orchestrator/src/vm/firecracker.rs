@@ -144,7 +144,7 @@ impl From<FirecrackerError> for VmError {
                 hint: "set $IRONCLAW_FIRECRACKER or put it on PATH; it needs a host with usable KVM (or use --backend qemu)".into(),
             },
             FirecrackerError::AlreadyRunning(id) => VmError::AlreadyRunning(id),
-            other => VmError::Firecracker(other),
+            other => VmError::Firecracker(Box::new(other)),
         }
     }
 }

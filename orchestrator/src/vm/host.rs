@@ -53,7 +53,8 @@ pub fn tail(path: &Path, max: usize) -> String {
 /// Identity of an input file: path, size, modification time and inode.
 /// Cheap (no hashing) and changes whenever the file is replaced or rewritten.
 pub fn file_identity(path: &Path) -> Result<String, VmError> {
-    let m = fs::metadata(path).map_err(|e| VmError::io(format!("reading {}", path.display()), e))?;
+    let m =
+        fs::metadata(path).map_err(|e| VmError::io(format!("reading {}", path.display()), e))?;
     Ok(format!("{}:{}", path.display(), stat_stamp(&m)))
 }
 

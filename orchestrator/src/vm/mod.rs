@@ -16,6 +16,7 @@ pub mod channel;
 pub mod cmdline;
 pub mod config;
 pub mod confine;
+mod error;
 pub mod firecracker;
 pub mod host;
 pub mod pool;
@@ -26,7 +27,6 @@ pub mod qmp;
 pub mod runtime;
 mod spawn;
 pub mod vsock;
-mod error;
 
 pub use crate::agent::{AgentClient, AgentError, ExecOutput};
 pub use accel::Accel;
@@ -58,4 +58,3 @@ pub fn default_config(task_id: &str) -> Result<VmConfig, VmError> {
     let initramfs = crate::image::default_initramfs(&kernel)?;
     Ok(VmConfig::new(task_id, kernel, initramfs))
 }
-

@@ -27,8 +27,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::accel::Accel;
-use super::backend::{self, BackendKind, Hypervisor, LaunchPurpose};
-use super::config::{BackendChoice, VmConfig};
+use super::backend::{self, BackendKind, Capabilities, Hypervisor, LaunchPurpose};
+use super::config::VmConfig;
 use super::host::{file_identity, stat_stamp};
 use super::spawn::{start_vm, Start};
 use super::{AgentClient, VmError, VmHandle};
@@ -138,22 +138,13 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
     key_with(config, snapshot_backend(config)?.as_ref())
 }
 
-/// The backend that builds and restores prototypes of `config`: the one the
-/// config selects, when it can snapshot in its current mode; `auto` falls
-/// back to QEMU otherwise.
+/// The backend that builds and restores prototypes of `config`.
 fn snapshot_backend(config: &VmConfig) -> Result<Box<dyn Hypervisor>, VmError> {
-    let chosen = backend::select_for(config.backend, config.accel)?;
-    if chosen.capabilities().snapshots {
-        return Ok(chosen);
-    }
-    match config.backend {
-        BackendChoice::Auto => backend::select_for(BackendChoice::Qemu, config.accel),
-        _ => Err(VmError::Unsupported(format!(
-            "the {} backend cannot snapshot in its current mode, so it cannot make prototypes; \
-             boot cold or choose another backend",
-            chosen.kind()
-        ))),
-    }
+    backend::select_capable(
+        config.backend,
+        config.accel,
+        Capabilities { snapshots: true },
+    )
 }
 
 fn key_with(config: &VmConfig, backend: &dyn Hypervisor) -> Result<(String, Accel), VmError> {
@@ -435,10 +426,7 @@ pub async fn restore(
             Accel::Kvm => super::config::AccelChoice::Kvm,
             Accel::Tcg => super::config::AccelChoice::Tcg,
         },
-        backend: match proto.meta.backend {
-            BackendKind::Qemu => BackendChoice::Qemu,
-            BackendKind::Firecracker => BackendChoice::Firecracker,
-        },
+        backend: proto.meta.backend.into(),
         ..config.clone()
     };
     config.validate()?;

@@ -20,11 +20,11 @@ use super::accel::{self, Accel};
 use super::backend::{BackendKind, Capabilities, Hypervisor, LaunchPurpose, VmInstance};
 use super::channel::{GuestChannel, SerialChannel};
 use super::config::VmConfig;
-use super::host::{file_identity, find_tool, tail};
 use super::confine::cgroup::VmCgroup;
 use super::confine::jail::{self, Confined, JailError, ProcessConfinement};
 use super::confine::prepare::Confinement;
 use super::confine::seccomp::{self, AuditLog, ProcessKind, SeccompFilter};
+use super::host::{file_identity, find_tool, tail};
 use super::process;
 use super::qmp::Qmp;
 use super::runtime::RuntimeDir;
@@ -115,8 +115,6 @@ pub struct QemuBackend {
     qemu: PathBuf,
     vhost_vsock: PathBuf,
 }
-
-
 
 /// The QEMU that runs VMs: `$IRONCLAW_QEMU`, else `qemu-system-x86_64` on `PATH`.
 pub fn qemu_binary() -> Result<PathBuf, VmError> {
@@ -413,7 +411,7 @@ impl QemuBackend {
             .await?;
         let qmp_failed = |inst: &mut QemuInstance, e: super::qmp::QmpError| {
             let exited = inst.exited_soon().unwrap_or_else(|| "still running".into());
-            VmError::Qemu(QemuError::Qmp {
+            VmError::from(QemuError::Qmp {
                 source: e,
                 status: exited,
                 log_tail: tail(&dir.file("qemu.log"), 2000),
@@ -514,7 +512,7 @@ impl QemuInstance {
     /// Pauses the VM and writes its state (a QEMU migration stream) to `dest`.
     /// The VM stays paused; the caller destroys it.
     pub async fn snapshot_to(&mut self, dest: &Path) -> Result<(), VmError> {
-        let qmp_err = |e: super::qmp::QmpError| VmError::Qemu(QemuError::SnapshotQmp(e));
+        let qmp_err = |e: super::qmp::QmpError| VmError::from(QemuError::SnapshotQmp(e));
         let mut qmp = Qmp::connect(&self.qmp).await.map_err(qmp_err)?;
         qmp.execute("stop", None).await.map_err(qmp_err)?;
         let file = File::create(dest)
@@ -700,4 +698,3 @@ impl Drop for QemuInstance {
         self.kill();
     }
 }
-

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::backend::{self, Hypervisor, LaunchPurpose};
 use super::config::{self, VmConfig};
 use super::runtime::{self, RuntimeDir};
-use super::{default_config, host, jail, seccomp, channel};
+use super::{channel, default_config, host, jail, seccomp};
 use super::{Accel, AgentClient, BackendKind, VmError, VmInstance};
 
 /// How long the steps of a spawn took.
