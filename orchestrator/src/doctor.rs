@@ -176,7 +176,7 @@ pub fn run() -> Report {
         },
     });
     let (accel, reason) = accel::choose(AccelChoice::Auto);
-    let auto = crate::vm::backend::select(crate::vm::config::BackendChoice::Auto).map(|b| b.kind());
+    let auto = crate::vm::select::select(crate::vm::config::BackendChoice::Auto).map(|b| b.kind());
     let chosen = match auto {
         Ok(crate::vm::BackendKind::Firecracker) if boot_ok => Some("firecracker (KVM)".to_string()),
         _ => (qemu.is_some() && vhost.is_some() && boot_ok)

@@ -254,7 +254,7 @@ fn doctor_reports_the_choice() {
     let text = s(&out.stdout);
     // What `auto` picks on this host, asked of the library: Firecracker where it
     // and usable KVM exist, QEMU's microvm elsewhere (these machines).
-    let expected = match ironclaw_orchestrator::vm::backend::select(
+    let expected = match ironclaw_orchestrator::vm::select::select(
         ironclaw_orchestrator::vm::config::BackendChoice::Auto,
     )
     .map(|b| b.kind())

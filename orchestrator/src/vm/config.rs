@@ -375,7 +375,7 @@ impl VmConfig {
 
 /// Firecracker has no emulator: it runs on KVM only, so an explicit TCG
 /// request cannot be honoured by it and is refused rather than ignored.
-/// (`auto` with TCG picks QEMU: [`super::backend::select_for`].)
+/// (`auto` with TCG picks QEMU: [`super::select::select_for`].)
 pub fn check_backend_accel(backend: BackendChoice, accel: AccelChoice) -> Result<(), ConfigError> {
     if backend == BackendChoice::Firecracker && accel == AccelChoice::Tcg {
         refuse(

@@ -25,6 +25,7 @@ pub mod prototype;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime;
+pub mod select;
 mod spawn;
 pub mod vsock;
 

@@ -101,7 +101,7 @@ impl Pool {
             Some(vm) => {
                 self.inner.hits.fetch_add(1, Ordering::Relaxed);
                 // Time has passed since the restore: fresh entropy and clock again.
-                prototype::reseed(vm.agent()).await?;
+                super::spawn::reseed(vm.agent()).await?;
                 vm
             }
             None => {

@@ -27,17 +27,16 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::accel::Accel;
-use super::backend::{self, BackendKind, Capabilities, Hypervisor, LaunchPurpose};
+use super::backend::{BackendKind, Capabilities, Hypervisor, LaunchPurpose};
 use super::config::VmConfig;
 use super::host::{file_identity, stat_stamp};
 use super::spawn::{start_vm, Start};
-use super::{AgentClient, VmError, VmHandle};
+use super::{VmError, VmHandle};
 
 /// Bumped whenever what a snapshot or its metadata holds changes
 /// incompatibly (2: a list of snapshot files, for Firecracker's two).
 const FORMAT_VERSION: u32 = 2;
 const META_FILE: &str = "meta.json";
-const ENTROPY_BYTES: usize = 64;
 
 /// One file of a snapshot, as it was when the prototype was built.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,7 +139,7 @@ pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
 
 /// The backend that builds and restores prototypes of `config`.
 fn snapshot_backend(config: &VmConfig) -> Result<Box<dyn Hypervisor>, VmError> {
-    backend::select_capable(
+    super::select::select_capable(
         config.backend,
         config.accel,
         Capabilities { snapshots: true },
@@ -431,22 +430,10 @@ pub async fn restore(
     };
     config.validate()?;
     super::runtime::reap_stale_once();
-    let backend = backend::select_for(config.backend, config.accel)?;
+    let backend = super::select::select_for(config.backend, config.accel)?;
     let vm = start_vm(backend.as_ref(), &config, Start::Restore(&proto.files())).await?;
     tracing::info!(vm = %vm.id, prototype = %proto.meta.key, "clone ready");
     Ok(vm)
-}
-
-/// Gives the guest fresh entropy and the current time.
-pub async fn reseed(agent: &AgentClient) -> Result<(), VmError> {
-    let mut entropy = vec![0u8; ENTROPY_BYTES];
-    getrandom::getrandom(&mut entropy).map_err(|e| VmError::Randomness(e.to_string()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
-    agent.reseed(entropy, now).await?;
-    Ok(())
 }
 
 /// Spawns `task_id` from the prototype for `config` (built on first use).

@@ -174,7 +174,7 @@ pub fn reap_stale(root: &Path) -> Vec<String> {
             .unwrap_or_default()
             .lines()
             .map(Path::new)
-            .filter(|p| super::firecracker::jailer::is_jail_dir(p, &id))
+            .filter(|p| is_jail_dir(p, &id))
         {
             if let Err(e) = fs::remove_dir_all(chroot) {
                 tracing::warn!(
@@ -230,4 +230,40 @@ pub fn reap_stale_once() {
             }
         }
     });
+}
+
+/// Whether `path` (read back from a runtime directory when reaping) looks
+/// like the chroot directory of VM `id`: absolute, no `..`, `<...>/<name
+/// with firecracker>/<id>`.
+pub fn is_jail_dir(path: &Path, id: &str) -> bool {
+    path.is_absolute()
+        && !path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        && path.file_name() == Some(id.as_ref())
+        && path
+            .parent()
+            .and_then(Path::file_name)
+            .is_some_and(|n| n.to_string_lossy().contains("firecracker"))
+        && path.components().count() > 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reaping_only_removes_chroot_shaped_paths() {
+        assert!(is_jail_dir(
+            Path::new("/srv/jailer/firecracker/vm-1"),
+            "vm-1"
+        ));
+        assert!(!is_jail_dir(
+            Path::new("/srv/jailer/firecracker/vm-2"),
+            "vm-1"
+        ));
+        assert!(!is_jail_dir(Path::new("/etc/vm-1"), "vm-1"));
+        assert!(!is_jail_dir(Path::new("/a/firecracker/../vm-1"), "vm-1"));
+        assert!(!is_jail_dir(Path::new("firecracker/vm-1"), "vm-1"));
+    }
 }

@@ -2,11 +2,11 @@
 //! destroying it: the one place a [`VmHandle`] is put together.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::backend::{self, Hypervisor, LaunchPurpose};
+use super::backend::{Hypervisor, LaunchPurpose};
 use super::config::{self, VmConfig};
 use super::runtime::{self, RuntimeDir};
 use super::{channel, default_config, host, jail, seccomp};
@@ -106,7 +106,7 @@ pub async fn spawn_vm_with_config(task_id: &str, config: &VmConfig) -> Result<Vm
     };
     config.validate()?;
     runtime::reap_stale_once();
-    let backend = backend::select_for(config.backend, config.accel)?;
+    let backend = super::select::select_for(config.backend, config.accel)?;
     start_vm(backend.as_ref(), &config, Start::Boot(LaunchPurpose::Run)).await
 }
 
@@ -150,7 +150,7 @@ pub(crate) async fn start_vm(
         }
     };
     if restored_from.is_some() {
-        super::prototype::reseed(&agent).await?;
+        reseed(&agent).await?;
     }
     let total = t0.elapsed();
     let timings = SpawnTimings {
@@ -296,4 +296,19 @@ pub async fn destroy_vm(handle: VmHandle) -> Result<(), VmError> {
     })
     .await
     .map_err(|e| VmError::TaskFailed(format!("destroying the VM: {e}")))?
+}
+
+/// Entropy handed to a restored guest, so clones of one snapshot diverge.
+const ENTROPY_BYTES: usize = 64;
+
+/// Gives the guest fresh entropy and the current time.
+pub async fn reseed(agent: &AgentClient) -> Result<(), VmError> {
+    let mut entropy = vec![0u8; ENTROPY_BYTES];
+    getrandom::getrandom(&mut entropy).map_err(|e| VmError::Randomness(e.to_string()))?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    agent.reseed(entropy, now).await?;
+    Ok(())
 }

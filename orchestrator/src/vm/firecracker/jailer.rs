@@ -351,22 +351,6 @@ fn detect_version() -> Result<CgroupVersion, JailerError> {
     })
 }
 
-/// Whether `path` (read back from a runtime directory when reaping) looks
-/// like the chroot directory of VM `id`: absolute, no `..`, `<...>/<name
-/// with firecracker>/<id>`.
-pub fn is_jail_dir(path: &Path, id: &str) -> bool {
-    path.is_absolute()
-        && !path
-            .components()
-            .any(|c| c == std::path::Component::ParentDir)
-        && path.file_name() == Some(id.as_ref())
-        && path
-            .parent()
-            .and_then(Path::file_name)
-            .is_some_and(|n| n.to_string_lossy().contains("firecracker"))
-        && path.components().count() > 3
-}
-
 /// An empty network namespace (only a down `lo`), held by a descriptor.
 /// A short-lived thread unshares its own network namespace and opens it;
 /// the jailer joins it through `/proc/<our pid>/fd/<fd>`.
@@ -890,21 +874,6 @@ mod tests {
             let err = check_id(bad).unwrap_err();
             assert!(err.to_string().contains("checking the VM id"), "{err}");
         }
-    }
-
-    #[test]
-    fn reaping_only_removes_chroot_shaped_paths() {
-        assert!(is_jail_dir(
-            Path::new("/srv/jailer/firecracker/vm-1"),
-            "vm-1"
-        ));
-        assert!(!is_jail_dir(
-            Path::new("/srv/jailer/firecracker/vm-2"),
-            "vm-1"
-        ));
-        assert!(!is_jail_dir(Path::new("/etc/vm-1"), "vm-1"));
-        assert!(!is_jail_dir(Path::new("/a/firecracker/../vm-1"), "vm-1"));
-        assert!(!is_jail_dir(Path::new("firecracker/vm-1"), "vm-1"));
     }
 
     #[test]
