@@ -294,6 +294,9 @@ async fn output_stops_at_the_window_until_credit_is_granted() {
     }
     assert!(charged <= STREAM_WINDOW as usize, "{charged} bytes sent");
     assert!(charged + DATA_CHUNK > STREAM_WINDOW as usize, "{charged}");
+    // The command has written everything it could into its pipe and waits;
+    // a host that takes its time must still get every byte.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     // Grant as a host does, as the bytes are consumed: the rest follows.
     host.send(Frame::control(
         1,

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use ironclaw_protocol::{ExecRequest, ExitStatus, Frame, FrameKind, Message, DATA_CHUNK};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Input, InputRx, StreamOut};
 
@@ -81,8 +82,9 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
         let _ = out
             .send(Frame::control(out.id(), &Message::Started { pid }))
             .await;
-        let pump_out = tokio::spawn(pump(stdout, FrameKind::Stdout, out.clone()));
-        let pump_err = tokio::spawn(pump(stderr, FrameKind::Stderr, out.clone()));
+        let exited = CancellationToken::new();
+        let pump_out = tokio::spawn(pump(stdout, FrameKind::Stdout, out.clone(), exited.clone()));
+        let pump_err = tokio::spawn(pump(stderr, FrameKind::Stderr, out.clone(), exited.clone()));
         let mut timed_out = false;
         let waited = match timeout {
             Some(t) => match tokio::time::timeout(t, child.wait()).await {
@@ -96,14 +98,14 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
             None => child.wait().await,
         };
         // The command is over: whatever it left running in its group goes too,
-        // so its output pipes close and nothing outlives the request. Output
-        // the host has no credit for yet is waited for a little, then dropped.
+        // so its output pipes close and nothing outlives the request. All its
+        // output is delivered, however long the host takes to read it (the
+        // pumps wait for credit), but pipes that stay open and silent (held
+        // by a process that left the group) are given up after a while.
         handle.kill();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = pump_out.await;
-            let _ = pump_err.await;
-        })
-        .await;
+        exited.cancel();
+        let _ = pump_out.await;
+        let _ = pump_err.await;
         let msg = match waited {
             Ok(status) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -141,13 +143,35 @@ async fn feed_stdin(mut child_stdin: ChildStdin, mut input: InputRx) {
     // Dropping child_stdin closes the pipe: the process sees EOF.
 }
 
-async fn pump(mut src: impl AsyncRead + Unpin, kind: FrameKind, out: StreamOut) {
+/// How long an output pipe may stay open and silent once the command ended.
+const PIPE_LINGER: Duration = Duration::from_secs(2);
+
+async fn pump(
+    mut src: impl AsyncRead + Unpin,
+    kind: FrameKind,
+    out: StreamOut,
+    exited: CancellationToken,
+) {
     let mut buf = vec![0u8; DATA_CHUNK];
     loop {
-        match src.read(&mut buf).await {
+        let read = if exited.is_cancelled() {
+            match tokio::time::timeout(PIPE_LINGER, src.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            // Reading a pipe is cancel-safe: nothing is lost on the switch.
+            tokio::select! {
+                r = src.read(&mut buf) => r,
+                _ = exited.cancelled() => continue,
+            }
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
                 let frame = Frame::data(out.id(), kind, Bytes::copy_from_slice(&buf[..n]));
+                // Waits for the host's credit; gives up when the stream or
+                // the session ends.
                 if out.send(frame).await.is_err() {
                     break;
                 }

@@ -7,6 +7,7 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::BytesMut;
 use ironclaw_protocol::{
@@ -137,7 +138,14 @@ async fn put(id: u32, path: &str, mode: u32, mut input: InputRx) -> Result<u64, 
         .to_string_lossy()
         .into_owned();
     let dir = target.parent().unwrap_or(Path::new("/"));
-    let tmp = dir.join(format!(".{name}.ironclaw-part-{}-{id}", std::process::id()));
+    // Unique per put, not just per stream: after a session reset an
+    // abandoned put of the same stream id may still be removing its own.
+    static PUTS: AtomicU64 = AtomicU64::new(0);
+    let seq = PUTS.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{name}.ironclaw-part-{}-{id}-{seq}",
+        std::process::id()
+    ));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create(true)

@@ -444,14 +444,32 @@ impl AgentClient {
     /// on it is dropped, and its writers stop.
     fn close_stream(&self, stream: &StreamHandle) {
         let mut table = self.shared.streams.lock().expect("streams lock");
-        if table
+        let open = table
             .map
             .get(&stream.id)
-            .is_some_and(|e| Arc::ptr_eq(&e.inbox, &stream.inbox))
-        {
+            .is_some_and(|e| Arc::ptr_eq(&e.inbox, &stream.inbox));
+        if open {
             table.map.remove(&stream.id);
         }
+        drop(table);
         stream.credit.close();
+        if open {
+            // The request has not ended: give the guest its whole window back
+            // so its senders can flush (into the void) and its request end.
+            let grant = stream
+                .inbox
+                .state
+                .lock()
+                .expect("inbox lock")
+                .window
+                .release();
+            if let Some(bytes) = grant {
+                let _ = self
+                    .shared
+                    .out
+                    .try_send(Frame::control(stream.id, &Message::Credit { bytes }));
+            }
+        }
     }
 
     /// The next item the guest sent on `stream`; gives the guest credit
@@ -459,8 +477,13 @@ impl AgentClient {
     async fn next_incoming(&self, stream: &StreamHandle) -> Result<Incoming, AgentError> {
         let (item, grant) = stream.inbox.pop().await?;
         if let Some(bytes) = grant {
-            self.send(Frame::control(stream.id, &Message::Credit { bytes }))
-                .await?;
+            // Never awaited here, so that a caller may cancel this call (in a
+            // `select!`) without losing the item it took.
+            let credit = Frame::control(stream.id, &Message::Credit { bytes });
+            if let Err(mpsc::error::TrySendError::Full(credit)) = self.shared.out.try_send(credit) {
+                let out = self.shared.out.clone();
+                tokio::spawn(async move { out.send(credit).await });
+            }
         }
         Ok(item)
     }
@@ -568,6 +591,7 @@ pub struct ExecSession {
 
 impl ExecSession {
     /// The next event; `Err` when the request failed or the connection broke.
+    /// Cancel-safe: usable in a `select!`.
     pub async fn next_event(&mut self) -> Result<ExecEvent, AgentError> {
         if self.done {
             return Err(AgentError::Unexpected("event read after exit".into()));

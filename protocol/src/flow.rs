@@ -158,6 +158,17 @@ impl RecvWindow {
         }
     }
 
+    /// The receiver is abandoning the stream (its consumer is gone): gives
+    /// the peer back everything it has in flight, so a sender waiting for
+    /// credit can flush what it holds into the void and end.
+    pub fn release(&mut self) -> Option<u32> {
+        let grant = self.outstanding;
+        self.outstanding = 0;
+        self.consumed = 0;
+        // At most the window, which fits a u32.
+        (grant > 0).then_some(grant as u32)
+    }
+
     /// Charged bytes received and not yet consumed.
     pub fn buffered(&self) -> u64 {
         self.outstanding - self.consumed
@@ -303,6 +314,10 @@ mod tests {
         assert_eq!(w.buffered(), 0);
         // Granted bytes are room again.
         w.receive(STREAM_WINDOW as usize).unwrap();
+        // Abandoning the stream gives everything back, once.
+        w.receive(1000).unwrap();
+        assert_eq!(w.release(), Some(STREAM_WINDOW + 1000));
+        assert_eq!(w.release(), None);
         // Consuming more than was received grants no more than was received.
         let mut w = RecvWindow::new(1);
         w.receive(10).unwrap();

@@ -123,6 +123,25 @@ async fn unread_stream_does_not_stall_the_others() {
     .expect("the second stream completes while the first is unread");
     assert_eq!(got, b"ooo");
     assert_eq!(slow.buffered_bytes(), u64::from(STREAM_WINDOW));
+    // Abandoning the unread stream kills its process and gives the guest its
+    // window back, so the guest's senders are not left waiting forever.
+    drop(slow);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let f = tokio::time::timeout(WAIT, guest.r.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.stream, slow_id);
+        seen.push(f.message().unwrap());
+    }
+    assert!(seen.contains(&Message::Signal {
+        signal: libc::SIGKILL
+    }));
+    assert!(seen.contains(&Message::Credit {
+        bytes: STREAM_WINDOW
+    }));
 }
 
 /// A guest that sends beyond the credit it was given ends the session:
