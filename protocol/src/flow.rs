@@ -29,13 +29,15 @@ use tokio::sync::Notify;
 use crate::{Frame, FrameKind, DATA_CHUNK, FILE_CHUNK};
 
 /// Bytes a side may have in flight on one stream, per direction.
-pub const STREAM_WINDOW: u32 = 1024 * 1024;
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
 
 /// A receiver gives credit back once its consumer has taken at least this
-/// many bytes since the last grant (one credit frame per file chunk in a
-/// bulk transfer). With the largest charged frame it stays within the window,
-/// so a sender waiting for room for one frame is always granted it.
-pub const CREDIT_THRESHOLD: u32 = 256 * 1024;
+/// many bytes since the last grant: half the window, so a bulk transfer
+/// needs few credit frames (each costs the emulated guest an interrupt and a
+/// wake-up) while the other half is still in flight. With the largest
+/// charged frame it stays within the window, so a sender waiting for room
+/// for one frame is always granted it.
+pub const CREDIT_THRESHOLD: u32 = STREAM_WINDOW / 2;
 
 /// Largest body of a stream's last message (not charged against the window).
 pub const MAX_FINAL_LEN: usize = 64 * 1024;
@@ -307,10 +309,11 @@ mod tests {
     #[test]
     fn grants_follow_consumption_in_threshold_steps() {
         let mut w = RecvWindow::new(1);
-        w.receive(FILE_CHUNK).unwrap();
+        let step = CREDIT_THRESHOLD as usize;
+        w.receive(step).unwrap();
         assert_eq!(w.consume(1000), None);
-        assert_eq!(w.buffered(), FILE_CHUNK as u64 - 1000);
-        assert_eq!(w.consume(FILE_CHUNK - 1000), Some(FILE_CHUNK as u32));
+        assert_eq!(w.buffered(), step as u64 - 1000);
+        assert_eq!(w.consume(step - 1000), Some(step as u32));
         assert_eq!(w.buffered(), 0);
         // Granted bytes are room again.
         w.receive(STREAM_WINDOW as usize).unwrap();
