@@ -18,7 +18,8 @@
 //! frame gets a [`Message::Error`] on stream 0 and the connection is closed.
 //!
 //! Every request stream is flow-controlled in both directions by a credit
-//! window (see [`flow`](crate::STREAM_WINDOW) and `docs/decisions.md`): one
+//! window (the rules are in `protocol/src/flow.rs`, the reasons in
+//! `docs/decisions.md`): one
 //! stream whose consumer stops reading never stalls the others, and neither
 //! side buffers more than [`STREAM_WINDOW`] bytes of a stream.
 
