@@ -3,6 +3,13 @@
 //! Every connection is a fresh session; a protocol error ends only that
 //! session (after an error reply where one can be sent) and the agent goes on
 //! accepting. Processes started by a session are killed when it ends.
+//!
+//! The session loop never waits for one request: each request stream has its
+//! own task and its own credit windows (`ironclaw_protocol`'s flow control),
+//! the host's data for a stream is queued for its task within the credit the
+//! host was given, and a task waits for credit before it sends. A process
+//! that does not read its stdin, or a host that does not read one stream's
+//! output, holds up that stream only.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -12,11 +19,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use ironclaw_protocol::{
-    Frame, FrameCodec, FrameKind, Message, ProtocolError, PROTOCOL_VERSION, SESSION_STREAM,
+    check_data_frame, Frame, FrameCodec, FrameKind, Message, ProtocolError, RecvWindow, SendCredit,
+    CREDIT_THRESHOLD, MAX_FINAL_LEN, PROTOCOL_VERSION, SESSION_STREAM, STREAM_WINDOW,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
 use crate::exec;
 use crate::files;
@@ -114,8 +123,162 @@ async fn bind_with_retry<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std
     Err(last.expect("loop ran"))
 }
 
-/// Process groups of the running requests of one session, by stream id.
-pub type Running = Arc<Mutex<HashMap<u32, exec::Handle>>>;
+/// What one request stream of a session holds while its request runs.
+struct StreamState {
+    /// Credit the host gave for what this stream sends.
+    credit: Arc<SendCredit>,
+    /// Where the host's data for this stream (stdin, or an upload) goes.
+    input: Option<InputTx>,
+    /// The process group, for an exec.
+    process: Option<exec::Handle>,
+}
+
+/// The request streams of one session, by id. Shared with the requests'
+/// tasks, which remove their own entry when they end.
+type Streams = Arc<Mutex<HashMap<u32, StreamState>>>;
+
+/// The sending side of one request stream, for the task that serves it.
+#[derive(Clone)]
+pub struct StreamOut {
+    id: u32,
+    out: mpsc::Sender<Frame>,
+    credit: Arc<SendCredit>,
+    /// Cancelled when the session ends or is reset: nothing of an older
+    /// session may reach the host of a newer one.
+    epoch: CancellationToken,
+    streams: Streams,
+}
+
+/// The stream or the session ended while a request's task was sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ended;
+
+impl StreamOut {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Sends a frame charged against the stream's window (data, `Started`,
+    /// `Stat`, `DirEntries`), waiting for the host's credit first. Only this
+    /// task waits: the session loop and the other streams go on.
+    pub async fn send(&self, frame: Frame) -> Result<(), Ended> {
+        debug_assert!(frame.body.len() <= (STREAM_WINDOW - CREDIT_THRESHOLD) as usize);
+        tokio::select! {
+            biased;
+            _ = self.epoch.cancelled() => return Err(Ended),
+            taken = self.credit.take(frame.body.len()) => taken.map_err(|_| Ended)?,
+        }
+        self.send_uncharged(frame).await
+    }
+
+    /// Sends the stream's last message (`Exited`, `Error`, `FileDone`) and
+    /// ends the stream: it is free for a new request, and senders still
+    /// waiting for credit give up.
+    pub async fn finish(&self, msg: &Message) {
+        debug_assert!(msg.is_final());
+        let mut frame = Frame::control(self.id, msg);
+        if frame.body.len() > MAX_FINAL_LEN {
+            // Only an error text can be that long; the host would refuse it.
+            let message = match msg {
+                Message::Error { message } => {
+                    let mut end = MAX_FINAL_LEN / 2;
+                    while !message.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    format!("{}…", &message[..end])
+                }
+                _ => "reply too long".into(),
+            };
+            frame = Frame::control(self.id, &Message::Error { message });
+        }
+        let _ = self.send_uncharged(frame).await;
+        self.end();
+    }
+
+    /// Ends the stream without a message (the session is gone).
+    fn end(&self) {
+        self.credit.close();
+        let mut streams = self.streams.lock().expect("streams lock");
+        if streams
+            .get(&self.id)
+            .is_some_and(|s| Arc::ptr_eq(&s.credit, &self.credit))
+        {
+            streams.remove(&self.id);
+        }
+    }
+
+    /// Gives the host `bytes` more credit for its data on this stream.
+    async fn grant(&self, bytes: u32) {
+        let _ = self
+            .send_uncharged(Frame::control(self.id, &Message::Credit { bytes }))
+            .await;
+    }
+
+    async fn send_uncharged(&self, frame: Frame) -> Result<(), Ended> {
+        tokio::select! {
+            biased;
+            _ = self.epoch.cancelled() => Err(Ended),
+            sent = self.out.send(frame) => sent.map_err(|_| Ended),
+        }
+    }
+}
+
+/// What the host sends a request's task: stdin or a file's data, then (for
+/// an upload) the end of it.
+#[derive(Debug)]
+pub enum Input {
+    Data(Bytes),
+    /// `DataEnd`: an upload is complete.
+    End,
+}
+
+/// The session loop's end of a stream's input. Unbounded, because the credit
+/// window bounds it: the loop never waits for a request's consumer.
+struct InputTx {
+    kind: FrameKind,
+    tx: mpsc::UnboundedSender<Input>,
+    window: Arc<Mutex<RecvWindow>>,
+}
+
+/// A request task's end of its stream's input.
+pub struct InputRx {
+    rx: mpsc::UnboundedReceiver<Input>,
+    window: Arc<Mutex<RecvWindow>>,
+    out: StreamOut,
+}
+
+impl InputRx {
+    /// The next input; `None` once the host closed it (or the session ended).
+    pub async fn recv(&mut self) -> Option<Input> {
+        self.rx.recv().await
+    }
+
+    /// The task is done with `len` bytes of input: the host gets credit back
+    /// once enough is consumed.
+    pub async fn consumed(&self, len: usize) {
+        let grant = self.window.lock().expect("window lock").consume(len);
+        if let Some(bytes) = grant {
+            self.out.grant(bytes).await;
+        }
+    }
+}
+
+fn input_channel(kind: FrameKind, out: &StreamOut) -> (InputTx, InputRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let window = Arc::new(Mutex::new(RecvWindow::new(out.id)));
+    (
+        InputTx {
+            kind,
+            tx,
+            window: window.clone(),
+        },
+        InputRx {
+            rx,
+            window,
+            out: out.clone(),
+        },
+    )
+}
 
 /// Serves one host connection until it closes or breaks the protocol.
 pub async fn serve_session<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) {
@@ -132,9 +295,14 @@ pub async fn serve_session<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S
         }
     });
 
-    let running: Running = Arc::default();
-    if let Err(e) = session_loop(&mut frames, &out_tx, &running).await {
-        let _ = out_tx
+    let mut session = Session {
+        out: out_tx,
+        streams: Arc::default(),
+        epoch: CancellationToken::new(),
+    };
+    if let Err(e) = session.run(&mut frames).await {
+        let _ = session
+            .out
             .send(Frame::control(
                 SESSION_STREAM,
                 &Message::Error { message: e },
@@ -142,163 +310,247 @@ pub async fn serve_session<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S
             .await;
     }
     // The host went away or broke the protocol: nothing of this session may go on.
-    for (_, handle) in running.lock().expect("running map lock").drain() {
-        handle.kill();
-    }
-    drop(out_tx);
+    session.reset();
+    drop(session);
     let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
-async fn session_loop<R: AsyncRead + Unpin>(
-    frames: &mut FramedRead<R, FrameCodec>,
-    out: &mpsc::Sender<Frame>,
-    running: &Running,
-) -> Result<(), String> {
-    let first = match frames.next().await {
-        None => return Ok(()),
-        Some(f) => f.map_err(|e| e.to_string())?,
-    };
-    match (first.stream, first.kind, first.message()) {
-        (SESSION_STREAM, FrameKind::Control, Ok(Message::Hello { version }))
-            if version == PROTOCOL_VERSION => {}
-        (_, _, Ok(Message::Hello { version })) => {
-            return Err(format!(
-                "protocol version {version} not supported (agent speaks {PROTOCOL_VERSION})"
-            ))
-        }
-        _ => return Err("the first frame of a session must be hello on stream 0".into()),
-    }
-    let ack = Message::HelloAck {
-        version: PROTOCOL_VERSION,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        kernel_release: kernel_release(),
-    };
-    out.send(Frame::control(SESSION_STREAM, &ack))
-        .await
-        .map_err(|_| "writer closed")?;
+struct Session {
+    out: mpsc::Sender<Frame>,
+    streams: Streams,
+    epoch: CancellationToken,
+}
 
-    // Stdin senders of the running requests, by stream id.
-    let mut stdin: HashMap<u32, mpsc::Sender<Bytes>> = HashMap::new();
-    // Data senders of the running puts, by stream id.
-    let mut uploads: HashMap<u32, mpsc::Sender<files::Upload>> = HashMap::new();
-    while let Some(frame) = frames.next().await {
-        let frame = frame.map_err(|e: ProtocolError| e.to_string())?;
-        let id = frame.stream;
-        match frame.kind {
-            FrameKind::Control => match frame.message().map_err(|e| e.to_string())? {
-                // On a transport without connections (virtio-serial) a new host
-                // may start over without the old session having seen EOF, e.g.
-                // a clone restored from a snapshot taken mid-session: start afresh.
-                Message::Hello { version }
-                    if id == SESSION_STREAM && version == PROTOCOL_VERSION =>
-                {
-                    for (_, handle) in running.lock().expect("lock").drain() {
-                        handle.kill();
-                    }
-                    stdin.clear();
-                    out.send(Frame::control(SESSION_STREAM, &ack))
-                        .await
-                        .map_err(|_| "writer closed")?;
+impl Session {
+    /// Ends every request of the session: processes killed, uploads
+    /// abandoned (their temporary files removed), senders stopped, and
+    /// nothing they still had to say sent.
+    fn reset(&mut self) {
+        self.epoch.cancel();
+        self.epoch = CancellationToken::new();
+        let old: Vec<StreamState> = self
+            .streams
+            .lock()
+            .expect("streams lock")
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for state in old {
+            if let Some(handle) = state.process {
+                handle.kill();
+            }
+            state.credit.close();
+            // Dropping `input` closes the task's channel.
+        }
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), String> {
+        self.out
+            .send(frame)
+            .await
+            .map_err(|_| "writer closed".to_string())
+    }
+
+    /// Registers a new request on stream `id`, or says why it cannot run.
+    fn open_stream(&self, id: u32) -> Result<StreamOut, String> {
+        let mut streams = self.streams.lock().expect("streams lock");
+        if id == SESSION_STREAM || streams.contains_key(&id) {
+            return Err(format!("stream {id} is not free for a new request"));
+        }
+        let credit = Arc::new(SendCredit::new(id));
+        streams.insert(
+            id,
+            StreamState {
+                credit: credit.clone(),
+                input: None,
+                process: None,
+            },
+        );
+        Ok(StreamOut {
+            id,
+            out: self.out.clone(),
+            credit,
+            epoch: self.epoch.clone(),
+            streams: self.streams.clone(),
+        })
+    }
+
+    fn with_stream<T>(&self, id: u32, f: impl FnOnce(&mut StreamState) -> T) -> Option<T> {
+        self.streams
+            .lock()
+            .expect("streams lock")
+            .get_mut(&id)
+            .map(f)
+    }
+
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        frames: &mut FramedRead<R, FrameCodec>,
+    ) -> Result<(), String> {
+        let first = match frames.next().await {
+            None => return Ok(()),
+            Some(f) => f.map_err(|e| e.to_string())?,
+        };
+        match (first.stream, first.kind, first.message()) {
+            (SESSION_STREAM, FrameKind::Control, Ok(Message::Hello { version }))
+                if version == PROTOCOL_VERSION => {}
+            (_, _, Ok(Message::Hello { version })) => {
+                return Err(format!(
+                    "protocol version {version} not supported (agent speaks {PROTOCOL_VERSION})"
+                ))
+            }
+            _ => return Err("the first frame of a session must be hello on stream 0".into()),
+        }
+        let ack = Message::HelloAck {
+            version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            kernel_release: kernel_release(),
+        };
+        self.send(Frame::control(SESSION_STREAM, &ack)).await?;
+
+        while let Some(frame) = frames.next().await {
+            let frame = frame.map_err(|e: ProtocolError| e.to_string())?;
+            let id = frame.stream;
+            match frame.kind {
+                FrameKind::Control => {
+                    let msg = frame.message().map_err(|e| e.to_string())?;
+                    self.control(id, msg).await?;
                 }
-                Message::Reseed {
-                    entropy,
-                    unix_time_ns,
-                } => {
-                    let reply = match crate::reseed::reseed(&entropy, unix_time_ns) {
-                        Ok(()) => Message::Done,
-                        Err(e) => Message::Error {
-                            message: format!("reseed: {e}"),
-                        },
-                    };
-                    let _ = out.send(Frame::control(id, &reply)).await;
+                FrameKind::Stdin | FrameKind::FileData => {
+                    check_data_frame(&frame).map_err(|e| ProtocolError::from(e).to_string())?;
+                    self.data(id, frame.kind, frame.body)?;
                 }
-                Message::Exec(req) => {
-                    uploads.retain(|_, tx| !tx.is_closed());
-                    if stream_busy(id, running, &uploads) {
-                        reply_error(
-                            out,
-                            id,
-                            format!("stream {id} is not free for a new request"),
-                        )
-                        .await;
-                        continue;
-                    }
-                    stdin.retain(|_, tx| !tx.is_closed());
-                    if let Some(tx) = exec::start(id, req, out.clone(), running.clone()) {
-                        stdin.insert(id, tx);
-                    }
+                FrameKind::Stdout | FrameKind::Stderr => {
+                    return Err(format!("host sent output frames on stream {id}"));
                 }
-                msg if files::is_file_request(&msg) => {
-                    uploads.retain(|_, tx| !tx.is_closed());
-                    if stream_busy(id, running, &uploads) {
-                        reply_error(
-                            out,
-                            id,
-                            format!("stream {id} is not free for a new request"),
-                        )
-                        .await;
-                        continue;
-                    }
-                    if let Some(tx) = files::start(id, msg, out.clone()) {
-                        uploads.insert(id, tx);
-                    }
+            }
+        }
+        Ok(())
+    }
+
+    /// Data from the host for the request on stream `id`: queued for its
+    /// task without waiting, within the credit the host was given.
+    fn data(&self, id: u32, kind: FrameKind, body: Bytes) -> Result<(), String> {
+        let mut streams = self.streams.lock().expect("streams lock");
+        let Some(state) = streams.get_mut(&id) else {
+            // The request already ended (the host sent before it learnt so).
+            return Ok(());
+        };
+        let Some(input) = state.input.as_ref().filter(|i| i.kind == kind) else {
+            return Ok(());
+        };
+        input
+            .window
+            .lock()
+            .expect("window lock")
+            .receive(body.len())
+            .map_err(|e| ProtocolError::from(e).to_string())?;
+        if input.tx.send(Input::Data(body)).is_err() {
+            // Its task stopped taking data (a failed upload: its error
+            // reply is on its way); the rest is dropped.
+            state.input = None;
+        }
+        Ok(())
+    }
+
+    async fn control(&mut self, id: u32, msg: Message) -> Result<(), String> {
+        match msg {
+            // On a transport without connections (virtio-serial) a new host
+            // may start over without the old session having seen EOF, e.g.
+            // a clone restored from a snapshot taken mid-session: start afresh.
+            Message::Hello { version } if id == SESSION_STREAM && version == PROTOCOL_VERSION => {
+                self.reset();
+                let ack = Message::HelloAck {
+                    version: PROTOCOL_VERSION,
+                    agent_version: env!("CARGO_PKG_VERSION").into(),
+                    kernel_release: kernel_release(),
+                };
+                self.send(Frame::control(SESSION_STREAM, &ack)).await?;
+            }
+            Message::Reseed {
+                entropy,
+                unix_time_ns,
+            } if id != SESSION_STREAM => {
+                let reply = match crate::reseed::reseed(&entropy, unix_time_ns) {
+                    Ok(()) => Message::Done,
+                    Err(e) => Message::Error {
+                        message: format!("reseed: {e}"),
+                    },
+                };
+                self.send(Frame::control(id, &reply)).await?;
+            }
+            Message::Exec(req) => {
+                let out = match self.open_stream(id) {
+                    Ok(out) => out,
+                    Err(message) => return self.reply_error(id, message).await,
+                };
+                let (input_tx, input_rx) = if req.stdin {
+                    let (tx, rx) = input_channel(FrameKind::Stdin, &out);
+                    (Some(tx), Some(rx))
+                } else {
+                    (None, None)
+                };
+                if let Some(handle) = exec::start(out, req, input_rx) {
+                    self.with_stream(id, |s| {
+                        s.process = Some(handle);
+                        s.input = input_tx;
+                    });
                 }
-                Message::DataEnd => {
-                    if let Some(tx) = uploads.remove(&id) {
-                        let _ = tx.send(files::Upload::End).await;
+            }
+            msg if files::is_file_request(&msg) => {
+                let out = match self.open_stream(id) {
+                    Ok(out) => out,
+                    Err(message) => return self.reply_error(id, message).await,
+                };
+                let (input_tx, input_rx) = if matches!(msg, Message::PutFile { .. }) {
+                    let (tx, rx) = input_channel(FrameKind::FileData, &out);
+                    (Some(tx), Some(rx))
+                } else {
+                    (None, None)
+                };
+                self.with_stream(id, |s| s.input = input_tx);
+                files::start(out, msg, input_rx);
+            }
+            Message::DataEnd => {
+                self.with_stream(id, |s| {
+                    if let Some(input) = s.input.take() {
+                        let _ = input.tx.send(Input::End);
                     }
-                }
-                Message::CloseStdin => {
-                    stdin.remove(&id);
-                }
-                Message::Signal { signal } => {
-                    if let Some(h) = running.lock().expect("lock").get(&id) {
+                });
+            }
+            Message::CloseStdin => {
+                self.with_stream(id, |s| {
+                    if s.input.as_ref().is_some_and(|i| i.kind == FrameKind::Stdin) {
+                        s.input = None;
+                    }
+                });
+            }
+            Message::Signal { signal } => {
+                self.with_stream(id, |s| {
+                    if let Some(h) = &s.process {
                         h.signal(signal);
                     }
-                }
-                other => {
-                    return Err(format!(
-                        "unexpected message from host on stream {id}: {other:?}"
-                    ))
-                }
-            },
-            FrameKind::Stdin => {
-                if let Some(tx) = stdin.get(&id) {
-                    // A process that no longer reads stdin just loses it.
-                    if tx.send(frame.body).await.is_err() {
-                        stdin.remove(&id);
-                    }
+                });
+            }
+            Message::Credit { bytes } if id != SESSION_STREAM => {
+                // A grant for a stream that just ended is late, not wrong.
+                if let Some(granted) = self.with_stream(id, |s| s.credit.grant(bytes)) {
+                    granted.map_err(|e| ProtocolError::from(e).to_string())?;
                 }
             }
-            FrameKind::FileData => {
-                if let Some(tx) = uploads.get(&id) {
-                    // A put that failed (full disk, say) stops taking data; its
-                    // error reply is on its way and the rest is dropped.
-                    if tx.send(files::Upload::Data(frame.body)).await.is_err() {
-                        uploads.remove(&id);
-                    }
-                }
-            }
-            FrameKind::Stdout | FrameKind::Stderr => {
-                return Err(format!("host sent output frames on stream {id}"));
+            other => {
+                return Err(format!(
+                    "unexpected message from host on stream {id}: {other:?}"
+                ))
             }
         }
+        Ok(())
     }
-    Ok(())
-}
 
-/// Whether `id` cannot take a new request: the session stream, or a stream
-/// whose process or upload is still going.
-fn stream_busy<T>(id: u32, running: &Running, uploads: &HashMap<u32, T>) -> bool {
-    id == SESSION_STREAM
-        || running.lock().expect("lock").contains_key(&id)
-        || uploads.contains_key(&id)
-}
-
-async fn reply_error(out: &mpsc::Sender<Frame>, stream: u32, message: String) {
-    let _ = out
-        .send(Frame::control(stream, &Message::Error { message }))
-        .await;
+    async fn reply_error(&self, stream: u32, message: String) -> Result<(), String> {
+        self.send(Frame::control(stream, &Message::Error { message }))
+            .await
+    }
 }
 
 fn kernel_release() -> String {
@@ -306,3 +558,7 @@ fn kernel_release() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
 }
+
+#[cfg(test)]
+#[path = "agent_tests.rs"]
+mod tests;

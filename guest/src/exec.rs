@@ -6,10 +6,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use ironclaw_protocol::{ExecRequest, ExitStatus, Frame, FrameKind, Message, DATA_CHUNK};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
-use tokio::sync::mpsc;
+use tokio::process::{ChildStdin, Command};
+use tokio_util::sync::CancellationToken;
 
-use crate::agent::Running;
+use crate::agent::{Input, InputRx, StreamOut};
 
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -29,19 +29,15 @@ impl Handle {
     }
 }
 
-/// Starts `req` on stream `id`. Returns the stdin sender when the request
-/// asked for stdin. Failures are reported to the host on the stream.
-pub fn start(
-    id: u32,
-    req: ExecRequest,
-    out: mpsc::Sender<Frame>,
-    running: Running,
-) -> Option<mpsc::Sender<Bytes>> {
+/// Starts `req` on the stream of `out`, its stdin fed from `stdin` when the
+/// request asked for stdin. Returns the process group; a failure to start is
+/// reported to the host on the stream (and ends it).
+pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option<Handle> {
     let Some(program) = req.argv.first() else {
         let msg = Message::Error {
             message: "exec: argv is empty".into(),
         };
-        tokio::spawn(async move { out.send(Frame::control(id, &msg)).await });
+        tokio::spawn(async move { out.finish(&msg).await });
         return None;
     };
     let mut cmd = Command::new(program);
@@ -67,35 +63,28 @@ pub fn start(
             let msg = Message::Error {
                 message: format!("exec {program:?}: {e}"),
             };
-            tokio::spawn(async move { out.send(Frame::control(id, &msg)).await });
+            tokio::spawn(async move { out.finish(&msg).await });
             return None;
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
     let handle = Handle { pgid: pid as i32 };
-    running.lock().expect("lock").insert(id, handle);
 
-    let (stdin_tx, mut stdin_rx) = mpsc::channel::<Bytes>(16);
-    if let Some(mut child_stdin) = child.stdin.take() {
-        tokio::spawn(async move {
-            while let Some(data) = stdin_rx.recv().await {
-                if child_stdin.write_all(&data).await.is_err() {
-                    break;
-                }
-            }
-            // Dropping child_stdin closes the pipe: the process sees EOF.
-        });
+    if let (Some(child_stdin), Some(input)) = (child.stdin.take(), stdin) {
+        tokio::spawn(feed_stdin(child_stdin, input));
     }
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let timeout = req.timeout_ms.map(Duration::from_millis);
 
     tokio::spawn(async move {
+        // The stream's first charged frame: the window always has room for it.
         let _ = out
-            .send(Frame::control(id, &Message::Started { pid }))
+            .send(Frame::control(out.id(), &Message::Started { pid }))
             .await;
-        let pump_out = tokio::spawn(pump(stdout, id, FrameKind::Stdout, out.clone()));
-        let pump_err = tokio::spawn(pump(stderr, id, FrameKind::Stderr, out.clone()));
+        let exited = CancellationToken::new();
+        let pump_out = tokio::spawn(pump(stdout, FrameKind::Stdout, out.clone(), exited.clone()));
+        let pump_err = tokio::spawn(pump(stderr, FrameKind::Stderr, out.clone(), exited.clone()));
         let mut timed_out = false;
         let waited = match timeout {
             Some(t) => match tokio::time::timeout(t, child.wait()).await {
@@ -109,14 +98,14 @@ pub fn start(
             None => child.wait().await,
         };
         // The command is over: whatever it left running in its group goes too,
-        // so its output pipes close and nothing outlives the request.
+        // so its output pipes close and nothing outlives the request. All its
+        // output is delivered, however long the host takes to read it (the
+        // pumps wait for credit), but pipes that stay open and silent (held
+        // by a process that left the group) are given up after a while.
         handle.kill();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = pump_out.await;
-            let _ = pump_err.await;
-        })
-        .await;
-        running.lock().expect("lock").remove(&id);
+        exited.cancel();
+        let _ = pump_out.await;
+        let _ = pump_err.await;
         let msg = match waited {
             Ok(status) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -130,18 +119,59 @@ pub fn start(
                 message: format!("wait: {e}"),
             },
         };
-        let _ = out.send(Frame::control(id, &msg)).await;
+        // Ends the stream: its stdin channel closes, pumps still waiting
+        // for credit give up.
+        out.finish(&msg).await;
     });
-    req.stdin.then_some(stdin_tx)
+    Some(handle)
 }
 
-async fn pump(mut src: impl AsyncRead + Unpin, id: u32, kind: FrameKind, out: mpsc::Sender<Frame>) {
+/// Writes the host's stdin data to the process, giving the host credit as
+/// the process takes it. A process that stops reading holds up only this
+/// task (and, once the window is full, the host's writer of this stream);
+/// one that closed its stdin just loses the rest, which is still credited so
+/// the host's writer is not left waiting.
+async fn feed_stdin(mut child_stdin: ChildStdin, mut input: InputRx) {
+    let mut open = true;
+    while let Some(item) = input.recv().await {
+        let Input::Data(data) = item else { break };
+        if open && child_stdin.write_all(&data).await.is_err() {
+            open = false;
+        }
+        input.consumed(data.len()).await;
+    }
+    // Dropping child_stdin closes the pipe: the process sees EOF.
+}
+
+/// How long an output pipe may stay open and silent once the command ended.
+const PIPE_LINGER: Duration = Duration::from_secs(2);
+
+async fn pump(
+    mut src: impl AsyncRead + Unpin,
+    kind: FrameKind,
+    out: StreamOut,
+    exited: CancellationToken,
+) {
     let mut buf = vec![0u8; DATA_CHUNK];
     loop {
-        match src.read(&mut buf).await {
+        let read = if exited.is_cancelled() {
+            match tokio::time::timeout(PIPE_LINGER, src.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => break,
+            }
+        } else {
+            // Reading a pipe is cancel-safe: nothing is lost on the switch.
+            tokio::select! {
+                r = src.read(&mut buf) => r,
+                _ = exited.cancelled() => continue,
+            }
+        };
+        match read {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                let frame = Frame::data(id, kind, Bytes::copy_from_slice(&buf[..n]));
+                let frame = Frame::data(out.id(), kind, Bytes::copy_from_slice(&buf[..n]));
+                // Waits for the host's credit; gives up when the stream or
+                // the session ends.
                 if out.send(frame).await.is_err() {
                     break;
                 }

@@ -7,24 +7,18 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use ironclaw_protocol::{
     DirEntry, FileKind, FileStat, Frame, FrameKind, Message, DIR_BATCH, FILE_CHUNK,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+
+use crate::agent::{Input, InputRx, StreamOut};
 
 /// Relative guest paths are taken from the agent's default working directory.
 const BASE_DIR: &str = "/root";
-
-/// What the session forwards to a running put.
-#[derive(Debug)]
-pub enum Upload {
-    Data(Bytes),
-    /// The host sent `DataEnd`: the file is complete.
-    End,
-}
 
 /// Whether `msg` is a file request this module serves.
 pub fn is_file_request(msg: &Message) -> bool {
@@ -39,37 +33,40 @@ pub fn is_file_request(msg: &Message) -> bool {
     )
 }
 
-/// Starts the file request `msg` on stream `id`; its reply (`FileDone` or
-/// `Error`, after any data) goes to `out`. For a put, returns the sender the
-/// session feeds the file's data through.
-pub fn start(id: u32, msg: Message, out: mpsc::Sender<Frame>) -> Option<mpsc::Sender<Upload>> {
-    let mut upload = None;
+/// Batches of directory entries are cut at about this many bytes of JSON,
+/// well below what one stream's window can hold.
+const DIR_BATCH_BYTES: usize = 64 * 1024;
+
+/// Starts the file request `msg` on the stream of `out`; its reply
+/// (`FileDone` or `Error`, after any data) ends the stream. A put reads the
+/// file's data from `input`.
+pub fn start(out: StreamOut, msg: Message, input: Option<InputRx>) {
     let out2 = out.clone();
     let work: std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, String>> + Send>> =
-        match msg {
-            Message::PutFile { path, mode } => {
-                // A few chunks in flight: enough to keep the disk busy, bounded memory.
-                let (tx, rx) = mpsc::channel(8);
-                upload = Some(tx);
-                Box::pin(async move { put(id, &path, mode, rx).await })
+        match (msg, input) {
+            (Message::PutFile { path, mode }, Some(input)) => {
+                Box::pin(async move { put(out2.id(), &path, mode, input).await })
             }
-            Message::GetFile { path } => Box::pin(async move { get(id, &path, &out2).await }),
-            Message::StatPath { path } => Box::pin(async move {
+            (Message::GetFile { path }, _) => Box::pin(async move { get(&path, &out2).await }),
+            (Message::StatPath { path }, _) => Box::pin(async move {
                 let p = resolve(&path)?;
                 let st = lstat(&p).await.map_err(|e| format!("stat {path}: {e}"))?;
-                send(&out2, Frame::control(id, &Message::Stat(st))).await?;
+                send(&out2, Frame::control(out2.id(), &Message::Stat(st))).await?;
                 Ok(0)
             }),
-            Message::ListDir { path } => Box::pin(async move { list(id, &path, &out2).await }),
-            Message::MakeDir {
-                path,
-                mode,
-                parents,
-            } => Box::pin(async move { mkdir(&path, mode, parents).await }),
-            Message::Remove { path, recursive } => {
+            (Message::ListDir { path }, _) => Box::pin(async move { list(&path, &out2).await }),
+            (
+                Message::MakeDir {
+                    path,
+                    mode,
+                    parents,
+                },
+                _,
+            ) => Box::pin(async move { mkdir(&path, mode, parents).await }),
+            (Message::Remove { path, recursive }, _) => {
                 Box::pin(async move { remove(&path, recursive).await })
             }
-            other => {
+            (other, _) => {
                 let message = format!("not a file request: {other:?}");
                 Box::pin(async move { Err(message) })
             }
@@ -79,9 +76,8 @@ pub fn start(id: u32, msg: Message, out: mpsc::Sender<Frame>) -> Option<mpsc::Se
             Ok(count) => Message::FileDone { count },
             Err(message) => Message::Error { message },
         };
-        let _ = out.send(Frame::control(id, &reply)).await;
+        out.finish(&reply).await;
     });
-    upload
 }
 
 fn resolve(path: &str) -> Result<PathBuf, String> {
@@ -94,7 +90,8 @@ fn resolve(path: &str) -> Result<PathBuf, String> {
     Ok(Path::new(BASE_DIR).join(path))
 }
 
-async fn send(out: &mpsc::Sender<Frame>, frame: Frame) -> Result<(), String> {
+/// Sends a charged frame, waiting for the host's credit.
+async fn send(out: &StreamOut, frame: Frame) -> Result<(), String> {
     out.send(frame)
         .await
         .map_err(|_| "the session ended".to_string())
@@ -133,12 +130,7 @@ async fn lstat(p: &Path) -> std::io::Result<FileStat> {
     Ok(stat_of(&meta, target))
 }
 
-async fn put(
-    id: u32,
-    path: &str,
-    mode: u32,
-    mut rx: mpsc::Receiver<Upload>,
-) -> Result<u64, String> {
+async fn put(id: u32, path: &str, mode: u32, mut input: InputRx) -> Result<u64, String> {
     let target = resolve(path)?;
     let name = target
         .file_name()
@@ -146,7 +138,14 @@ async fn put(
         .to_string_lossy()
         .into_owned();
     let dir = target.parent().unwrap_or(Path::new("/"));
-    let tmp = dir.join(format!(".{name}.ironclaw-part-{}-{id}", std::process::id()));
+    // Unique per put, not just per stream: after a session reset an
+    // abandoned put of the same stream id may still be removing its own.
+    static PUTS: AtomicU64 = AtomicU64::new(0);
+    let seq = PUTS.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{name}.ironclaw-part-{}-{id}-{seq}",
+        std::process::id()
+    ));
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -158,14 +157,15 @@ async fn put(
     let written = async {
         let mut total = 0u64;
         loop {
-            match rx.recv().await {
-                Some(Upload::Data(chunk)) => {
+            match input.recv().await {
+                Some(Input::Data(chunk)) => {
                     file.write_all(&chunk)
                         .await
                         .map_err(|e| format!("put {path}: writing after {total} bytes: {e}"))?;
                     total += chunk.len() as u64;
+                    input.consumed(chunk.len()).await;
                 }
-                Some(Upload::End) => break,
+                Some(Input::End) => break,
                 None => {
                     return Err(format!(
                         "put {path}: the upload was abandoned after {total} bytes"
@@ -192,7 +192,8 @@ async fn put(
     written
 }
 
-async fn get(id: u32, path: &str, out: &mpsc::Sender<Frame>) -> Result<u64, String> {
+async fn get(path: &str, out: &StreamOut) -> Result<u64, String> {
+    let id = out.id();
     let p = resolve(path)?;
     let mut file = tokio::fs::File::open(&p)
         .await
@@ -241,12 +242,14 @@ async fn get(id: u32, path: &str, out: &mpsc::Sender<Frame>) -> Result<u64, Stri
     }
 }
 
-async fn list(id: u32, path: &str, out: &mpsc::Sender<Frame>) -> Result<u64, String> {
+async fn list(path: &str, out: &StreamOut) -> Result<u64, String> {
+    let id = out.id();
     let p = resolve(path)?;
     let mut dir = tokio::fs::read_dir(&p)
         .await
         .map_err(|e| format!("list {path}: {e}"))?;
     let mut batch = Vec::new();
+    let mut batch_bytes = 0;
     let mut count = 0u64;
     while let Some(entry) = dir
         .next_entry()
@@ -257,12 +260,18 @@ async fn list(id: u32, path: &str, out: &mpsc::Sender<Frame>) -> Result<u64, Str
         let Ok(stat) = lstat(&entry.path()).await else {
             continue;
         };
-        batch.push(DirEntry {
+        let entry = DirEntry {
             name: entry.file_name().to_string_lossy().into_owned(),
             stat,
-        });
+        };
+        // An upper bound of the entry's JSON: every byte of a name or link
+        // escaped (6 bytes), plus the fixed fields.
+        batch_bytes +=
+            256 + 6 * (entry.name.len() + entry.stat.link_target.as_ref().map_or(0, String::len));
+        batch.push(entry);
         count += 1;
-        if batch.len() == DIR_BATCH {
+        if batch.len() == DIR_BATCH || batch_bytes >= DIR_BATCH_BYTES {
+            batch_bytes = 0;
             let entries = std::mem::take(&mut batch);
             send(out, Frame::control(id, &Message::DirEntries { entries })).await?;
         }

@@ -338,6 +338,22 @@ fn the_pool_daemon_serves_runs_and_cleans_up_when_stopped() {
         s(&child.wait_with_output().unwrap().stdout),
         "VIA THE POOL\n"
     );
+    // Several windows of stdin and of output through the daemon, which
+    // relays both within the protocol's per-stream credit.
+    let mut child = ironclaw(&r)
+        .args(["run", "--pool", "--pool-socket", sock, "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = data.clone();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout == data, "{} bytes came back", out.stdout.len());
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(daemon.id() as i32, libc::SIGINT) };
     assert_eq!(daemon.wait().unwrap().code(), Some(0));

@@ -22,6 +22,8 @@ pub enum ProtocolError {
     FrameTooShort { len: usize },
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
+    #[error("flow control: {0}")]
+    Flow(#[from] crate::FlowError),
     #[error("malformed control message on stream {stream}: {source}")]
     BadMessage {
         stream: u32,

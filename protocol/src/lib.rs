@@ -16,17 +16,29 @@
 //! A session starts with the host's [`Message::Hello`] and the agent's
 //! [`Message::HelloAck`]; a version mismatch ends it. A malformed or oversized
 //! frame gets a [`Message::Error`] on stream 0 and the connection is closed.
+//!
+//! Every request stream is flow-controlled in both directions by a credit
+//! window (the rules are in `protocol/src/flow.rs`, the reasons in
+//! `docs/decisions.md`): one
+//! stream whose consumer stops reading never stalls the others, and neither
+//! side buffers more than [`STREAM_WINDOW`] bytes of a stream.
 
 mod files;
+mod flow;
 mod frame;
 mod message;
 
 pub use files::{DirEntry, FileKind, FileStat, DIR_BATCH, FILE_CHUNK};
+pub use flow::{
+    check_data_frame, max_data_len, FlowError, RecvWindow, SendCredit, SendWindow, StreamClosed,
+    CREDIT_THRESHOLD, MAX_CHARGED_CONTROL_LEN, MAX_FINAL_LEN, STREAM_WINDOW,
+};
 pub use frame::{Frame, FrameCodec, FrameKind, ProtocolError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{ExecRequest, ExitStatus, Message};
 
 /// Version of the protocol spoken by this build. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2 added per-stream credit windows ([`Message::Credit`]).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the guest agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;

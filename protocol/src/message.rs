@@ -36,6 +36,10 @@ pub enum Message {
     Reseed { entropy: Vec<u8>, unix_time_ns: u64 },
     /// Guest → host: the request on this stream (a `Reseed`) is done.
     Done,
+    /// Either way, on a request stream: the sender's consumer took data, so the
+    /// peer may send `bytes` more charged bytes on this stream (see the
+    /// crate's flow-control rules: [`crate::STREAM_WINDOW`]).
+    Credit { bytes: u32 },
     /// Either way: the request on this stream (or, on stream 0, the session) failed.
     Error { message: String },
     /// Host → guest: create or replace the file at `path` (absolute, or relative
@@ -72,6 +76,17 @@ pub enum Message {
     /// Guest → host: the file request on this stream succeeded; last message of
     /// the stream. `count` is bytes for put/get, entries for a listing, else 0.
     FileDone { count: u64 },
+}
+
+impl Message {
+    /// Whether this is the last message of a request stream (guest → host):
+    /// not charged against the stream's window, and nothing follows it.
+    pub fn is_final(&self) -> bool {
+        matches!(
+            self,
+            Message::Exited(_) | Message::Error { .. } | Message::FileDone { .. } | Message::Done
+        )
+    }
 }
 
 fn default_dir_mode() -> u32 {

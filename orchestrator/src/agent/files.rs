@@ -1,7 +1,8 @@
 //! Host side of file transfer: put, get, stat, list, mkdir, remove in the guest.
 //!
-//! Files move chunk by chunk (at most [`FILE_CHUNK`] bytes a frame, a bounded
-//! queue of frames per transfer), so neither side ever holds a whole file.
+//! Files move chunk by chunk (at most [`FILE_CHUNK`] bytes a frame, within
+//! the stream's credit window of [`ironclaw_protocol::STREAM_WINDOW`] bytes),
+//! so neither side ever holds more than a window of a file.
 //!
 //! What the guest says is never trusted with the host's file system: a
 //! download goes to exactly the local path the caller gave, through a fresh
@@ -12,18 +13,12 @@
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use ironclaw_protocol::{DirEntry, FileStat, Frame, FrameKind, Message, FILE_CHUNK};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 
-use super::{AgentClient, AgentError};
-
-/// Frames of one transfer queued on the host before the connection's reader
-/// waits: 16 × 256 KiB = 4 MiB at most in memory per download.
-const FILE_QUEUE: usize = 16;
+use super::{AgentClient, AgentError, Incoming, StreamHandle};
 
 /// Most entries a listing may return, so a guest cannot make the host
 /// allocate without bound.
@@ -82,58 +77,43 @@ fn local<'a>(
 
 /// One request stream of a file operation; unregistered when dropped.
 struct FileStream {
-    id: u32,
-    rx: mpsc::Receiver<Frame>,
+    stream: StreamHandle,
     client: AgentClient,
 }
 
 impl FileStream {
     async fn open(client: &AgentClient, request: &Message) -> Result<FileStream, AgentError> {
-        // Odd ids, shared with exec, so they never collide with stream 0.
-        let id = client.shared.next_id.fetch_add(2, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(FILE_QUEUE);
-        client
-            .streams()
-            .lock()
-            .expect("streams lock")
-            .insert(id, tx);
         let stream = FileStream {
-            id,
-            rx,
+            stream: client.open_stream()?,
             client: client.clone(),
         };
-        client.send(Frame::control(id, request)).await?;
+        client
+            .send(Frame::control(stream.stream.id, request))
+            .await?;
         Ok(stream)
     }
 
-    async fn recv(&mut self) -> Result<Frame, AgentError> {
-        self.rx.recv().await.ok_or(AgentError::Closed)
+    async fn recv(&mut self) -> Result<Incoming, AgentError> {
+        self.client.next_incoming(&self.stream).await
     }
 
     /// The next control message; data frames here are a protocol violation.
     async fn reply(&mut self, op: &'static str, path: &str) -> Result<Message, FileError> {
-        let frame = self.recv().await?;
-        if frame.kind != FrameKind::Control {
-            return Err(FileError::Unexpected {
+        match self.recv().await? {
+            Incoming::Data(kind, _) => Err(FileError::Unexpected {
                 op,
                 path: path.into(),
-                reply: format!("{:?} frame", frame.kind),
-            });
-        }
-        match frame.message().map_err(AgentError::from)? {
-            Message::Error { message } => Err(FileError::Remote(message)),
-            other => Ok(other),
+                reply: format!("{kind:?} frame"),
+            }),
+            Incoming::Msg(Message::Error { message }, _) => Err(FileError::Remote(message)),
+            Incoming::Msg(other, _) => Ok(other),
         }
     }
 }
 
 impl Drop for FileStream {
     fn drop(&mut self) {
-        self.client
-            .streams()
-            .lock()
-            .expect("streams lock")
-            .remove(&self.id);
+        self.client.close_stream(&self.stream);
     }
 }
 
@@ -173,6 +153,7 @@ impl AgentClient {
             mode,
         };
         let mut stream = FileStream::open(self, &request).await?;
+        let id = stream.stream.id;
         let mut sent = 0u64;
         loop {
             let mut buf = BytesMut::zeroed(FILE_CHUNK);
@@ -187,20 +168,19 @@ impl AgentClient {
                 break;
             }
             // The guest answers early only when it failed (a full disk, say):
-            // stop sending at once and report its error.
-            if let Ok(frame) = stream.rx.try_recv() {
-                return match frame.message().map_err(AgentError::from)? {
-                    Message::Error { message } => Err(FileError::Remote(message)),
-                    other => Err(unexpected("put", guest, other)),
-                };
+            // stop sending at once and report its error. It also ends the
+            // stream, which wakes a wait for credit.
+            let ended = stream.stream.credit.take(n).await.is_err();
+            if ended || stream.stream.inbox.has_items() {
+                let other = stream.reply("put", guest).await?;
+                return Err(unexpected("put", guest, other));
             }
             buf.truncate(n);
-            self.send(Frame::data(stream.id, FrameKind::FileData, buf.freeze()))
+            self.send(Frame::data(id, FrameKind::FileData, buf.freeze()))
                 .await?;
             sent += n as u64;
         }
-        self.send(Frame::control(stream.id, &Message::DataEnd))
-            .await?;
+        self.send(Frame::control(id, &Message::DataEnd)).await?;
         match stream.reply("put", guest).await? {
             Message::FileDone { count } if count == sent => Ok(sent),
             Message::FileDone { count } => Err(FileError::SizeMismatch {
@@ -245,20 +225,19 @@ impl AgentClient {
         };
         let mut received = 0u64;
         loop {
-            let frame = stream.recv().await?;
-            match frame.kind {
-                FrameKind::FileData => {
+            match stream.recv().await? {
+                Incoming::Data(FrameKind::FileData, data) => {
                     writer
-                        .write_all(&frame.body)
+                        .write_all(&data)
                         .await
                         .map_err(|source| FileError::Local {
                             context: "writing the data of",
                             path: guest.into(),
                             source,
                         })?;
-                    received += frame.body.len() as u64;
+                    received += data.len() as u64;
                 }
-                FrameKind::Control => match frame.message().map_err(AgentError::from)? {
+                Incoming::Msg(msg, _) => match msg {
                     Message::FileDone { count } if count == received => break,
                     Message::FileDone { count } => {
                         return Err(FileError::SizeMismatch {
@@ -271,11 +250,11 @@ impl AgentClient {
                     Message::Error { message } => return Err(FileError::Remote(message)),
                     other => return Err(unexpected("get", guest, other)),
                 },
-                other => {
+                Incoming::Data(kind, _) => {
                     return Err(FileError::Unexpected {
                         op: "get",
                         path: guest.into(),
-                        reply: format!("{other:?} frame"),
+                        reply: format!("{kind:?} frame"),
                     })
                 }
             }

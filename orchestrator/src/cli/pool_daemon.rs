@@ -7,15 +7,16 @@
 //! same client code it uses for a VM; each `exec` gets its own VM from the
 //! pool, destroyed when the command ends (never reused for another task).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use ironclaw_protocol::{
-    ExecRequest, Frame, FrameCodec, FrameKind, Message, PROTOCOL_VERSION, SESSION_STREAM,
+    check_data_frame, ExecRequest, Frame, FrameCodec, FrameKind, Message, RecvWindow, SendCredit,
+    DATA_CHUNK, PROTOCOL_VERSION, SESSION_STREAM,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -35,6 +36,18 @@ enum Control {
     Stdin(Bytes),
     CloseStdin,
     Signal(i32),
+}
+
+/// One request of a client, as the client's session loop sees it. Both
+/// directions follow the protocol's per-stream credit (like the guest agent):
+/// the client's stdin is queued within the credit the daemon gave, and is
+/// given back as the VM takes it; output goes to the client within the
+/// credit the client gave.
+struct ClientRequest {
+    /// Unbounded as a channel; the stdin in it is bounded by `window`.
+    ctl: mpsc::UnboundedSender<Control>,
+    window: Arc<Mutex<RecvWindow>>,
+    credit: Arc<SendCredit>,
 }
 
 /// Serves `pool` on `socket` until `shutdown` completes.
@@ -102,8 +115,16 @@ async fn serve_client(
             }
         }
     });
-    let mut requests: HashMap<u32, mpsc::Sender<Control>> = HashMap::new();
+    let mut requests: HashMap<u32, ClientRequest> = HashMap::new();
     let mut hello_done = false;
+    let violation = |why: String| {
+        Frame::control(
+            SESSION_STREAM,
+            &Message::Error {
+                message: format!("protocol violation: {why}"),
+            },
+        )
+    };
     loop {
         let frame = tokio::select! {
             f = frames.next() => f,
@@ -111,6 +132,10 @@ async fn serve_client(
         };
         let Some(Ok(frame)) = frame else { break };
         let id = frame.stream;
+        if let Err(e) = check_data_frame(&frame) {
+            let _ = out_tx.send(violation(e.to_string())).await;
+            break;
+        }
         let msg = match frame.kind {
             FrameKind::Control => match frame.message() {
                 Ok(m) => m,
@@ -120,8 +145,17 @@ async fn serve_client(
                 }
             },
             FrameKind::Stdin => {
-                if let Some(tx) = requests.get(&id) {
-                    let _ = tx.send(Control::Stdin(frame.body)).await;
+                if let Some(r) = requests.get(&id) {
+                    let received = r
+                        .window
+                        .lock()
+                        .expect("window lock")
+                        .receive(frame.body.len());
+                    if let Err(e) = received {
+                        let _ = out_tx.send(violation(e.to_string())).await;
+                        break;
+                    }
+                    let _ = r.ctl.send(Control::Stdin(frame.body));
                 }
                 continue;
             }
@@ -147,26 +181,43 @@ async fn serve_client(
                 break;
             }
             Message::Exec(req) if id != SESSION_STREAM && !requests.contains_key(&id) => {
-                requests.retain(|_, tx| !tx.is_closed());
-                let (tx, rx) = mpsc::channel(16);
-                requests.insert(id, tx);
-                tokio::spawn(run_request(
-                    pool.clone(),
+                requests.retain(|_, r| !r.ctl.is_closed());
+                let (tx, rx) = mpsc::unbounded_channel();
+                let window = Arc::new(Mutex::new(RecvWindow::new(id)));
+                let credit = Arc::new(SendCredit::new(id));
+                requests.insert(
                     id,
-                    req,
-                    rx,
-                    out_tx.clone(),
-                    stop.clone(),
-                ));
+                    ClientRequest {
+                        ctl: tx,
+                        window: window.clone(),
+                        credit: credit.clone(),
+                    },
+                );
+                let link = ClientLink {
+                    id,
+                    out: out_tx.clone(),
+                    window,
+                    credit,
+                };
+                tokio::spawn(run_request(pool.clone(), link, req, rx, stop.clone()));
+            }
+            Message::Credit { bytes } if id != SESSION_STREAM => {
+                // Credit for a request that just ended is late, not wrong.
+                if let Some(r) = requests.get(&id) {
+                    if let Err(e) = r.credit.grant(bytes) {
+                        let _ = out_tx.send(violation(e.to_string())).await;
+                        break;
+                    }
+                }
             }
             Message::CloseStdin => {
-                if let Some(tx) = requests.get(&id) {
-                    let _ = tx.send(Control::CloseStdin).await;
+                if let Some(r) = requests.get(&id) {
+                    let _ = r.ctl.send(Control::CloseStdin);
                 }
             }
             Message::Signal { signal } => {
-                if let Some(tx) = requests.get(&id) {
-                    let _ = tx.send(Control::Signal(signal)).await;
+                if let Some(r) = requests.get(&id) {
+                    let _ = r.ctl.send(Control::Signal(signal));
                 }
             }
             other => {
@@ -182,14 +233,39 @@ async fn serve_client(
     let _ = writer.await;
 }
 
+/// A request's link to its client: its stream, the output channel, and the
+/// two credit windows of the stream.
+struct ClientLink {
+    id: u32,
+    out: mpsc::Sender<Frame>,
+    /// The client's stdin, received within the daemon's credit.
+    window: Arc<Mutex<RecvWindow>>,
+    /// The client's credit for this request's output.
+    credit: Arc<SendCredit>,
+}
+
+impl ClientLink {
+    /// The client's stdin of `len` bytes reached the VM: give its credit back.
+    async fn consumed(&self, len: usize) {
+        let grant = self.window.lock().expect("window lock").consume(len);
+        if let Some(bytes) = grant {
+            let _ = self
+                .out
+                .send(Frame::control(self.id, &Message::Credit { bytes }))
+                .await;
+        }
+    }
+}
+
 async fn run_request(
     pool: Arc<Pool>,
-    id: u32,
+    link: ClientLink,
     req: ExecRequest,
-    mut ctl: mpsc::Receiver<Control>,
-    out: mpsc::Sender<Frame>,
+    mut ctl: mpsc::UnboundedReceiver<Control>,
     stop: CancellationToken,
 ) {
+    let id = link.id;
+    let out = link.out.clone();
     let vm = match pool.acquire().await {
         Ok(vm) => vm,
         Err(e) => {
@@ -197,38 +273,80 @@ async fn run_request(
             return;
         }
     };
+    let link = Arc::new(link);
+    let mut stdin_task = None;
     let result: Result<(), String> = async {
         let mut session = vm.agent().exec(req).await.map_err(|e| e.to_string())?;
-        let stdin = session.stdin_writer();
+        // Stdin goes to the VM in its own task: waiting for the VM's credit
+        // (a process that does not read) holds up neither output nor signals.
+        let (stdin_tx, mut stdin_rx) = mpsc::unbounded_channel::<Control>();
+        let writer = session.stdin_writer();
+        let stdin_link = link.clone();
+        stdin_task = Some(tokio::spawn(async move {
+            while let Some(c) = stdin_rx.recv().await {
+                match c {
+                    Control::Stdin(b) => {
+                        // A process that exited loses the rest; its credit
+                        // still goes back so the client's writer is not stuck.
+                        let _ = writer.write(&b).await;
+                        stdin_link.consumed(b.len()).await;
+                    }
+                    _ => {
+                        let _ = writer.close().await;
+                    }
+                }
+            }
+        }));
+        // Output not yet sent for lack of the client's credit: at most one
+        // event's worth, so the VM's own window bounds what the daemon holds.
+        let mut pending: VecDeque<Frame> = VecDeque::new();
         loop {
+            let room = pending.front().map_or(0, |f| f.body.len());
             tokio::select! {
-                ev = session.next_event() => {
-                    let frame = match ev.map_err(|e| e.to_string())? {
-                        ExecEvent::Started { pid } => Frame::control(id, &Message::Started { pid }),
-                        ExecEvent::Stdout(b) => Frame::data(id, FrameKind::Stdout, b),
-                        ExecEvent::Stderr(b) => Frame::data(id, FrameKind::Stderr, b),
+                biased;
+                _ = stop.cancelled() => return Err("the pool daemon is stopping".into()),
+                c = ctl.recv() => match c {
+                    Some(Control::Signal(s)) => { let _ = session.signal(s).await; }
+                    Some(c) => { let _ = stdin_tx.send(c); }
+                    None => return Err("client gone".into()),
+                },
+                taken = link.credit.take(room), if !pending.is_empty() => {
+                    taken.map_err(|_| "client gone".to_string())?;
+                    let frame = pending.pop_front().expect("pending is not empty");
+                    out.send(frame).await.map_err(|_| "client gone".to_string())?;
+                }
+                ev = session.next_event(), if pending.is_empty() => {
+                    match ev.map_err(|e| e.to_string())? {
+                        ExecEvent::Started { pid } => {
+                            pending.push_back(Frame::control(id, &Message::Started { pid }));
+                        }
+                        ExecEvent::Stdout(b) => pending.extend(chunks(id, FrameKind::Stdout, b)),
+                        ExecEvent::Stderr(b) => pending.extend(chunks(id, FrameKind::Stderr, b)),
                         ExecEvent::Exit(status) => {
                             let _ = out.send(Frame::control(id, &Message::Exited(status))).await;
                             return Ok(());
                         }
-                    };
-                    out.send(frame).await.map_err(|_| "client gone".to_string())?;
+                    }
                 }
-                c = ctl.recv() => match c {
-                    Some(Control::Stdin(b)) => { let _ = stdin.write(&b).await; }
-                    Some(Control::CloseStdin) => { let _ = stdin.close().await; }
-                    Some(Control::Signal(s)) => { let _ = session.signal(s).await; }
-                    None => return Err("client gone".into()),
-                },
-                _ = stop.cancelled() => return Err("the pool daemon is stopping".into()),
             }
         }
     }
     .await;
+    if let Some(task) = stdin_task {
+        task.abort();
+    }
     if let Err(message) = result {
         send_error(&out, id, message).await;
     }
     if let Err(e) = pool.release(vm).await {
         tracing::warn!("releasing a pool VM: {e}");
     }
+}
+
+/// Output as data frames of at most the protocol's chunk size (the client
+/// merges what it receives, so an event can be larger than a frame).
+fn chunks(id: u32, kind: FrameKind, data: Bytes) -> impl Iterator<Item = Frame> {
+    (0..data.len())
+        .step_by(DATA_CHUNK)
+        .map(move |at| Frame::data(id, kind, data.slice(at..(at + DATA_CHUNK).min(data.len()))))
 }

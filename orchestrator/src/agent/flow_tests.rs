@@ -1,0 +1,280 @@
+//! The host client against a scripted, hostile guest: credit is enforced,
+//! bounded in bytes, and one stream's unread data stalls no other stream.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use ironclaw_protocol::{
+    ExecRequest, ExitStatus, Frame, FrameCodec, FrameKind, Message, DATA_CHUNK, MAX_FRAME_LEN,
+    PROTOCOL_VERSION, SESSION_STREAM, STREAM_WINDOW,
+};
+use tokio::io::{DuplexStream, ReadHalf, WriteHalf};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use super::{AgentClient, AgentError, ExecEvent};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The guest's end of a session: answers hello, then does what a test says.
+struct FakeGuest {
+    r: FramedRead<ReadHalf<DuplexStream>, FrameCodec>,
+    w: FramedWrite<WriteHalf<DuplexStream>, FrameCodec>,
+}
+
+impl FakeGuest {
+    async fn start() -> (AgentClient, FakeGuest) {
+        let (host, guest) = tokio::io::duplex(1 << 20);
+        let (r, w) = tokio::io::split(guest);
+        let mut fake = FakeGuest {
+            r: FramedRead::new(r, FrameCodec::new()),
+            w: FramedWrite::new(w, FrameCodec::new()),
+        };
+        let answer = async {
+            let hello = fake.r.next().await.unwrap().unwrap();
+            assert!(matches!(hello.message().unwrap(), Message::Hello { .. }));
+            fake.send(Frame::control(
+                SESSION_STREAM,
+                &Message::HelloAck {
+                    version: PROTOCOL_VERSION,
+                    agent_version: "fake".into(),
+                    kernel_release: "fake".into(),
+                },
+            ))
+            .await;
+        };
+        let (client, ()) = tokio::join!(AgentClient::handshake(Box::new(host)), answer);
+        (client.unwrap(), fake)
+    }
+
+    async fn send(&mut self, frame: Frame) {
+        self.w.send(frame).await.unwrap();
+    }
+
+    /// The next control message from the host, skipping credit grants.
+    async fn message(&mut self) -> (u32, Message) {
+        loop {
+            let f = tokio::time::timeout(WAIT, self.r.next())
+                .await
+                .expect("the host sends within 10 s")
+                .expect("connection open")
+                .unwrap();
+            if f.kind == FrameKind::Control {
+                match f.message().unwrap() {
+                    Message::Credit { .. } => {}
+                    m => return (f.stream, m),
+                }
+            }
+        }
+    }
+
+    /// Waits for an exec request; returns its stream id.
+    async fn exec_request(&mut self) -> u32 {
+        match self.message().await {
+            (id, Message::Exec(_)) => id,
+            other => panic!("expected an exec, got {other:?}"),
+        }
+    }
+}
+
+fn req(argv: &str) -> ExecRequest {
+    ExecRequest {
+        argv: vec![argv.into()],
+        ..Default::default()
+    }
+}
+
+fn stdout(id: u32, len: usize) -> Frame {
+    Frame::data(id, FrameKind::Stdout, Bytes::from(vec![b'o'; len]))
+}
+
+/// A stream whose caller reads nothing does not hold up another stream, and
+/// what is buffered for it stays within the window.
+#[tokio::test]
+async fn unread_stream_does_not_stall_the_others() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let slow = client.exec(req("slow")).await.unwrap();
+    let slow_id = guest.exec_request().await;
+    // A window's worth of output in small frames (many frames, few bytes).
+    for _ in 0..STREAM_WINDOW / 1024 {
+        guest.send(stdout(slow_id, 1024)).await;
+    }
+    let fast = client.exec(req("fast"));
+    let answer = async {
+        let id = guest.exec_request().await;
+        guest.send(stdout(id, 3)).await;
+        guest
+            .send(Frame::control(id, &Message::Exited(ExitStatus::default())))
+            .await;
+    };
+    let (fast, ()) = tokio::join!(fast, answer);
+    let mut fast = fast.unwrap();
+    let got = tokio::time::timeout(WAIT, async {
+        let mut out = Vec::new();
+        loop {
+            match fast.next_event().await.unwrap() {
+                ExecEvent::Stdout(b) => out.extend_from_slice(&b),
+                ExecEvent::Exit(_) => return out,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the second stream completes while the first is unread");
+    assert_eq!(got, b"ooo");
+    assert_eq!(slow.buffered_bytes(), u64::from(STREAM_WINDOW));
+    // Abandoning the unread stream kills its process and gives the guest its
+    // window back, so the guest's senders are not left waiting forever.
+    drop(slow);
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let f = tokio::time::timeout(WAIT, guest.r.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.stream, slow_id);
+        seen.push(f.message().unwrap());
+    }
+    assert!(seen.contains(&Message::Signal {
+        signal: libc::SIGKILL
+    }));
+    assert!(seen.contains(&Message::Credit {
+        bytes: STREAM_WINDOW
+    }));
+}
+
+/// A guest that sends beyond the credit it was given ends the session:
+/// refused, not buffered.
+#[tokio::test]
+async fn output_beyond_the_credit_ends_the_session() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let mut session = client.exec(req("x")).await.unwrap();
+    let id = guest.exec_request().await;
+    for _ in 0..STREAM_WINDOW as usize / DATA_CHUNK + 1 {
+        guest.send(stdout(id, DATA_CHUNK)).await;
+    }
+    // The host says why and stops.
+    let (stream, msg) = guest.message().await;
+    assert_eq!(stream, SESSION_STREAM);
+    let Message::Error { message } = msg else {
+        panic!("{msg:?}")
+    };
+    assert!(message.contains("credit"), "{message}");
+    assert!(session.buffered_bytes() <= u64::from(STREAM_WINDOW));
+    // The caller reads what was within the window, then the reason.
+    let err = loop {
+        match session.next_event().await {
+            Ok(ExecEvent::Stdout(_)) => {}
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(&err, AgentError::SessionFailed(why) if why.contains("credit")),
+        "{err}"
+    );
+    // And no new request starts on the dead session.
+    assert!(matches!(
+        client.exec(req("y")).await,
+        Err(AgentError::SessionFailed(_))
+    ));
+}
+
+/// A forged big frame (the guest chooses frame sizes up to the 16 MiB frame
+/// limit) is refused, whether or not its stream is read.
+#[tokio::test]
+async fn data_frame_above_the_chunk_size_ends_the_session() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let mut session = client.exec(req("x")).await.unwrap();
+    let id = guest.exec_request().await;
+    guest.send(stdout(id, MAX_FRAME_LEN - 5)).await;
+    let err = tokio::time::timeout(WAIT, session.next_event())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::SessionFailed(why) if why.contains("chunk size")),
+        "{err}"
+    );
+}
+
+/// A last message larger than its bound, or a grant above the window, is refused.
+#[tokio::test]
+async fn oversized_final_message_and_excess_grant_are_violations() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let mut session = client.exec(req("x")).await.unwrap();
+    let id = guest.exec_request().await;
+    let message = "e".repeat(ironclaw_protocol::MAX_FINAL_LEN);
+    guest
+        .send(Frame::control(id, &Message::Error { message }))
+        .await;
+    let err = session.next_event().await.unwrap_err();
+    assert!(matches!(err, AgentError::SessionFailed(_)), "{err}");
+
+    let (client, mut guest) = FakeGuest::start().await;
+    let mut session = client.exec(req("x")).await.unwrap();
+    let id = guest.exec_request().await;
+    guest
+        .send(Frame::control(id, &Message::Credit { bytes: 1 }))
+        .await;
+    let err = session.next_event().await.unwrap_err();
+    assert!(
+        matches!(&err, AgentError::SessionFailed(why) if why.contains("window")),
+        "{err}"
+    );
+}
+
+/// Stdin is sent only within the guest's credit; when the request ends,
+/// a writer waiting for credit gives up instead of hanging.
+#[tokio::test]
+async fn stdin_waits_for_credit_and_stops_when_the_request_ends() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let mut session = client
+        .exec(ExecRequest {
+            stdin: true,
+            ..req("cat")
+        })
+        .await
+        .unwrap();
+    let id = guest.exec_request().await;
+    let writer = session.stdin_writer();
+    let data = vec![b'i'; 2 * STREAM_WINDOW as usize];
+    let write = tokio::spawn(async move { writer.write(&data).await });
+    // Exactly a window arrives, then nothing until credit is granted.
+    let mut got = 0usize;
+    while got < STREAM_WINDOW as usize {
+        let f = tokio::time::timeout(WAIT, guest.r.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!((f.stream, f.kind), (id, FrameKind::Stdin));
+        got += f.body.len();
+    }
+    assert_eq!(got, STREAM_WINDOW as usize);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), guest.r.next())
+            .await
+            .is_err(),
+        "the host sent stdin beyond its credit"
+    );
+    guest
+        .send(Frame::control(id, &Message::Credit { bytes: 65536 }))
+        .await;
+    let f = guest.r.next().await.unwrap().unwrap();
+    assert_eq!((f.kind, f.body.len()), (FrameKind::Stdin, 65536));
+    // The process exits without reading the rest: the writer is released.
+    guest
+        .send(Frame::control(id, &Message::Exited(ExitStatus::default())))
+        .await;
+    assert!(matches!(
+        session.next_event().await.unwrap(),
+        ExecEvent::Exit(_)
+    ));
+    let written = tokio::time::timeout(WAIT, write).await.unwrap().unwrap();
+    assert!(
+        matches!(written, Err(AgentError::StreamEnded)),
+        "{written:?}"
+    );
+}
