@@ -11,16 +11,15 @@
 //! that does not read its stdin, or a host that does not read one stream's
 //! output, holds up that stream only.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use ironclaw_protocol::{
-    check_data_frame, Frame, FrameCodec, FrameKind, Message, ProtocolError, RecvWindow, SendCredit,
-    CREDIT_THRESHOLD, MAX_FINAL_LEN, PROTOCOL_VERSION, SESSION_STREAM, STREAM_WINDOW,
+    check_data_frame, Frame, FrameCodec, FrameKind, Message, ProtocolError, SendCredit,
+    PROTOCOL_VERSION, SESSION_STREAM,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
@@ -29,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::exec;
 use crate::files;
+use crate::stream::{input_channel, Input, StreamOut, StreamState, Streams};
 
 pub enum Listen {
     Vsock(u32),
@@ -121,163 +121,6 @@ async fn bind_with_retry<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(last.expect("loop ran"))
-}
-
-/// What one request stream of a session holds while its request runs.
-struct StreamState {
-    /// Credit the host gave for what this stream sends.
-    credit: Arc<SendCredit>,
-    /// Where the host's data for this stream (stdin, or an upload) goes.
-    input: Option<InputTx>,
-    /// The process group, for an exec.
-    process: Option<exec::Handle>,
-}
-
-/// The request streams of one session, by id. Shared with the requests'
-/// tasks, which remove their own entry when they end.
-type Streams = Arc<Mutex<HashMap<u32, StreamState>>>;
-
-/// The sending side of one request stream, for the task that serves it.
-#[derive(Clone)]
-pub struct StreamOut {
-    id: u32,
-    out: mpsc::Sender<Frame>,
-    credit: Arc<SendCredit>,
-    /// Cancelled when the session ends or is reset: nothing of an older
-    /// session may reach the host of a newer one.
-    epoch: CancellationToken,
-    streams: Streams,
-}
-
-/// The stream or the session ended while a request's task was sending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ended;
-
-impl StreamOut {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
-
-    /// Sends a frame charged against the stream's window (data, `Started`,
-    /// `Stat`, `DirEntries`), waiting for the host's credit first. Only this
-    /// task waits: the session loop and the other streams go on.
-    pub async fn send(&self, frame: Frame) -> Result<(), Ended> {
-        debug_assert!(frame.body.len() <= (STREAM_WINDOW - CREDIT_THRESHOLD) as usize);
-        tokio::select! {
-            biased;
-            _ = self.epoch.cancelled() => return Err(Ended),
-            taken = self.credit.take(frame.body.len()) => taken.map_err(|_| Ended)?,
-        }
-        self.send_uncharged(frame).await
-    }
-
-    /// Sends the stream's last message (`Exited`, `Error`, `FileDone`) and
-    /// ends the stream: it is free for a new request, and senders still
-    /// waiting for credit give up.
-    pub async fn finish(&self, msg: &Message) {
-        debug_assert!(msg.is_final());
-        let mut frame = Frame::control(self.id, msg);
-        if frame.body.len() > MAX_FINAL_LEN {
-            // Only an error text can be that long; the host would refuse it.
-            let message = match msg {
-                Message::Error { message } => {
-                    let mut end = MAX_FINAL_LEN / 2;
-                    while !message.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    format!("{}…", &message[..end])
-                }
-                _ => "reply too long".into(),
-            };
-            frame = Frame::control(self.id, &Message::Error { message });
-        }
-        let _ = self.send_uncharged(frame).await;
-        self.end();
-    }
-
-    /// Ends the stream without a message (the session is gone).
-    fn end(&self) {
-        self.credit.close();
-        let mut streams = self.streams.lock().expect("streams lock");
-        if streams
-            .get(&self.id)
-            .is_some_and(|s| Arc::ptr_eq(&s.credit, &self.credit))
-        {
-            streams.remove(&self.id);
-        }
-    }
-
-    /// Gives the host `bytes` more credit for its data on this stream.
-    async fn grant(&self, bytes: u32) {
-        let _ = self
-            .send_uncharged(Frame::control(self.id, &Message::Credit { bytes }))
-            .await;
-    }
-
-    async fn send_uncharged(&self, frame: Frame) -> Result<(), Ended> {
-        tokio::select! {
-            biased;
-            _ = self.epoch.cancelled() => Err(Ended),
-            sent = self.out.send(frame) => sent.map_err(|_| Ended),
-        }
-    }
-}
-
-/// What the host sends a request's task: stdin or a file's data, then (for
-/// an upload) the end of it.
-#[derive(Debug)]
-pub enum Input {
-    Data(Bytes),
-    /// `DataEnd`: an upload is complete.
-    End,
-}
-
-/// The session loop's end of a stream's input. Unbounded, because the credit
-/// window bounds it: the loop never waits for a request's consumer.
-struct InputTx {
-    kind: FrameKind,
-    tx: mpsc::UnboundedSender<Input>,
-    window: Arc<Mutex<RecvWindow>>,
-}
-
-/// A request task's end of its stream's input.
-pub struct InputRx {
-    rx: mpsc::UnboundedReceiver<Input>,
-    window: Arc<Mutex<RecvWindow>>,
-    out: StreamOut,
-}
-
-impl InputRx {
-    /// The next input; `None` once the host closed it (or the session ended).
-    pub async fn recv(&mut self) -> Option<Input> {
-        self.rx.recv().await
-    }
-
-    /// The task is done with `len` bytes of input: the host gets credit back
-    /// once enough is consumed.
-    pub async fn consumed(&self, len: usize) {
-        let grant = self.window.lock().expect("window lock").consume(len);
-        if let Some(bytes) = grant {
-            self.out.grant(bytes).await;
-        }
-    }
-}
-
-fn input_channel(kind: FrameKind, out: &StreamOut) -> (InputTx, InputRx) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let window = Arc::new(Mutex::new(RecvWindow::new(out.id)));
-    (
-        InputTx {
-            kind,
-            tx,
-            window: window.clone(),
-        },
-        InputRx {
-            rx,
-            window,
-            out: out.clone(),
-        },
-    )
 }
 
 /// Serves one host connection until it closes or breaks the protocol.

@@ -9,30 +9,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::{ChildStdin, Command};
 use tokio_util::sync::CancellationToken;
 
-use crate::agent::{Input, InputRx, StreamOut};
+use crate::pgroup::ProcessGroup;
+use crate::stream::{Input, InputRx, StreamOut};
 
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// The process group of a running request.
-#[derive(Debug, Clone, Copy)]
-pub struct Handle {
-    pgid: i32,
-}
-
-impl Handle {
-    pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's process group; no memory involved.
-        unsafe { libc::kill(-self.pgid, sig) };
-    }
-    pub fn kill(&self) {
-        self.signal(libc::SIGKILL);
-    }
-}
 
 /// Starts `req` on the stream of `out`, its stdin fed from `stdin` when the
 /// request asked for stdin. Returns the process group; a failure to start is
 /// reported to the host on the stream (and ends it).
-pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option<Handle> {
+pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option<ProcessGroup> {
     let Some(program) = req.argv.first() else {
         let msg = Message::Error {
             message: "exec: argv is empty".into(),
@@ -68,7 +53,7 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
         }
     };
     let pid = child.id().expect("a just-spawned child has a pid");
-    let handle = Handle { pgid: pid as i32 };
+    let handle = ProcessGroup { pgid: pid as i32 };
 
     if let (Some(child_stdin), Some(input)) = (child.stdin.take(), stdin) {
         tokio::spawn(feed_stdin(child_stdin, input));

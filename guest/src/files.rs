@@ -15,7 +15,7 @@ use ironclaw_protocol::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::agent::{Input, InputRx, StreamOut};
+use crate::stream::{Input, InputRx, StreamOut};
 
 /// Relative guest paths are taken from the agent's default working directory.
 const BASE_DIR: &str = "/root";

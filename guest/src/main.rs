@@ -9,9 +9,11 @@ mod agent;
 mod exec;
 mod files;
 mod init;
+mod pgroup;
 mod reseed;
 mod rootfs;
 mod serial;
+mod stream;
 
 use std::path::PathBuf;
 
