@@ -11,26 +11,29 @@
 //! beyond its credit, or oversized or malformed frames, ends the session.
 //! The other way, writers of stdin and uploads wait for the guest's credit.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use ironclaw_protocol::{
-    check_data_frame, ExecRequest, ExitStatus, Frame, FrameCodec, FrameKind, Message,
-    ProtocolError, RecvWindow, SendCredit, DATA_CHUNK, FILE_CHUNK, MAX_FINAL_LEN, PROTOCOL_VERSION,
-    SESSION_STREAM,
+    ExecRequest, Frame, FrameCodec, FrameKind, Message, ProtocolError, SendCredit,
+    PROTOCOL_VERSION, SESSION_STREAM,
 };
-use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
+use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 
 use crate::vm::channel::BoxedStream;
 
+mod exec;
 pub mod files;
+mod inbox;
+mod streams;
+
+pub use exec::{ExecEvent, ExecOutput, ExecSession, StdinWriter};
 pub use files::FileError;
+use inbox::*;
+use streams::*;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Frames of an earlier session skipped while waiting for the hello answer
@@ -71,225 +74,6 @@ impl From<SessionEnd> for AgentError {
         match end {
             SessionEnd::Closed => AgentError::Closed,
             SessionEnd::Failed(why) => AgentError::SessionFailed(why),
-        }
-    }
-}
-
-/// What the guest sent on one stream, as its consumer gets it.
-#[derive(Debug)]
-enum Incoming {
-    /// Data of one kind; consecutive frames of a kind are merged (copied out
-    /// of the connection's read buffer, so nothing else is kept alive).
-    Data(FrameKind, BytesMut),
-    /// A control message and the bytes it was charged.
-    Msg(Message, usize),
-}
-
-impl Incoming {
-    fn charged(&self) -> usize {
-        match self {
-            Incoming::Data(_, b) => b.len(),
-            Incoming::Msg(_, charged) => *charged,
-        }
-    }
-}
-
-/// The frames of one stream waiting for its consumer: at most a window of
-/// them (the guest's credit), plus the stream's last message.
-#[derive(Debug)]
-struct Inbox {
-    state: Mutex<InboxState>,
-    notify: Notify,
-}
-
-#[derive(Debug)]
-struct InboxState {
-    queue: VecDeque<Incoming>,
-    window: RecvWindow,
-    end: Option<SessionEnd>,
-}
-
-impl Inbox {
-    fn new(stream: u32) -> Inbox {
-        Inbox {
-            state: Mutex::new(InboxState {
-                queue: VecDeque::new(),
-                window: RecvWindow::new(stream),
-                end: None,
-            }),
-            notify: Notify::new(),
-        }
-    }
-
-    /// Queues a charged data frame; refused beyond the guest's credit.
-    fn push_data(&self, kind: FrameKind, body: &[u8]) -> Result<(), ProtocolError> {
-        let mut st = self.state.lock().expect("inbox lock");
-        st.window.receive(body.len())?;
-        match st.queue.back_mut() {
-            Some(Incoming::Data(k, buf)) if *k == kind && buf.len() + body.len() <= FILE_CHUNK => {
-                buf.extend_from_slice(body)
-            }
-            _ => st
-                .queue
-                .push_back(Incoming::Data(kind, BytesMut::from(body))),
-        }
-        drop(st);
-        self.notify.notify_one();
-        Ok(())
-    }
-
-    /// Queues a control message, charged `charged` bytes (0 for the last one).
-    fn push_msg(&self, msg: Message, charged: usize) -> Result<(), ProtocolError> {
-        let mut st = self.state.lock().expect("inbox lock");
-        st.window.receive(charged)?;
-        st.queue.push_back(Incoming::Msg(msg, charged));
-        drop(st);
-        self.notify.notify_one();
-        Ok(())
-    }
-
-    fn end(&self, end: SessionEnd) {
-        self.state
-            .lock()
-            .expect("inbox lock")
-            .end
-            .get_or_insert(end);
-        self.notify.notify_one();
-    }
-
-    /// The next item, or why there will be none; with the credit to give
-    /// back to the guest now that it is consumed, if one is due.
-    fn try_pop(&self) -> Option<Result<(Incoming, Option<u32>), SessionEnd>> {
-        let mut st = self.state.lock().expect("inbox lock");
-        if let Some(item) = st.queue.pop_front() {
-            let grant = st.window.consume(item.charged());
-            return Some(Ok((item, grant)));
-        }
-        st.end.clone().map(Err)
-    }
-
-    async fn pop(&self) -> Result<(Incoming, Option<u32>), SessionEnd> {
-        loop {
-            let notified = self.notify.notified();
-            if let Some(item) = self.try_pop() {
-                return item;
-            }
-            notified.await;
-        }
-    }
-
-    fn has_items(&self) -> bool {
-        !self.state.lock().expect("inbox lock").queue.is_empty()
-    }
-
-    /// Charged bytes received and not yet taken by the consumer.
-    fn buffered(&self) -> u64 {
-        self.state.lock().expect("inbox lock").window.buffered()
-    }
-}
-
-/// One open request stream, as the reader sees it.
-struct StreamEntry {
-    inbox: Arc<Inbox>,
-    /// The guest's credit for what the host sends on this stream.
-    credit: Arc<SendCredit>,
-}
-
-#[derive(Default)]
-struct StreamTable {
-    map: HashMap<u32, StreamEntry>,
-    /// Set when the session ended: no new request may start.
-    ended: Option<SessionEnd>,
-}
-
-type Streams = Arc<Mutex<StreamTable>>;
-
-/// A request's own view of its stream.
-struct StreamHandle {
-    id: u32,
-    inbox: Arc<Inbox>,
-    credit: Arc<SendCredit>,
-}
-
-struct Shared {
-    out: mpsc::Sender<Frame>,
-    /// The open request streams, shared with the reader task.
-    streams: Streams,
-    next_id: AtomicU32,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
-/// Routes one frame from the guest. An error is a protocol violation that
-/// ends the session.
-fn dispatch(streams: &Streams, frame: Frame) -> Result<(), String> {
-    let id = frame.stream;
-    if frame.kind != FrameKind::Control {
-        check_data_frame(&frame).map_err(|e| ProtocolError::from(e).to_string())?;
-    }
-    if id == SESSION_STREAM {
-        if frame.kind != FrameKind::Control {
-            return Err(format!("a {:?} frame on the session stream", frame.kind));
-        }
-        match frame.message().map_err(|e| e.to_string())? {
-            Message::Error { message } => tracing::warn!("guest agent: {message}"),
-            other => return Err(format!("unexpected session message {other:?}")),
-        }
-        return Ok(());
-    }
-    let mut table = streams.lock().expect("streams lock");
-    match frame.kind {
-        FrameKind::Stdin => Err(format!("the guest sent stdin on stream {id}")),
-        FrameKind::Stdout | FrameKind::Stderr | FrameKind::FileData => {
-            // A stream its caller dropped: the data goes nowhere.
-            let Some(entry) = table.map.get(&id) else {
-                return Ok(());
-            };
-            entry
-                .inbox
-                .push_data(frame.kind, &frame.body)
-                .map_err(|e| e.to_string())
-        }
-        FrameKind::Control => {
-            let msg = frame.message().map_err(|e| e.to_string())?;
-            let len = frame.body.len();
-            if let Message::Credit { bytes } = msg {
-                if let Some(entry) = table.map.get(&id) {
-                    entry
-                        .credit
-                        .grant(bytes)
-                        .map_err(|e| ProtocolError::from(e).to_string())?;
-                }
-                return Ok(());
-            }
-            if msg.is_final() {
-                if len > MAX_FINAL_LEN {
-                    return Err(
-                        ProtocolError::from(ironclaw_protocol::FlowError::FinalTooLarge {
-                            stream: id,
-                            len,
-                        })
-                        .to_string(),
-                    );
-                }
-                // The stream is over: its writers stop, later frames on it go nowhere.
-                if let Some(entry) = table.map.remove(&id) {
-                    entry.credit.close();
-                    entry.inbox.push_msg(msg, 0).map_err(|e| e.to_string())?;
-                }
-                return Ok(());
-            }
-            match table.map.get(&id) {
-                Some(entry) => entry.inbox.push_msg(msg, len).map_err(|e| e.to_string()),
-                None => Ok(()),
-            }
         }
     }
 }
@@ -559,134 +343,6 @@ impl AgentClient {
             .send(frame)
             .await
             .map_err(|_| AgentError::Closed)
-    }
-}
-
-/// Output of a finished command.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExecOutput {
-    pub stdout: Vec<u8>,
-    pub stderr: Vec<u8>,
-    pub status: ExitStatus,
-}
-
-/// What a running request reports, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ExecEvent {
-    Started {
-        pid: u32,
-    },
-    Stdout(Bytes),
-    Stderr(Bytes),
-    /// Last event of the request.
-    Exit(ExitStatus),
-}
-
-/// One running request. Dropping it before the process exited kills the process.
-pub struct ExecSession {
-    stream: StreamHandle,
-    client: AgentClient,
-    done: bool,
-}
-
-impl ExecSession {
-    /// The next event; `Err` when the request failed or the connection broke.
-    /// Cancel-safe: usable in a `select!`.
-    pub async fn next_event(&mut self) -> Result<ExecEvent, AgentError> {
-        if self.done {
-            return Err(AgentError::Unexpected("event read after exit".into()));
-        }
-        let event = match self.client.next_incoming(&self.stream).await? {
-            Incoming::Data(FrameKind::Stdout, b) => ExecEvent::Stdout(b.freeze()),
-            Incoming::Data(FrameKind::Stderr, b) => ExecEvent::Stderr(b.freeze()),
-            Incoming::Data(kind, _) => {
-                return Err(AgentError::Unexpected(format!(
-                    "{kind:?} frame on an exec stream"
-                )))
-            }
-            Incoming::Msg(msg, _) => match msg {
-                Message::Started { pid } => ExecEvent::Started { pid },
-                Message::Exited(status) => {
-                    self.done = true;
-                    ExecEvent::Exit(status)
-                }
-                Message::Error { message } => {
-                    self.done = true;
-                    return Err(AgentError::Remote(message));
-                }
-                other => return Err(AgentError::Unexpected(format!("{other:?}"))),
-            },
-        };
-        Ok(event)
-    }
-
-    /// Bytes the guest sent for this request that the caller has not read
-    /// yet. Never more than [`ironclaw_protocol::STREAM_WINDOW`]: the guest waits for credit.
-    pub fn buffered_bytes(&self) -> u64 {
-        self.stream.inbox.buffered()
-    }
-
-    /// A handle that writes this request's stdin (usable from another task).
-    pub fn stdin_writer(&self) -> StdinWriter {
-        StdinWriter {
-            id: self.stream.id,
-            credit: self.stream.credit.clone(),
-            client: self.client.clone(),
-        }
-    }
-
-    /// Sends `signal` to the request's process group.
-    pub async fn signal(&self, signal: i32) -> Result<(), AgentError> {
-        self.client
-            .send(Frame::control(self.stream.id, &Message::Signal { signal }))
-            .await
-    }
-}
-
-impl Drop for ExecSession {
-    fn drop(&mut self) {
-        self.client.close_stream(&self.stream);
-        if !self.done {
-            let kill = Frame::control(
-                self.stream.id,
-                &Message::Signal {
-                    signal: libc::SIGKILL,
-                },
-            );
-            let _ = self.client.shared.out.try_send(kill);
-        }
-    }
-}
-
-/// Writes the stdin of one request, in frames of at most [`DATA_CHUNK`]
-/// bytes, within the credit the guest gives as its process reads: a process
-/// that does not read its stdin holds up this writer, nothing else.
-#[derive(Clone)]
-pub struct StdinWriter {
-    id: u32,
-    credit: Arc<SendCredit>,
-    client: AgentClient,
-}
-
-impl StdinWriter {
-    /// Fails with [`AgentError::StreamEnded`] if the request ends first.
-    pub async fn write(&self, data: &[u8]) -> Result<(), AgentError> {
-        for chunk in data.chunks(DATA_CHUNK) {
-            self.credit
-                .take(chunk.len())
-                .await
-                .map_err(|_| AgentError::StreamEnded)?;
-            let frame = Frame::data(self.id, FrameKind::Stdin, Bytes::copy_from_slice(chunk));
-            self.client.send(frame).await?;
-        }
-        Ok(())
-    }
-
-    /// End of input: the process sees EOF on stdin.
-    pub async fn close(&self) -> Result<(), AgentError> {
-        self.client
-            .send(Frame::control(self.id, &Message::CloseStdin))
-            .await
     }
 }
 
