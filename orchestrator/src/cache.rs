@@ -52,6 +52,26 @@ pub fn trusted_dir(sub: &str) -> Result<PathBuf, CacheError> {
     trusted_dir_in(&root(), sub)
 }
 
+/// [`trusted_dir`] for reading: `None` when the root or `sub` does not
+/// exist yet, and nothing is created (a lookup leaves no trace).
+pub fn existing_trusted_dir(sub: &str) -> Result<Option<PathBuf>, CacheError> {
+    existing_trusted_dir_in(&root(), sub)
+}
+
+pub(crate) fn existing_trusted_dir_in(
+    root: &Path,
+    sub: &str,
+) -> Result<Option<PathBuf>, CacheError> {
+    let dir = root.join(sub);
+    for path in [root, dir.as_path()] {
+        if fs::symlink_metadata(path).is_err() {
+            return Ok(None);
+        }
+        check_owned(path)?;
+    }
+    Ok(Some(dir))
+}
+
 pub(crate) fn trusted_dir_in(root: &Path, sub: &str) -> Result<PathBuf, CacheError> {
     // The root is checked before anything is created in it.
     create_private(root)?;
@@ -234,6 +254,21 @@ mod tests {
             let e = trusted_dir_in(&theirs, "").unwrap_err();
             assert!(e.to_string().contains("belongs to uid 65534"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_lookup_creates_nothing_and_checks_what_exists() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("cache");
+        assert!(existing_trusted_dir_in(&root, "images").unwrap().is_none());
+        assert!(!root.exists(), "a lookup created the cache");
+        trusted_dir_in(&root, "images").unwrap();
+        assert_eq!(
+            existing_trusted_dir_in(&root, "images").unwrap(),
+            Some(root.join("images"))
+        );
+        fs::set_permissions(root.join("images"), fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(existing_trusted_dir_in(&root, "images").is_err());
     }
 
     #[test]

@@ -228,7 +228,10 @@ pub fn find(name: &str) -> Result<PathBuf, RootfsError> {
         dir: images_dir(),
     };
     // The image becomes the guest's root: only a cache of our own will do.
-    crate::cache::trusted_dir(IMAGES_SUBDIR)?;
+    // A lookup creates nothing.
+    if crate::cache::existing_trusted_dir(IMAGES_SUBDIR)?.is_none() {
+        return Err(not_built());
+    }
     let meta = load_meta(name)?.ok_or_else(not_built)?;
     // The metadata names a file in its own directory, never elsewhere.
     validate_file_name(&meta.file).map_err(|_| not_built())?;
