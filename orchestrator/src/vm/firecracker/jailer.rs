@@ -55,6 +55,15 @@ pub const SECCOMP_FILTER_IN_JAIL: &str = "/seccomp-filter.bpf";
 pub const SNAPSHOT_DIR_IN_JAIL: &str = "/snapshot";
 pub const VMSTATE_IN_JAIL: &str = "/snapshot/vmstate";
 pub const MEMORY_IN_JAIL: &str = "/snapshot/memory";
+/// The snapshot files as the jailed Firecracker names them
+/// ([`VMSTATE_IN_JAIL`], [`MEMORY_IN_JAIL`]): where it writes one and where
+/// one is placed for loading.
+pub fn snapshot_files_in_jail() -> super::SnapshotFiles {
+    super::SnapshotFiles {
+        state: VMSTATE_IN_JAIL.into(),
+        memory: MEMORY_IN_JAIL.into(),
+    }
+}
 /// The jailer refuses longer ids.
 pub const MAX_JAIL_ID: usize = 64;
 
@@ -605,10 +614,7 @@ impl Jail {
         fs::set_permissions(&snap, fs::Permissions::from_mode(0o700))
             .map_err(io(step, format!("chmod 0700 {}", snap.display())))?;
         chown(&snap, self.uid, self.gid)?;
-        Ok(super::SnapshotFiles {
-            state: VMSTATE_IN_JAIL.into(),
-            memory: MEMORY_IN_JAIL.into(),
-        })
+        Ok(snapshot_files_in_jail())
     }
 
     /// Removes [`SNAPSHOT_DIR_IN_JAIL`] and whatever is in it (a failed or

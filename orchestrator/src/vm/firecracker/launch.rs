@@ -1,17 +1,22 @@
-//! Launch sequences: a cold boot and a restore, directly or through the jailer.
+//! The launch sequence, written once: prepare the [`Placement`] (direct, or a
+//! jail holding the files), bind the agent's ready socket, spawn Firecracker,
+//! then either configure and start the VM (cold boot) or load a snapshot
+//! (restore). Direct and jailed launches differ only in what [`Placement`]
+//! answers.
 
 use std::path::Path;
 
-use ironclaw_protocol::AGENT_VSOCK_PORT;
+use ironclaw_protocol::{AGENT_READY_PORT, AGENT_VSOCK_PORT};
 
 use super::super::config::VmConfig;
 use super::super::runtime::RuntimeDir;
+use super::super::seccomp::SeccompLevel;
 use super::super::vsock::Vsock;
 use super::actions::{configure_vm, load_snapshot, start_instance};
 use super::error::FirecrackerError;
-use super::files::{socket_path, SnapshotFiles, VSOCK_SOCKET};
-use super::jailer::{self, JailerConfig, JailerError};
+use super::files::SnapshotFiles;
 use super::options::FirecrackerOptions;
+use super::placement::{Placement, Purpose};
 use super::process::{spawn_in, FirecrackerProcess};
 
 /// Starts, configures and boots the VM of (validated) `config` in `dir`.
@@ -21,80 +26,11 @@ pub async fn launch_in(
     config: &VmConfig,
     dir: &RuntimeDir,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
-    config.validate()?;
-    // Strict keeps Firecracker's built-in per-thread filters (or the custom
-    // file of the options, passed as --seccomp-filter); there is no audit mode.
-    if config.confinement.seccomp == super::super::seccomp::SeccompLevel::Audit {
-        return Err(FirecrackerError::SeccompAuditUnsupported);
-    }
-    // Before anything is created: a missing jailer starts nothing.
-    opts.check()?;
-    if let Some(jailer_config) = &opts.jailer {
-        return launch_jailed(opts, jailer_config, config, dir).await;
-    }
-    let uds = socket_path(
-        config
-            .vsock
-            .uds_path
-            .clone()
-            .unwrap_or_else(|| dir.file(VSOCK_SOCKET)),
-    )?;
-    let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-    let ready = vsock
-        .bind_ready_listener()
-        .map_err(|e| FirecrackerError::io("binding the agent's ready socket", e))?;
-    let mut fc = spawn_in(opts, dir, vsock, None).await?;
-    fc.ready = Some(ready);
-    configure_vm(&fc.api, config, &uds).await?;
-    start_instance(&fc.api).await?;
-    Ok(fc)
+    start(opts, config, dir, Purpose::Boot).await
 }
 
-/// [`launch_in`] through the jailer: the chroot is prepared (boot files
-/// placed in it), the jailer started, and Firecracker configured with the
-/// files' paths inside the chroot.
-async fn launch_jailed(
-    opts: &FirecrackerOptions,
-    jailer_config: &JailerConfig,
-    config: &VmConfig,
-    dir: &RuntimeDir,
-) -> Result<FirecrackerProcess, FirecrackerError> {
-    if let Some(uds) = &config.vsock.uds_path {
-        return Err(JailerError::Invalid {
-            step: jailer::JailerStep::PlaceFiles,
-            detail: format!(
-                "vsock.uds_path {} cannot be used with the jailer: Firecracker only sees its chroot, where the socket is put",
-                uds.display()
-            ),
-        }
-        .into());
-    }
-    let jail = jailer::Jail::prepare(
-        jailer_config,
-        &opts.binary,
-        opts.seccomp_filter.as_deref(),
-        config,
-        dir,
-    )?;
-    // The host side of the vsock socket Firecracker creates at VSOCK_IN_JAIL.
-    let uds = socket_path(jail.host_path(Path::new(jailer::VSOCK_IN_JAIL)))?;
-    let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-    let ready = vsock
-        .bind_ready_listener()
-        .map_err(|e| FirecrackerError::io("binding the agent's ready socket", e))?;
-    // Firecracker, as the jail uid, connects to it for guest-initiated vsock.
-    jail.give(&vsock.guest_initiated_path(ironclaw_protocol::AGENT_READY_PORT))?;
-    let mut fc = spawn_in(opts, dir, vsock, Some(&jail)).await?;
-    let api_config = jail.api_config(config);
-    fc.jail = Some(jail);
-    fc.ready = Some(ready);
-    configure_vm(&fc.api, &api_config, Path::new(jailer::VSOCK_IN_JAIL)).await?;
-    start_instance(&fc.api).await?;
-    Ok(fc)
-}
-
-/// [`restore_firecracker_in`] into the caller's runtime directory `dir`.
-/// On error the process is killed; `dir` is the caller's to remove.
+/// [`super::restore_firecracker_in`] into the caller's runtime directory
+/// `dir`. On error the process is killed; `dir` is the caller's to remove.
 pub async fn restore_in(
     opts: &FirecrackerOptions,
     config: &VmConfig,
@@ -102,34 +38,94 @@ pub async fn restore_in(
     files: &SnapshotFiles,
     resume: bool,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
+    start(opts, config, dir, Purpose::Restore { files, resume }).await
+}
+
+/// [`start`] in a runtime directory of its own, created under `root` and
+/// owned by the process (removed with it).
+pub(super) async fn start_in_new_dir(
+    opts: &FirecrackerOptions,
+    config: &VmConfig,
+    root: &Path,
+    purpose: Purpose<'_>,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    // Before anything exists on disk: a refused config or a missing jailer
+    // leaves no trace.
     config.validate()?;
     opts.check()?;
-    let Some(jailer_config) = &opts.jailer else {
-        let uds = socket_path(dir.file(VSOCK_SOCKET))?;
-        let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-        let fc = spawn_in(opts, dir, vsock, None).await?;
-        load_snapshot(&fc.api, files, &uds, resume).await?;
-        return Ok(fc);
+    let dir = create_dir(root, &config.id)?;
+    // On error `dir` is dropped here, after the process was killed.
+    let mut fc = start(opts, config, &dir, purpose).await?;
+    fc.dir = Some(dir);
+    Ok(fc)
+}
+
+fn create_dir(root: &Path, id: &str) -> Result<RuntimeDir, FirecrackerError> {
+    RuntimeDir::create(root, id).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            FirecrackerError::AlreadyRunning(id.into())
+        } else {
+            FirecrackerError::io(
+                format!("creating the runtime directory under {}", root.display()),
+                e,
+            )
+        }
+    })
+}
+
+/// The checks, then the sequence: placement, vsock socket (and, for a boot,
+/// the ready socket the agent announces itself on), spawn, API calls.
+async fn start(
+    opts: &FirecrackerOptions,
+    config: &VmConfig,
+    dir: &RuntimeDir,
+    purpose: Purpose<'_>,
+) -> Result<FirecrackerProcess, FirecrackerError> {
+    config.validate()?;
+    // Strict keeps Firecracker's built-in per-thread filters (or the custom
+    // file of the options, passed as --seccomp-filter); there is no audit mode.
+    if matches!(purpose, Purpose::Boot) && config.confinement.seccomp == SeccompLevel::Audit {
+        return Err(FirecrackerError::SeccompAuditUnsupported);
+    }
+    // Before anything is created: a missing jailer starts nothing.
+    opts.check()?;
+    let placement = Placement::prepare(opts, config, dir, purpose)?;
+    // A booted VM's socket may come from the config; a restored one's is
+    // always new (each clone of one snapshot needs its own).
+    let requested = match purpose {
+        Purpose::Boot => config.vsock.uds_path.as_deref(),
+        Purpose::Restore { .. } => None,
     };
-    // Through the jailer: the snapshot (and the rootfs its drive names) is
-    // placed in the new chroot and loaded by its paths there; the vsock
-    // socket moves to this chroot's /vsock.sock.
-    let jail = jailer::Jail::prepare_restore(
-        jailer_config,
-        &opts.binary,
-        opts.seccomp_filter.as_deref(),
-        config,
-        dir,
-        files,
-    )?;
-    let uds = socket_path(jail.host_path(Path::new(jailer::VSOCK_IN_JAIL)))?;
+    let uds = placement.vsock_socket(dir, requested)?;
     let vsock = Vsock::new(config.vsock.guest_cid, &uds, AGENT_VSOCK_PORT);
-    let mut fc = spawn_in(opts, dir, vsock, Some(&jail)).await?;
-    fc.jail = Some(jail);
-    let inside = SnapshotFiles {
-        state: jailer::VMSTATE_IN_JAIL.into(),
-        memory: jailer::MEMORY_IN_JAIL.into(),
+    let ready = match purpose {
+        Purpose::Boot => {
+            let ready = vsock
+                .bind_ready_listener()
+                .map_err(|e| FirecrackerError::io("binding the agent's ready socket", e))?;
+            // Firecracker (as the jail uid, when jailed) connects to it for
+            // guest-initiated vsock.
+            placement.give(&vsock.guest_initiated_path(AGENT_READY_PORT))?;
+            Some(ready)
+        }
+        // The restored agent is already running: nothing to announce.
+        Purpose::Restore { .. } => None,
     };
-    load_snapshot(&fc.api, &inside, Path::new(jailer::VSOCK_IN_JAIL), resume).await?;
+    // On an error below, `fc` is dropped (the process killed) before
+    // `placement` (the jail removed).
+    let mut fc = spawn_in(opts, dir, vsock, &placement).await?;
+    fc.ready = ready;
+    let vsock_in_vmm = placement.vsock_in_vmm(&uds);
+    match purpose {
+        Purpose::Boot => {
+            configure_vm(&fc.api, &placement.api_config(config), vsock_in_vmm).await?;
+            start_instance(&fc.api).await?;
+        }
+        Purpose::Restore { files, resume } => {
+            let files = placement.snapshot_in_vmm(files);
+            load_snapshot(&fc.api, &files, vsock_in_vmm, resume).await?;
+        }
+    }
+    fc.jail = placement.into_jail();
     Ok(fc)
 }

@@ -25,6 +25,7 @@ mod files;
 pub mod jailer;
 mod launch;
 mod options;
+mod placement;
 mod process;
 
 use std::path::{Path, PathBuf};
@@ -50,20 +51,8 @@ pub use files::{
 pub use jailer::{JailerConfig, JailerError};
 pub use launch::{launch_in, restore_in};
 pub use options::{find_binary, FirecrackerOptions, FIRECRACKER_BINARY};
+use placement::Purpose;
 pub use process::{FirecrackerProcess, Stopped, STOP_GRACE};
-
-fn create_dir(root: &Path, id: &str) -> Result<RuntimeDir, FirecrackerError> {
-    RuntimeDir::create(root, id).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            FirecrackerError::AlreadyRunning(id.into())
-        } else {
-            FirecrackerError::io(
-                format!("creating the runtime directory under {}", root.display()),
-                e,
-            )
-        }
-    })
-}
 
 /// Validates `config`, starts Firecracker (options from the environment) with
 /// its API socket in the VM's runtime directory, configures and boots the VM.
@@ -80,15 +69,7 @@ pub async fn start_firecracker_in(
     config: &VmConfig,
     root: &Path,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
-    // Before anything exists on disk: a refused config or a missing jailer
-    // leaves no trace.
-    config.validate()?;
-    opts.check()?;
-    let dir = create_dir(root, &config.id)?;
-    // On error `dir` is dropped here, after the process was killed.
-    let mut fc = launch_in(opts, config, &dir).await?;
-    fc.dir = Some(dir);
-    Ok(fc)
+    launch::start_in_new_dir(opts, config, root, Purpose::Boot).await
 }
 
 /// Starts a fresh Firecracker process as VM `config.id` under `root` and loads
@@ -104,13 +85,7 @@ pub async fn restore_firecracker_in(
     files: &SnapshotFiles,
     resume: bool,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
-    config.validate()?;
-    opts.check()?;
-    let dir = create_dir(root, &config.id)?;
-    // On error `dir` is dropped here, after the process was killed.
-    let mut fc = restore_in(opts, config, &dir, files, resume).await?;
-    fc.dir = Some(dir);
-    Ok(fc)
+    launch::start_in_new_dir(opts, config, root, Purpose::Restore { files, resume }).await
 }
 
 /// The Firecracker backend behind [`Hypervisor`].

@@ -21,11 +21,10 @@ use super::actions::{create_snapshot, pause_vm, resume_vm, send_ctrl_alt_del};
 use super::api;
 use super::client::ApiClient;
 use super::error::FirecrackerError;
-use super::files::{
-    socket_path, SnapshotFiles, API_SOCKET, CONSOLE_LOG, FIRECRACKER_LOG, MEMORY_FILE, VMSTATE_FILE,
-};
+use super::files::{SnapshotFiles, CONSOLE_LOG, MEMORY_FILE, VMSTATE_FILE};
 use super::jailer::{self, JailerError};
 use super::options::FirecrackerOptions;
+use super::placement::Placement;
 
 /// How long the process gets to create its API socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -222,31 +221,16 @@ impl VmInstance for FirecrackerProcess {
     }
 }
 
-/// Starts a Firecracker process in `dir` (through the jailer when `jail` is
-/// given) and waits for its API socket. The VM is not configured yet.
+/// Starts a Firecracker process in `dir` (directly or through the jailer, as
+/// `placement` says) and waits for its API socket. The VM is not configured yet.
 pub(super) async fn spawn_in(
     opts: &FirecrackerOptions,
     dir: &RuntimeDir,
     vsock: Vsock,
-    jail: Option<&jailer::Jail>,
+    placement: &Placement,
 ) -> Result<FirecrackerProcess, FirecrackerError> {
-    let (api_socket, log, mut cmd) = match jail {
-        None => {
-            let api_socket = socket_path(dir.file(API_SOCKET))?;
-            let log = dir.file(FIRECRACKER_LOG);
-            // --log-path expects an existing file.
-            File::create(&log)
-                .map_err(|e| FirecrackerError::io(format!("creating {}", log.display()), e))?;
-            let cmd = opts.command(&api_socket, &log)?;
-            (api_socket, log, cmd)
-        }
-        // The jail made the log (owned by the jail uid) in the chroot.
-        Some(jail) => (
-            socket_path(jail.host_path(Path::new(jailer::API_SOCKET_IN_JAIL)))?,
-            jail.host_path(Path::new(jailer::LOG_IN_JAIL)),
-            jail.command(),
-        ),
-    };
+    let (api_socket, log, mut cmd) = placement.command(opts, dir)?;
+    let jail = placement.jail();
     let console = dir.file(CONSOLE_LOG);
     let console_file = File::create(&console)
         .map_err(|e| FirecrackerError::io(format!("creating {}", console.display()), e))?;
