@@ -7,8 +7,8 @@ use super::super::config::{ConfigError, MAX_SOCKET_PATH};
 use super::super::VmError;
 use super::api;
 use super::client::ClientError;
+use super::files::FIRECRACKER_BINARY;
 use super::jailer::JailerError;
-use super::options::FIRECRACKER_BINARY;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FirecrackerError {

@@ -1,10 +1,9 @@
-//! The files of one Firecracker VM: their names in the runtime directory,
-//! and the two files of a snapshot.
+//! The names of Firecracker's files: its executable, its files in a VM's
+//! runtime directory, and the two files of a snapshot.
 
 use std::path::PathBuf;
 
-use super::super::config::MAX_SOCKET_PATH;
-use super::error::FirecrackerError;
+pub const FIRECRACKER_BINARY: &str = "firecracker";
 
 /// The API socket's file name in the runtime directory.
 pub const API_SOCKET: &str = "firecracker.sock";
@@ -29,10 +28,3 @@ pub struct SnapshotFiles {
 pub const VMSTATE_FILE: &str = "snapshot.vmstate";
 /// The guest memory (`mem_file_path`), as large as the VM's memory.
 pub const MEMORY_FILE: &str = "snapshot.mem";
-
-pub(super) fn socket_path(path: PathBuf) -> Result<PathBuf, FirecrackerError> {
-    if path.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(FirecrackerError::SocketPathTooLong { path });
-    }
-    Ok(path)
-}

@@ -45,12 +45,12 @@ pub use actions::{
 pub use client::{ApiClient, ClientError};
 pub use error::FirecrackerError;
 pub use files::{
-    SnapshotFiles, API_SOCKET, CONSOLE_LOG, FIRECRACKER_LOG, MEMORY_FILE, VMSTATE_FILE,
-    VSOCK_SOCKET,
+    SnapshotFiles, API_SOCKET, CONSOLE_LOG, FIRECRACKER_BINARY, FIRECRACKER_LOG, MEMORY_FILE,
+    VMSTATE_FILE, VSOCK_SOCKET,
 };
 pub use jailer::{JailerConfig, JailerError};
 pub use launch::{launch_in, restore_in};
-pub use options::{find_binary, FirecrackerOptions, FIRECRACKER_BINARY};
+pub use options::{find_binary, FirecrackerOptions};
 use placement::Purpose;
 pub use process::{FirecrackerProcess, Stopped, STOP_GRACE};
 

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::error::FirecrackerError;
+use super::files::FIRECRACKER_BINARY;
 use super::jailer::JailerConfig;
-
-pub const FIRECRACKER_BINARY: &str = "firecracker";
 
 /// How Firecracker processes are started.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,10 +8,10 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::super::config::VmConfig;
+use super::super::config::{VmConfig, MAX_SOCKET_PATH};
 use super::super::runtime::RuntimeDir;
 use super::error::FirecrackerError;
-use super::files::{socket_path, SnapshotFiles, API_SOCKET, FIRECRACKER_LOG, VSOCK_SOCKET};
+use super::files::{SnapshotFiles, API_SOCKET, FIRECRACKER_LOG, VSOCK_SOCKET};
 use super::jailer::{self, Jail, JailerError};
 use super::options::FirecrackerOptions;
 
@@ -165,4 +165,12 @@ impl Placement {
             )),
         }
     }
+}
+
+/// `path`, refused when too long for a Unix socket address.
+fn socket_path(path: PathBuf) -> Result<PathBuf, FirecrackerError> {
+    if path.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(FirecrackerError::SocketPathTooLong { path });
+    }
+    Ok(path)
 }
