@@ -5,7 +5,7 @@
 //! the socket and then calls [`configure_vm`] (machine, boot source, optional
 //! read-only rootfs drive, [`configure_vsock`]) and [`start_instance`]. The
 //! guest agent is reached over Firecracker's hybrid vsock socket with the same
-//! [`Vsock`] type as under QEMU.
+//! [`Vsock`](super::vsock::Vsock) type as under QEMU.
 //!
 //! What is never done: no `/network-interfaces` request exists in [`api`], so
 //! no path of this code can give a VM a network device; `--no-seccomp` is never

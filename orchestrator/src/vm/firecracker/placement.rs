@@ -35,7 +35,7 @@ pub(super) enum Placement {
     /// In the host's namespaces, files in the runtime directory.
     Direct,
     /// Through the jailer; the jail is removed when dropped.
-    Jailed(Jail),
+    Jailed(Box<Jail>),
 }
 
 impl Placement {
@@ -72,7 +72,7 @@ impl Placement {
                 Jail::prepare_restore(jailer_config, &opts.binary, filter, config, dir, files)?
             }
         };
-        Ok(Placement::Jailed(jail))
+        Ok(Placement::Jailed(Box::new(jail)))
     }
 
     pub(super) fn jail(&self) -> Option<&Jail> {
@@ -85,7 +85,7 @@ impl Placement {
     pub(super) fn into_jail(self) -> Option<Jail> {
         match self {
             Placement::Direct => None,
-            Placement::Jailed(jail) => Some(jail),
+            Placement::Jailed(jail) => Some(*jail),
         }
     }
 

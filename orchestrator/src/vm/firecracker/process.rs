@@ -41,7 +41,7 @@ pub enum Stopped {
 }
 
 /// A running Firecracker process and its API client. Dropping it kills the
-/// process and, when it owns its runtime directory ([`start_firecracker`]),
+/// process and, when it owns its runtime directory ([`super::start_firecracker`]),
 /// removes that directory.
 pub struct FirecrackerProcess {
     pub(super) child: Child,
@@ -76,7 +76,7 @@ impl FirecrackerProcess {
     pub fn api(&self) -> &ApiClient {
         &self.api
     }
-    /// The hybrid vsock of the guest (agent port [`AGENT_VSOCK_PORT`]).
+    /// The hybrid vsock of the guest (agent port [`ironclaw_protocol::AGENT_VSOCK_PORT`]).
     pub fn vsock(&self) -> Arc<Vsock> {
         self.vsock.clone()
     }
@@ -87,8 +87,8 @@ impl FirecrackerProcess {
         &self.console
     }
     /// Hands over the runtime directory this process owns (after
-    /// [`start_firecracker_in`] or [`restore_firecracker_in`]), so that a
-    /// caller such as [`super::VmHandle`] can remove it after the process is
+    /// [`super::start_firecracker_in`] or [`super::restore_firecracker_in`]), so that a
+    /// caller such as [`crate::vm::VmHandle`] can remove it after the process is
     /// gone. The process no longer removes it when dropped.
     pub fn take_runtime_dir(&mut self) -> Option<RuntimeDir> {
         self.dir.take()

@@ -44,7 +44,7 @@ pub const JAILER_BINARY: &str = "jailer";
 /// The jailer's own default chroot base.
 pub const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 /// `--parent-cgroup`: the same parent name as the QEMU backend's VM cgroups,
-/// so [`cgroup::is_ours`] (used when reaping) accepts the jailer's cgroups too.
+/// so [`cgroup::is_ours`](crate::vm::cgroup::is_ours) (used when reaping) accepts the jailer's cgroups too.
 pub const PARENT_CGROUP: &str = "ironclaw";
 /// Paths as the jailed Firecracker sees them (relative to the chroot).
 pub const API_SOCKET_IN_JAIL: &str = "/run/firecracker.socket";
