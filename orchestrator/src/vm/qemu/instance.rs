@@ -17,8 +17,7 @@ use crate::vm::confine::cgroup::VmCgroup;
 use crate::vm::confine::jail::{self, Confined, JailError, ProcessConfinement};
 use crate::vm::confine::prepare::Confinement;
 use crate::vm::confine::seccomp::{self, AuditLog, SeccompFilter};
-use crate::vm::host::tail;
-use crate::vm::process;
+use crate::vm::host::{tail, wait_for_socket, SocketReady, SocketWaitError};
 use crate::vm::qmp::{Qmp, QmpError};
 use crate::vm::runtime::RuntimeDir;
 use crate::vm::VmError;
@@ -29,6 +28,7 @@ pub(super) const SOCKET_WAIT: Duration = Duration::from_secs(10);
 /// How long writing a snapshot (a migration to a file) may take.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
+/// A running QEMU VM: its confined processes (start order), sockets and cgroup.
 pub struct QemuInstance {
     pub(super) accel: Accel,
     /// (name, process, its filter), in start order.
@@ -135,29 +135,27 @@ impl QemuInstance {
         dir: &RuntimeDir,
         log: &str,
     ) -> Result<(), VmError> {
-        let found = process::poll_until(SOCKET_WAIT, || {
-            if socket.exists() {
-                return Some(Ok(()));
-            }
-            self.exited().map(Err)
+        let log = dir.file(log);
+        let exited = |inst: &mut QemuInstance| inst.exited();
+        let ready = SocketReady::Exists;
+        wait_for_socket(self, socket, ready, SOCKET_WAIT, exited, |_| {
+            tail(&log, 2000)
         })
-        .await;
-        match found {
-            Some(Ok(())) => Ok(()),
-            Some(Err(status)) => Err(QemuError::ExitedEarly {
+        .await
+        .map_err(|e| match e {
+            SocketWaitError::Exited { status, log_tail } => QemuError::ExitedEarly {
                 process: name,
                 status,
                 socket: socket.to_path_buf(),
-                log_tail: tail(&dir.file(log), 2000),
-            }
-            .into()),
-            None => Err(QemuError::SocketTimeout {
+                log_tail,
+            },
+            SocketWaitError::TimedOut { waited } => QemuError::SocketTimeout {
                 process: name,
                 socket: socket.to_path_buf(),
-                waited: SOCKET_WAIT,
-            }
-            .into()),
-        }
+                waited,
+            },
+        })
+        .map_err(VmError::from)
     }
 }
 
