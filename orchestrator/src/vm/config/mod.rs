@@ -1,7 +1,8 @@
 //! `VmConfig`: the single, validated description of a VM.
 //!
-//! `validate()` ([`validate`]) runs before any process starts; every refusal
-//! names the field. How the VMM processes are confined is in [`confinement`].
+//! [`VmConfig::validate`] (in `validate`) runs before any process starts;
+//! every refusal names the field. How the VMM processes are confined is in
+//! `confinement`.
 
 use std::path::PathBuf;
 

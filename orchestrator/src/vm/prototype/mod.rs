@@ -16,6 +16,10 @@
 //! snapshot API). Every clone gets fresh entropy and the current wall clock
 //! before it is handed out.
 //!
+//! Building, restoring and spawning from a prototype are here; its metadata
+//! is in `meta`, its key in `key`, and the cache on disk (checked loading,
+//! pruning, listing, removing) in `store`.
+//!
 //! [`VmInstance`]: super::VmInstance
 
 use std::fs;
