@@ -1,198 +1,13 @@
-//! `VmConfig`: the single, validated description of a VM.
-//!
-//! `validate()` runs before any process starts; every refusal names the field.
+//! Checking a `VmConfig` before any process starts: [`ConfigError`] names
+//! the field a refusal is about.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-
-/// Longest VM id: ids become file and socket names.
-pub const MAX_ID_LEN: usize = 64;
-pub const MAX_VCPUS: u32 = 32;
-pub const MIN_MEMORY_MIB: u32 = 128;
-pub const MAX_MEMORY_MIB: u32 = 64 * 1024;
-pub const MIN_BOOT_TIMEOUT_MS: u64 = 1_000;
-pub const MAX_BOOT_TIMEOUT_MS: u64 = 600_000;
-pub const MAX_EXEC_TIMEOUT_MS: u64 = 24 * 3600 * 1000;
-/// `sun_path` holds 108 bytes including the terminating NUL.
-pub const MAX_SOCKET_PATH: usize = 107;
-/// CIDs 0–2 are reserved (hypervisor, local, host); u32::MAX is VMADDR_CID_ANY.
-pub const MIN_GUEST_CID: u32 = 3;
-
-/// Which VMM runs the VM.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// Firecracker when it is installed and KVM is usable, QEMU otherwise.
-    #[default]
-    Auto,
-    Qemu,
-    Firecracker,
-}
-
-/// Which accelerator QEMU uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccelChoice {
-    /// KVM when it is really usable (not merely present), TCG otherwise.
-    #[default]
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-/// The VM's vsock device: its guest CID and the host-side hybrid vsock socket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VsockConfig {
-    #[serde(default = "default_cid")]
-    pub guest_cid: u32,
-    /// Host socket of the hybrid vsock; `vsock.sock` in the VM's runtime directory when absent.
-    #[serde(default)]
-    pub uds_path: Option<PathBuf>,
-}
-
-impl Default for VsockConfig {
-    fn default() -> Self {
-        VsockConfig {
-            guest_cid: default_cid(),
-            uds_path: None,
-        }
-    }
-}
-
-/// Size limit of the writable overlay over a rootfs image, in MiB.
-pub const DEFAULT_OVERLAY_MIB: u32 = 128;
-pub const MIN_OVERLAY_MIB: u32 = 8;
-
-fn default_overlay_mib() -> u32 {
-    DEFAULT_OVERLAY_MIB
-}
-fn default_cid() -> u32 {
-    MIN_GUEST_CID
-}
-fn default_vcpus() -> u32 {
-    1
-}
-fn default_memory() -> u32 {
-    256
-}
-fn default_boot_timeout() -> u64 {
-    60_000
-}
-fn default_exec_timeout() -> u64 {
-    3_600_000
-}
-
-/// What QEMU itself needs beyond guest memory (TCG code buffer, device
-/// emulation, libraries), counted in the VM's cgroup memory limit.
-pub const VMM_OVERHEAD_MIB: u32 = 320;
-pub const MIN_MEMORY_LIMIT_MIB: u32 = 16;
-pub const DEFAULT_PIDS_LIMIT: u32 = 128;
-pub const MIN_PIDS_LIMIT: u32 = 8;
-pub const MAX_PIDS_LIMIT: u32 = 65_536;
-
-fn yes() -> bool {
-    true
-}
-
-/// How the VMM processes are confined ([`super::seccomp`], [`super::jail`],
-/// [`super::cgroup`]). The defaults confine fully.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Confinement {
-    /// Seccomp level of the VMM processes.
-    #[serde(default)]
-    pub seccomp: super::seccomp::SeccompLevel,
-    /// Namespaces, an unprivileged uid and a cgroup per VM (needs root).
-    /// `false` keeps only the seccomp filter and no_new_privs.
-    #[serde(default = "yes")]
-    pub jail: bool,
-    /// The uid (and gid) the VMM runs as; default: one derived per VM.
-    #[serde(default)]
-    pub uid: Option<u32>,
-    /// Memory of all the VM's host processes together; default: the guest's
-    /// memory plus [`VMM_OVERHEAD_MIB`].
-    #[serde(default)]
-    pub memory_limit_mib: Option<u32>,
-    /// CPU time in thousandths of a CPU; default: one CPU per vCPU plus one
-    /// for QEMU's main loop and the vsock device.
-    #[serde(default)]
-    pub cpu_limit_millis: Option<u32>,
-    /// Processes and threads of the VM's host processes together.
-    #[serde(default)]
-    pub pids_limit: Option<u32>,
-}
-
-impl Default for Confinement {
-    fn default() -> Self {
-        Confinement {
-            seccomp: Default::default(),
-            jail: true,
-            uid: None,
-            memory_limit_mib: None,
-            cpu_limit_millis: None,
-            pids_limit: None,
-        }
-    }
-}
-
-impl VmConfig {
-    /// The cgroup limits of this VM, defaults filled in.
-    pub fn limits(&self) -> super::cgroup::Limits {
-        let c = &self.confinement;
-        super::cgroup::Limits {
-            memory_mib: c
-                .memory_limit_mib
-                .unwrap_or(self.memory_mib.saturating_add(VMM_OVERHEAD_MIB)),
-            cpu_millis: c
-                .cpu_limit_millis
-                .unwrap_or(self.vcpus.saturating_add(1).saturating_mul(1000)),
-            pids: c.pids_limit.unwrap_or(DEFAULT_PIDS_LIMIT),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VmConfig {
-    /// Short name of the VM, `[A-Za-z0-9_-]{1,64}`; names its runtime directory.
-    pub id: String,
-    #[serde(default = "default_vcpus")]
-    pub vcpus: u32,
-    #[serde(default = "default_memory")]
-    pub memory_mib: u32,
-    /// Uncompressed-header Linux kernel (bzImage).
-    pub kernel: PathBuf,
-    /// Initramfs whose `/init` is `ironclaw-guest`.
-    pub initramfs: PathBuf,
-    /// Optional root file system image, attached read-only as a virtio block device.
-    #[serde(default)]
-    pub rootfs: Option<PathBuf>,
-    /// With a rootfs: size limit (MiB) of the tmpfs overlay that takes the
-    /// VM's writes; a write beyond it fails with ENOSPC in the guest. It is
-    /// guest memory, so it may not exceed `memory_mib`.
-    #[serde(default = "default_overlay_mib")]
-    pub overlay_mib: u32,
-    #[serde(default)]
-    pub vsock: VsockConfig,
-    /// Must stay false: IronClaw VMs have no network device. Present so that a
-    /// request for networking is refused loudly instead of ignored.
-    #[serde(default)]
-    pub enable_networking: bool,
-    /// How long a boot may take until the guest agent answers.
-    #[serde(default = "default_boot_timeout")]
-    pub boot_timeout_ms: u64,
-    /// Default limit for one command in the VM.
-    #[serde(default = "default_exec_timeout")]
-    pub exec_timeout_ms: u64,
-    #[serde(default)]
-    pub backend: BackendChoice,
-    #[serde(default)]
-    pub accel: AccelChoice,
-    #[serde(default)]
-    pub confinement: Confinement,
-}
+use super::{
+    AccelChoice, BackendChoice, VmConfig, MAX_BOOT_TIMEOUT_MS, MAX_EXEC_TIMEOUT_MS, MAX_ID_LEN,
+    MAX_MEMORY_MIB, MAX_PIDS_LIMIT, MAX_SOCKET_PATH, MAX_VCPUS, MIN_BOOT_TIMEOUT_MS, MIN_GUEST_CID,
+    MIN_MEMORY_LIMIT_MIB, MIN_MEMORY_MIB, MIN_OVERLAY_MIB, MIN_PIDS_LIMIT,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid VmConfig: `{field}` {reason}")]
@@ -209,35 +24,6 @@ fn refuse(field: &'static str, reason: impl Into<String>) -> Result<(), ConfigEr
 }
 
 impl VmConfig {
-    /// A config with defaults for everything but the id and the boot files.
-    pub fn new(
-        id: impl Into<String>,
-        kernel: impl Into<PathBuf>,
-        initramfs: impl Into<PathBuf>,
-    ) -> VmConfig {
-        VmConfig {
-            id: id.into(),
-            vcpus: default_vcpus(),
-            memory_mib: default_memory(),
-            kernel: kernel.into(),
-            initramfs: initramfs.into(),
-            rootfs: None,
-            overlay_mib: default_overlay_mib(),
-            vsock: VsockConfig::default(),
-            enable_networking: false,
-            boot_timeout_ms: default_boot_timeout(),
-            exec_timeout_ms: default_exec_timeout(),
-            backend: BackendChoice::Auto,
-            accel: AccelChoice::Auto,
-            confinement: Confinement::default(),
-        }
-    }
-
-    /// Parses a JSON config; unknown fields are refused. Does not validate.
-    pub fn from_json(text: &str) -> Result<VmConfig, serde_json::Error> {
-        serde_json::from_str(text)
-    }
-
     /// Checks every field; the first problem found is returned, naming its field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.enable_networking {
@@ -375,7 +161,7 @@ impl VmConfig {
 
 /// Firecracker has no emulator: it runs on KVM only, so an explicit TCG
 /// request cannot be honoured by it and is refused rather than ignored.
-/// (`auto` with TCG picks QEMU: [`super::select::select_for`].)
+/// (`auto` with TCG picks QEMU: [`crate::vm::select::select_for`].)
 pub fn check_backend_accel(backend: BackendChoice, accel: AccelChoice) -> Result<(), ConfigError> {
     if backend == BackendChoice::Firecracker && accel == AccelChoice::Tcg {
         refuse(
@@ -424,6 +210,7 @@ fn require_file(field: &'static str, path: &Path) -> Result<(), ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::config::{Confinement, VsockConfig};
 
     fn valid() -> VmConfig {
         // Any existing regular files do for validation.
@@ -630,28 +417,7 @@ mod tests {
     }
 
     #[test]
-    fn confinement_defaults_and_refusals() {
-        let c = VmConfig::from_json(r#"{"id":"a","kernel":"/k","initramfs":"/i"}"#).unwrap();
-        assert_eq!(c.confinement, Confinement::default());
-        assert!(c.confinement.jail);
-        let l = valid().limits();
-        assert_eq!(
-            (l.memory_mib, l.cpu_millis, l.pids),
-            (256 + VMM_OVERHEAD_MIB, 2000, DEFAULT_PIDS_LIMIT)
-        );
-        let c = VmConfig::from_json(
-            r#"{"id":"a","kernel":"/k","initramfs":"/i","confinement":{"seccomp":"audit","pids_limit":64}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            c.confinement.seccomp,
-            crate::vm::seccomp::SeccompLevel::Audit
-        );
-        assert_eq!(c.limits().pids, 64);
-        assert!(VmConfig::from_json(
-            r#"{"id":"a","kernel":"/k","initramfs":"/i","confinement":{"seccomp":"off"}}"#
-        )
-        .is_err());
+    fn confinement_refusals() {
         let with = |f: fn(&mut Confinement)| {
             let mut c = valid();
             f(&mut c.confinement);
@@ -670,19 +436,5 @@ mod tests {
             "confinement.cpu_limit_millis"
         );
         assert_eq!(field_of(&with(|c| c.uid = Some(0))), "confinement.uid");
-    }
-
-    #[test]
-    fn json_refuses_unknown_fields() {
-        let err = VmConfig::from_json(
-            r#"{"id":"a","kernel":"/k","initramfs":"/i","enable_network":true}"#,
-        )
-        .unwrap_err();
-        assert!(err.to_string().contains("enable_network"), "{err}");
-        let c = VmConfig::from_json(r#"{"id":"a","kernel":"/k","initramfs":"/i"}"#).unwrap();
-        assert_eq!(
-            (c.vcpus, c.memory_mib, c.enable_networking),
-            (1, 256, false)
-        );
     }
 }

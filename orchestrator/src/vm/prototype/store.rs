@@ -1,121 +1,30 @@
-//! Prototypes: a VM booted once until its agent answers, paused and saved;
-//! clones are restored from the snapshot in a fraction of a cold boot.
-//!
-//! A prototype is keyed by a hash of everything that shapes the snapshot
-//! (backend, kernel, initramfs and rootfs identity, vCPUs, memory,
-//! accelerator, VMM binary, snapshot format). It lives in
-//! `<cache>/prototypes/<key>/` with a `meta.json`; a build writes into a
-//! temporary directory that is renamed into place only when complete, so a
-//! failed build is never used. A snapshot file whose size or SHA-256 does
-//! not match its metadata is removed and rebuilt.
-//!
-//! This module never asks which backend it drives: the [`Hypervisor`] a
-//! config selects boots the VM for snapshotting, its [`VmInstance`] writes
-//! the snapshot, and the same backend restores it
-//! (QEMU: virtio-serial transport and migration to a file; Firecracker: its
-//! snapshot API). Every clone gets fresh entropy and the current wall clock
-//! before it is handed out.
-//!
-//! [`VmInstance`]: super::VmInstance
+//! The prototype cache on disk: where it lives, loading a prototype only
+//! when it is complete and intact (sizes, then SHA-256 once per rewrite),
+//! the per-key lock, and pruning, listing and removing prototypes.
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::accel::Accel;
-use super::backend::{BackendKind, Capabilities, Hypervisor, LaunchPurpose};
-use super::config::VmConfig;
-use super::host::{file_identity, stat_stamp};
-use super::spawn::{start_vm, Start};
-use super::{VmError, VmHandle};
+use super::meta::{Prototype, PrototypeMeta, FORMAT_VERSION, META_FILE};
+use crate::vm::backend::BackendKind;
+use crate::vm::host::stat_stamp;
+use crate::vm::VmError;
 
-/// Bumped whenever what a snapshot or its metadata holds changes
-/// incompatibly (2: a list of snapshot files, for Firecracker's two).
-const FORMAT_VERSION: u32 = 2;
-const META_FILE: &str = "meta.json";
-
-/// One file of a snapshot, as it was when the prototype was built.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotFileMeta {
-    /// File name inside the prototype directory.
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
-
-/// What a prototype was built from, and facts about the build.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PrototypeMeta {
-    pub key: String,
-    pub format: u32,
-    pub ironclaw_version: String,
-    pub kernel: PathBuf,
-    pub initramfs: PathBuf,
-    pub rootfs: Option<PathBuf>,
-    pub vcpus: u32,
-    pub memory_mib: u32,
-    pub accel: Accel,
-    pub backend: BackendKind,
-    /// Every file of the snapshot, each checked before use (QEMU: the
-    /// migration stream; Firecracker: the microVM state, then guest memory).
-    pub files: Vec<SnapshotFileMeta>,
-    pub created_unix: u64,
-    /// Cold boot of the prototype VM until its agent answered.
-    pub boot_ms: u64,
-    /// Pausing and writing the snapshot.
-    pub snapshot_ms: u64,
-}
-
-/// A built prototype on disk.
-#[derive(Debug, Clone)]
-pub struct Prototype {
-    pub dir: PathBuf,
-    pub meta: PrototypeMeta,
-}
-
-impl PrototypeMeta {
-    /// The size of all snapshot files together.
-    pub fn snapshot_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes).sum()
-    }
-}
-
-impl Prototype {
-    /// The main snapshot file: QEMU's migration stream, Firecracker's
-    /// microVM state.
-    pub fn snapshot(&self) -> PathBuf {
-        // Never empty: refused on load and on build.
-        self.dir.join(&self.meta.files[0].name)
-    }
-
-    /// Every snapshot file.
-    pub fn files(&self) -> Vec<PathBuf> {
-        self.meta
-            .files
-            .iter()
-            .map(|f| self.dir.join(&f.name))
-            .collect()
-    }
-}
-
-const PROTOTYPES_SUBDIR: &str = "prototypes";
+pub(super) const PROTOTYPES_SUBDIR: &str = "prototypes";
 
 pub fn prototypes_dir() -> PathBuf {
     crate::cache::root().join(PROTOTYPES_SUBDIR)
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
+pub(super) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> VmError {
     let context = context.into();
     move |e| VmError::io(context, e)
 }
 
-fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
+pub(super) fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
     let mut f = fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -131,54 +40,6 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
     Ok(h.finalize().into())
 }
 
-/// The prototype key for `config` on this host, with the accelerator the
-/// prototype runs on.
-pub fn key_for(config: &VmConfig) -> Result<(String, Accel), VmError> {
-    key_with(config, snapshot_backend(config)?.as_ref())
-}
-
-/// The backend that builds and restores prototypes of `config`.
-fn snapshot_backend(config: &VmConfig) -> Result<Box<dyn Hypervisor>, VmError> {
-    super::select::select_capable(
-        config.backend,
-        config.accel,
-        Capabilities { snapshots: true },
-    )
-}
-
-fn key_with(config: &VmConfig, backend: &dyn Hypervisor) -> Result<(String, Accel), VmError> {
-    let accel = backend.accel(config);
-    let mut h = Sha256::new();
-    let parts = [
-        format!("format={FORMAT_VERSION}"),
-        format!("backend={}", backend.kind()),
-        format!("kernel={}", file_identity(&config.kernel)?),
-        format!("initramfs={}", file_identity(&config.initramfs)?),
-        format!(
-            "rootfs={}",
-            config
-                .rootfs
-                .as_deref()
-                // The overlay size is on the guest's command line, so in the snapshot.
-                .map(|r| {
-                    file_identity(r).map(|id| format!("{id} overlay_mib={}", config.overlay_mib))
-                })
-                .transpose()?
-                .unwrap_or_default()
-        ),
-        format!(
-            "vcpus={} memory={} accel={accel}",
-            config.vcpus, config.memory_mib
-        ),
-    ];
-    // The VMM that wrote a snapshot, and how it ran, decide who can load it.
-    for part in parts.into_iter().chain(backend.snapshot_identity()?) {
-        h.update(part.as_bytes());
-        h.update(b"\n");
-    }
-    Ok((hex::encode(&h.finalize()[..10]), accel))
-}
-
 /// Records that the snapshot, as it is on disk now (size, mtime, inode), has
 /// been checked against its SHA-256. Hashing ~100 MB on every spawn would cost
 /// more than the restore itself; any rewrite of the file changes the stamp and
@@ -187,7 +48,7 @@ const VERIFIED_FILE: &str = "verified";
 
 /// Loads the prototype in `dir` if it is complete, intact and made by
 /// `backend`.
-fn load_checked(dir: &Path, backend: BackendKind) -> Result<Option<Prototype>, VmError> {
+pub(super) fn load_checked(dir: &Path, backend: BackendKind) -> Result<Option<Prototype>, VmError> {
     let Ok(text) = fs::read_to_string(dir.join(META_FILE)) else {
         return Ok(None);
     };
@@ -241,228 +102,8 @@ fn load_checked(dir: &Path, backend: BackendKind) -> Result<Option<Prototype>, V
 
 /// The lock file of a prototype key: held while the key is checked or
 /// built, so two orchestrators never build the same prototype at once.
-fn key_lock_path(root: &Path, key: &str) -> PathBuf {
+pub(super) fn key_lock_path(root: &Path, key: &str) -> PathBuf {
     root.join(format!(".{key}.lock"))
-}
-
-/// The prototype for `config`, built on first use. `progress` hears about a build.
-pub async fn ensure(
-    config: &VmConfig,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<Prototype, VmError> {
-    config.validate()?;
-    let backend = snapshot_backend(config)?;
-    let kind = backend.kind();
-    let (key, accel) = key_with(config, backend.as_ref())?;
-    // Snapshots are restored as whole VMs: only a cache of our own will do.
-    let root = crate::cache::trusted_dir(PROTOTYPES_SUBDIR)?;
-    let dir = root.join(&key);
-    let _lock = {
-        let path = key_lock_path(&root, &key);
-        tokio::task::spawn_blocking(move || crate::cache::FileLock::acquire(&path))
-            .await
-            .map_err(|e| VmError::TaskFailed(format!("locking the prototype: {e}")))??
-    };
-    let checked = {
-        let dir = dir.clone();
-        tokio::task::spawn_blocking(move || load_checked(&dir, kind))
-            .await
-            .map_err(|e| VmError::TaskFailed(format!("checking the prototype: {e}")))??
-    };
-    if let Some(p) = checked {
-        return Ok(p);
-    }
-    if dir.exists() {
-        progress("the prototype on disk is incomplete or damaged: rebuilding it");
-        fs::remove_dir_all(&dir).map_err(io(format!("removing {}", dir.display())))?;
-    }
-    progress(&format!(
-        "building a {kind} prototype VM (once per kernel/image/size; key {key})"
-    ));
-    let proto = build(config, &key, accel, backend.as_ref(), &root).await?;
-    let pruned = prune(&proto.meta);
-    if !pruned.is_empty() {
-        progress(&format!(
-            "removed {} superseded or stale prototype(s)",
-            pruned.len()
-        ));
-    }
-    progress(&format!(
-        "prototype ready: boot {} ms, snapshot {} ms, {} MiB",
-        proto.meta.boot_ms,
-        proto.meta.snapshot_ms,
-        proto.meta.snapshot_bytes() >> 20
-    ));
-    Ok(proto)
-}
-
-async fn build(
-    config: &VmConfig,
-    key: &str,
-    accel: Accel,
-    backend: &dyn Hypervisor,
-    root: &Path,
-) -> Result<Prototype, VmError> {
-    let mut rnd = [0u8; 4];
-    getrandom::getrandom(&mut rnd).map_err(|e| VmError::Randomness(e.to_string()))?;
-    let tmp = root.join(format!(".build-{key}-{}", hex::encode(rnd)));
-    let result = build_into(config, key, accel, backend, &tmp).await;
-    match result {
-        Ok(mut proto) => {
-            let dest = root.join(key);
-            fs::rename(&tmp, &dest)
-                .map_err(io(format!("moving the prototype to {}", dest.display())))?;
-            proto.dir = dest;
-            Ok(proto)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
-}
-
-/// Boots the prototype VM, proves its agent runs commands, snapshots it into
-/// `out` and writes the metadata.
-async fn build_into(
-    config: &VmConfig,
-    key: &str,
-    accel: Accel,
-    backend: &dyn Hypervisor,
-    out: &Path,
-) -> Result<Prototype, VmError> {
-    fs::create_dir_all(out).map_err(io(format!("creating {}", out.display())))?;
-    let config = VmConfig {
-        id: format!("proto-{}", &key[..12.min(key.len())]),
-        ..config.clone()
-    };
-    let vm = start_vm(backend, &config, Start::Boot(LaunchPurpose::Snapshot)).await?;
-    prove_agent_runs(&vm).await?;
-    let boot_ms = vm.timings.total.as_millis() as u64;
-    let t1 = std::time::Instant::now();
-    let names = vm.into_snapshot(out).await?;
-    let snapshot_ms = t1.elapsed().as_millis() as u64;
-    if names.is_empty() || names.iter().any(|n| !crate::cache::is_plain_file_name(n)) {
-        return Err(VmError::SnapshotIncompatible(format!(
-            "the {} backend wrote an unusable list of snapshot files: {names:?}",
-            backend.kind()
-        )));
-    }
-    let mut files = Vec::new();
-    for name in &names {
-        let path = out.join(name);
-        let sha = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || sha256_file(&path))
-                .await
-                .map_err(|e| VmError::TaskFailed(format!("hashing the snapshot: {e}")))??
-        };
-        files.push(SnapshotFileMeta {
-            name: name.clone(),
-            bytes: fs::metadata(&path)
-                .map_err(io(format!("sizing {}", path.display())))?
-                .len(),
-            sha256: hex::encode(sha),
-        });
-    }
-    let meta = PrototypeMeta {
-        key: key.to_string(),
-        format: FORMAT_VERSION,
-        ironclaw_version: env!("CARGO_PKG_VERSION").into(),
-        kernel: config.kernel.clone(),
-        initramfs: config.initramfs.clone(),
-        rootfs: config.rootfs.clone(),
-        vcpus: config.vcpus,
-        memory_mib: config.memory_mib,
-        accel,
-        backend: backend.kind(),
-        files,
-        created_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs(),
-        boot_ms,
-        snapshot_ms,
-    };
-    let text = serde_json::to_string_pretty(&meta).expect("meta serializes");
-    fs::write(out.join(META_FILE), text).map_err(io("writing meta.json"))?;
-    Ok(Prototype {
-        dir: out.to_path_buf(),
-        meta,
-    })
-}
-
-/// Runs `true` in a freshly booted prototype VM: proves the agent can run
-/// things before it is frozen.
-async fn prove_agent_runs(vm: &VmHandle) -> Result<(), VmError> {
-    let out = vm.agent().run(super::exec_request(["true"]), None).await?;
-    if out.status.code != Some(0) {
-        return Err(VmError::GuestCheckFailed {
-            vm: vm.id.clone(),
-            command: "true".into(),
-            status: format!("{:?}", out.status),
-        });
-    }
-    Ok(())
-}
-
-/// Restores a clone of `proto` named `task_id`, with fresh entropy and clock.
-/// `config` supplies the id-independent settings (timeouts); the machine
-/// shape and the backend come from the prototype.
-pub async fn restore(
-    proto: &Prototype,
-    task_id: &str,
-    config: &VmConfig,
-) -> Result<VmHandle, VmError> {
-    let config = VmConfig {
-        id: task_id.to_string(),
-        kernel: proto.meta.kernel.clone(),
-        initramfs: proto.meta.initramfs.clone(),
-        rootfs: proto.meta.rootfs.clone(),
-        vcpus: proto.meta.vcpus,
-        memory_mib: proto.meta.memory_mib,
-        accel: match proto.meta.accel {
-            Accel::Kvm => super::config::AccelChoice::Kvm,
-            Accel::Tcg => super::config::AccelChoice::Tcg,
-        },
-        backend: proto.meta.backend.into(),
-        ..config.clone()
-    };
-    config.validate()?;
-    super::runtime::reap_stale_once();
-    let backend = super::select::select_for(config.backend, config.accel)?;
-    let vm = start_vm(backend.as_ref(), &config, Start::Restore(&proto.files())).await?;
-    tracing::info!(vm = %vm.id, prototype = %proto.meta.key, "clone ready");
-    Ok(vm)
-}
-
-/// Spawns `task_id` from the prototype for `config` (built on first use).
-pub async fn spawn_from_prototype(
-    task_id: &str,
-    config: &VmConfig,
-    progress: &(dyn Fn(&str) + Sync),
-) -> Result<VmHandle, VmError> {
-    let config = VmConfig {
-        id: task_id.to_string(),
-        ..config.clone()
-    };
-    let proto = ensure(&config, progress).await?;
-    match restore(&proto, task_id, &config).await {
-        Ok(vm) => Ok(vm),
-        Err(e @ VmError::RestoreFailed { .. }) => {
-            // A snapshot the VMM cannot load (or whose guest never answers) is
-            // damaged in a way the checksum did not catch, or the VMM changed:
-            // rebuild once, never retry blindly. Other failures (a missing
-            // tool, the host's files) would not be cured by a rebuild.
-            progress(&format!(
-                "restoring the prototype failed ({e}); rebuilding it"
-            ));
-            let _ = fs::remove_dir_all(&proto.dir);
-            let proto = ensure(&config, progress).await?;
-            restore(&proto, task_id, &config).await
-        }
-        Err(e) => Err(e),
-    }
 }
 
 /// Build directories older than this belong to a build that died.
@@ -586,7 +227,7 @@ pub fn list() -> Vec<Prototype> {
 
 /// Removes the prototype with `key` (or a unique prefix of it); returns the keys removed.
 pub fn remove(key_prefix: &str) -> Result<Vec<String>, VmError> {
-    super::config::validate_id(key_prefix)?;
+    crate::vm::config::validate_id(key_prefix)?;
     let matches: Vec<Prototype> = list()
         .into_iter()
         .filter(|p| p.meta.key.starts_with(key_prefix))
@@ -602,6 +243,8 @@ pub fn remove(key_prefix: &str) -> Result<Vec<String>, VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::accel::Accel;
+    use crate::vm::prototype::SnapshotFileMeta;
 
     /// A prototype directory with two snapshot files and matching metadata.
     fn fake_prototype(backend: BackendKind) -> PathBuf {

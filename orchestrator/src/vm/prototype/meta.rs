@@ -1,0 +1,80 @@
+//! What a prototype is on disk: its metadata (`meta.json`) and the snapshot
+//! files it names.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::vm::accel::Accel;
+use crate::vm::backend::BackendKind;
+
+/// Bumped whenever what a snapshot or its metadata holds changes
+/// incompatibly (2: a list of snapshot files, for Firecracker's two).
+pub(super) const FORMAT_VERSION: u32 = 2;
+pub(super) const META_FILE: &str = "meta.json";
+
+/// One file of a snapshot, as it was when the prototype was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotFileMeta {
+    /// File name inside the prototype directory.
+    pub name: String,
+    pub bytes: u64,
+    pub sha256: String,
+}
+
+/// What a prototype was built from, and facts about the build.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrototypeMeta {
+    pub key: String,
+    pub format: u32,
+    pub ironclaw_version: String,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub rootfs: Option<PathBuf>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub accel: Accel,
+    pub backend: BackendKind,
+    /// Every file of the snapshot, each checked before use (QEMU: the
+    /// migration stream; Firecracker: the microVM state, then guest memory).
+    pub files: Vec<SnapshotFileMeta>,
+    pub created_unix: u64,
+    /// Cold boot of the prototype VM until its agent answered.
+    pub boot_ms: u64,
+    /// Pausing and writing the snapshot.
+    pub snapshot_ms: u64,
+}
+
+/// A built prototype on disk.
+#[derive(Debug, Clone)]
+pub struct Prototype {
+    pub dir: PathBuf,
+    pub meta: PrototypeMeta,
+}
+
+impl PrototypeMeta {
+    /// The size of all snapshot files together.
+    pub fn snapshot_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.bytes).sum()
+    }
+}
+
+impl Prototype {
+    /// The main snapshot file: QEMU's migration stream, Firecracker's
+    /// microVM state.
+    pub fn snapshot(&self) -> PathBuf {
+        // Never empty: refused on load and on build.
+        self.dir.join(&self.meta.files[0].name)
+    }
+
+    /// Every snapshot file.
+    pub fn files(&self) -> Vec<PathBuf> {
+        self.meta
+            .files
+            .iter()
+            .map(|f| self.dir.join(&f.name))
+            .collect()
+    }
+}

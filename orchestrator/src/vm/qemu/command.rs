@@ -1,0 +1,116 @@
+//! The QEMU command line: the bare machine, then a whole VM's (sandbox,
+//! console, QMP socket, guest channel, boot files, snapshot to restore).
+
+use std::process::Command;
+
+use ironclaw_protocol::AGENT_SERIAL_PORT_NAME;
+
+use super::{LaunchOptions, QemuBackend, Transport, SERIAL_SOCKET};
+use crate::vm::accel::Accel;
+use crate::vm::cmdline;
+use crate::vm::config::VmConfig;
+use crate::vm::runtime::RuntimeDir;
+
+/// The fd number a restored QEMU reads its migration stream from.
+pub(super) const INCOMING_FD: i32 = 3;
+
+impl QemuBackend {
+    /// QEMU with the machine IronClaw runs — microvm, accelerator, vCPUs,
+    /// memory, no default devices and no network device — and nothing else:
+    /// no console, channel, kernel or confinement. `memfd` backs guest memory
+    /// with a shared memfd (what vhost-user devices need). The benchmark's
+    /// bare-QEMU reference starts from this too, so it runs the same machine.
+    pub fn machine_command(&self, config: &VmConfig, accel: Accel, memfd: bool) -> Command {
+        let mem = config.memory_mib;
+        let mut cmd = Command::new(&self.qemu);
+        if memfd {
+            cmd.args(["-M", "microvm,pit=on,acpi=on,memory-backend=mem"]);
+        } else {
+            cmd.args(["-M", "microvm,pit=on,acpi=on"]);
+        }
+        match accel {
+            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => cmd.args(["-accel", "tcg"]),
+        };
+        cmd.args(["-m", &format!("{mem}M"), "-smp", &config.vcpus.to_string()]);
+        if memfd {
+            cmd.args([
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
+            ]);
+        }
+        cmd.args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        // No network device, by construction: no -netdev is ever passed and the
+        // default NIC is switched off explicitly.
+        cmd.args(["-nic", "none"]);
+        cmd
+    }
+
+    /// The whole QEMU command line of a VM: [`Self::machine_command`] plus
+    /// its sandbox, console, QMP socket, guest channel and boot files
+    /// (public for the benchmark's bare-QEMU reference).
+    pub fn qemu_command(
+        &self,
+        config: &VmConfig,
+        accel: Accel,
+        dir: &RuntimeDir,
+        opts: &LaunchOptions,
+    ) -> Command {
+        let mut cmd = self.machine_command(config, accel, opts.transport == Transport::Vsock);
+        cmd.arg("-name").arg(format!("ironclaw-{}", config.id));
+        // QEMU's own seccomp sandbox, stacked on the allowlist installed before
+        // exec (vm::seccomp): it also refuses obsolete calls, privilege changes,
+        // spawning processes and resource-control calls from inside QEMU.
+        cmd.args([
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
+        cmd.arg("-serial")
+            .arg(format!("file:{}", dir.file("console.log").display()));
+        cmd.arg("-qmp").arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.file("qmp.sock").display()
+        ));
+        cmd.arg("-kernel").arg(&config.kernel);
+        cmd.arg("-initrd").arg(&config.initramfs);
+        match opts.transport {
+            Transport::Vsock => {
+                cmd.arg("-append").arg(cmdline::qemu(config, false));
+                cmd.arg("-chardev").arg(format!(
+                    "socket,id=vsock0,path={}",
+                    dir.file("vhost-vsock.sock").display()
+                ));
+                // The guest CID is the device process's setting (--guest-cid), not QEMU's.
+                cmd.args(["-device", "vhost-user-vsock-device,chardev=vsock0"]);
+            }
+            Transport::Serial => {
+                cmd.arg("-append").arg(cmdline::qemu(config, true));
+                cmd.args(["-device", "virtio-serial-device"]);
+                cmd.arg("-chardev").arg(format!(
+                    "socket,id=agent0,path={},server=on,wait=off",
+                    dir.file(SERIAL_SOCKET).display()
+                ));
+                cmd.arg("-device").arg(format!(
+                    "virtserialport,chardev=agent0,name={AGENT_SERIAL_PORT_NAME}"
+                ));
+            }
+        }
+        if opts.incoming.is_some() {
+            cmd.arg("-incoming").arg(format!("fd:{INCOMING_FD}"));
+        }
+        if let Some(rootfs) = &config.rootfs {
+            cmd.arg("-drive").arg(format!(
+                "id=rootfs,file={},format=raw,if=none,readonly=on",
+                rootfs.display()
+            ));
+            cmd.args(["-device", "virtio-blk-device,drive=rootfs"]);
+        }
+        cmd
+    }
+}

@@ -1,0 +1,236 @@
+//! A running QEMU VM: its confined processes, snapshotting it (a migration
+//! to a file), and its [`VmInstance`] side (channel, exit, kill).
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::QemuError;
+use crate::vm::accel::Accel;
+use crate::vm::backend::VmInstance;
+use crate::vm::channel::GuestChannel;
+use crate::vm::confine::cgroup::VmCgroup;
+use crate::vm::confine::jail::{self, Confined, JailError, ProcessConfinement};
+use crate::vm::confine::prepare::Confinement;
+use crate::vm::confine::seccomp::{self, AuditLog, SeccompFilter};
+use crate::vm::host::{tail, wait_for_socket, SocketReady, SocketWaitError};
+use crate::vm::qmp::{Qmp, QmpError};
+use crate::vm::runtime::RuntimeDir;
+use crate::vm::VmError;
+
+/// How long the helper processes get to create their sockets.
+pub(super) const SOCKET_WAIT: Duration = Duration::from_secs(10);
+
+/// How long writing a snapshot (a migration to a file) may take.
+const MIGRATION_WAIT: Duration = Duration::from_secs(120);
+
+/// A running QEMU VM: its confined processes (start order), sockets and cgroup.
+pub struct QemuInstance {
+    pub(super) accel: Accel,
+    /// (name, process, its filter), in start order.
+    pub(super) children: Vec<(&'static str, Confined, SeccompFilter)>,
+    pub(super) console: PathBuf,
+    pub(super) qmp: PathBuf,
+    pub(super) channel: Arc<dyn GuestChannel>,
+    pub(super) ready: Option<tokio::net::UnixListener>,
+    /// Sockets this VM creates outside its runtime directory (a custom
+    /// `vsock.uds_path` and its `_<port>` sockets), removed on kill.
+    pub(super) outside_sockets: Vec<PathBuf>,
+    /// Removed after the processes are dead.
+    pub(super) cgroup: Option<VmCgroup>,
+    pub(super) audit: Option<Arc<AuditLog>>,
+    pub(super) memory_limit_mib: u32,
+}
+
+impl QemuInstance {
+    /// Pauses the VM and writes its state (a QEMU migration stream) to `dest`.
+    /// The VM stays paused; the caller destroys it.
+    pub async fn snapshot_to(&mut self, dest: &Path) -> Result<(), VmError> {
+        let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
+        let mut qmp = Qmp::connect(&self.qmp).await.map_err(qmp_err)?;
+        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        let file = File::create(dest)
+            .map_err(|e| VmError::io(format!("creating {}", dest.display()), e))?;
+        qmp.execute_with_fd("getfd", serde_json::json!({ "fdname": "snapshot" }), &file)
+            .await
+            .map_err(qmp_err)?;
+        drop(file);
+        qmp.execute("migrate", Some(serde_json::json!({ "uri": "fd:snapshot" })))
+            .await
+            .map_err(qmp_err)?;
+        let deadline = std::time::Instant::now() + MIGRATION_WAIT;
+        loop {
+            let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
+            match info.get("status").and_then(|s| s.as_str()) {
+                Some("completed") => return Ok(()),
+                Some("failed") | Some("cancelled") => {
+                    return Err(QemuError::MigrationFailed(
+                        info.get("error-desc")
+                            .and_then(|d| d.as_str())
+                            .unwrap_or("no reason given")
+                            .to_string(),
+                    )
+                    .into())
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(QemuError::MigrationTimeout(MIGRATION_WAIT).into())
+                }
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    pub(super) fn start(
+        &mut self,
+        name: &'static str,
+        cmd: Command,
+        dir: &RuntimeDir,
+        confinement: &Confinement,
+        filter: SeccompFilter,
+    ) -> Result<(), VmError> {
+        let spec = confinement.spec(filter.clone())?;
+        let mut child = jail::spawn(cmd, spec, name)?;
+        for pid in [child.child.id(), child.pid] {
+            dir.record_pid(pid)
+                .map_err(|e| VmError::io("recording pid".to_string(), e))?;
+        }
+        if let (Some(listener), Some(log)) = (child.audit_listener.take(), &self.audit) {
+            seccomp::supervise(listener, name, log.clone()).map_err(JailError::from)?;
+        }
+        tracing::debug!(
+            vm = %dir.path().display(),
+            "{}",
+            ProcessConfinement::read(name, child.pid, Some(&filter), self.cgroup_dirs())
+        );
+        self.children.push((name, child, filter));
+        Ok(())
+    }
+
+    /// [`VmInstance::exited`], waiting briefly: a VMM that just died (a QMP
+    /// connection reset, say) is reported by its reaper a moment later.
+    pub(super) fn exited_soon(&mut self) -> Option<String> {
+        let deadline = std::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            let exited = self.exited();
+            if exited.is_some() || std::time::Instant::now() >= deadline {
+                return exited;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(VmCgroup::dirs).unwrap_or_default()
+    }
+
+    /// Waits until `name` has created `socket`, failing early if it exits.
+    pub(super) async fn wait_for_socket(
+        &mut self,
+        name: &'static str,
+        socket: &Path,
+        dir: &RuntimeDir,
+        log: &str,
+    ) -> Result<(), VmError> {
+        let log = dir.file(log);
+        let exited = |inst: &mut QemuInstance| inst.exited();
+        let ready = SocketReady::Exists;
+        wait_for_socket(self, socket, ready, SOCKET_WAIT, exited, |_| {
+            tail(&log, 2000)
+        })
+        .await
+        .map_err(|e| match e {
+            SocketWaitError::Exited { status, log_tail } => QemuError::ExitedEarly {
+                process: name,
+                status,
+                socket: socket.to_path_buf(),
+                log_tail,
+            },
+            SocketWaitError::TimedOut { waited } => QemuError::SocketTimeout {
+                process: name,
+                socket: socket.to_path_buf(),
+                waited,
+            },
+        })
+        .map_err(VmError::from)
+    }
+}
+
+/// The migration stream a QEMU snapshot consists of.
+const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+#[async_trait]
+impl VmInstance for QemuInstance {
+    async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError> {
+        self.snapshot_to(&out.join(SNAPSHOT_FILE)).await?;
+        Ok(vec![SNAPSHOT_FILE.to_string()])
+    }
+    fn accel(&self) -> Accel {
+        self.accel
+    }
+    fn channel(&self) -> Arc<dyn GuestChannel> {
+        self.channel.clone()
+    }
+    fn pids(&self) -> Vec<u32> {
+        self.children
+            .iter()
+            .flat_map(|(_, c, _)| [c.child.id(), c.pid])
+            .collect()
+    }
+    fn console_log(&self) -> PathBuf {
+        self.console.clone()
+    }
+    fn exited(&mut self) -> Option<String> {
+        let exited =
+            self.children
+                .iter_mut()
+                .find_map(|(name, c, _)| match c.child.try_wait() {
+                    Ok(Some(status)) => Some(format!("{name} exited: {status}")),
+                    _ => None,
+                })?;
+        let ooms = self.cgroup.as_ref().map_or(0, VmCgroup::oom_kills);
+        Some(if ooms > 0 {
+            format!(
+                "{exited}: the VM's cgroup memory limit of {} MiB was reached and the kernel's OOM killer ended it; raise confinement.memory_limit_mib",
+                self.memory_limit_mib
+            )
+        } else {
+            exited
+        })
+    }
+    fn confinement(&self) -> Vec<ProcessConfinement> {
+        self.children
+            .iter()
+            .map(|(name, c, f)| ProcessConfinement::read(name, c.pid, Some(f), self.cgroup_dirs()))
+            .collect()
+    }
+    fn audit_log(&self) -> Option<Arc<AuditLog>> {
+        self.audit.clone()
+    }
+    fn take_ready_listener(&mut self) -> Option<tokio::net::UnixListener> {
+        self.ready.take()
+    }
+    fn kill(&mut self) {
+        // QEMU first, so the device process never sees a half-dead frontend.
+        for (_, child, _) in self.children.iter_mut().rev() {
+            child.kill();
+        }
+        if let Some(cg) = self.cgroup.as_mut() {
+            if let Err(e) = cg.remove() {
+                tracing::warn!("VM cgroup left behind: {e}");
+            }
+        }
+        for path in self.outside_sockets.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+impl Drop for QemuInstance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

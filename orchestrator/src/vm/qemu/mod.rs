@@ -1,0 +1,148 @@
+//! QEMU `microvm` backend.
+//!
+//! Per VM: one `vhost-device-vsock` process (the vsock device, serving the
+//! hybrid vsock socket) and one `qemu-system-x86_64 -M microvm` process with no
+//! network device, its serial console in a log file and a QMP socket.
+//!
+//! The backend ([`QemuBackend`], its [`Hypervisor`] impl and the transport a
+//! launch uses) is here; the command line is built in `command`, a VM is
+//! started (booted or restored) in `launch`, and a running VM is a
+//! [`QemuInstance`] (`instance`). [`QemuError`] says what went wrong.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::accel::{self, Accel};
+use super::backend::{BackendKind, Capabilities, Hypervisor, LaunchPurpose, VmInstance};
+use super::config::VmConfig;
+use super::host::{file_identity, find_tool};
+use super::runtime::RuntimeDir;
+use super::VmError;
+
+mod command;
+mod error;
+mod instance;
+mod launch;
+
+pub use error::QemuError;
+pub use instance::QemuInstance;
+
+/// The host end of the virtio-serial agent port, in the VM's runtime directory.
+pub const SERIAL_SOCKET: &str = "agent.sock";
+
+pub const QEMU_BINARY: &str = "qemu-system-x86_64";
+pub const VHOST_VSOCK_BINARY: &str = "vhost-device-vsock";
+
+/// How the host reaches the guest agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Hybrid vsock through a per-VM vhost-device-vsock process.
+    Vsock,
+    /// A virtio-serial port on a unix-socket chardev. Used for VMs that are
+    /// snapshotted or restored: QEMU refuses to migrate a vhost-user-vsock device.
+    Serial,
+}
+
+/// What a launch starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaunchOptions {
+    pub transport: Transport,
+    /// Restore this snapshot (a QEMU migration stream) instead of booting.
+    pub incoming: Option<PathBuf>,
+}
+
+impl LaunchOptions {
+    pub fn cold() -> LaunchOptions {
+        LaunchOptions {
+            transport: Transport::Vsock,
+            incoming: None,
+        }
+    }
+}
+
+pub struct QemuBackend {
+    qemu: PathBuf,
+    vhost_vsock: PathBuf,
+}
+
+/// The QEMU that runs VMs: `$IRONCLAW_QEMU`, else `qemu-system-x86_64` on `PATH`.
+pub fn qemu_binary() -> Result<PathBuf, VmError> {
+    find_tool(
+        "IRONCLAW_QEMU",
+        QEMU_BINARY,
+        "apt-get install qemu-system-x86 (or run scripts/setup.sh)",
+    )
+}
+
+impl QemuBackend {
+    /// Finds QEMU and vhost-device-vsock (`$IRONCLAW_QEMU`, `$IRONCLAW_VHOST_VSOCK`, else `PATH`).
+    pub fn from_env() -> Result<QemuBackend, VmError> {
+        Ok(QemuBackend {
+            qemu: qemu_binary()?,
+            vhost_vsock: find_tool(
+                "IRONCLAW_VHOST_VSOCK",
+                VHOST_VSOCK_BINARY,
+                "cargo install --locked vhost-device-vsock (or run scripts/setup.sh)",
+            )?,
+        })
+    }
+}
+
+#[async_trait]
+impl Hypervisor for QemuBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { snapshots: true }
+    }
+
+    fn accel(&self, config: &VmConfig) -> Accel {
+        accel::choose(config.accel).0
+    }
+
+    fn snapshot_identity(&self) -> Result<Vec<String>, VmError> {
+        // A migration stream is loadable by the QEMU that wrote it.
+        Ok(vec![format!("vmm={}", file_identity(&self.qemu)?)])
+    }
+
+    async fn launch(
+        &self,
+        config: &VmConfig,
+        dir: &RuntimeDir,
+        purpose: LaunchPurpose,
+    ) -> Result<Box<dyn VmInstance>, VmError> {
+        // QEMU cannot migrate its vhost-user vsock device: a VM that will be
+        // snapshotted talks to its agent over a virtio-serial port instead.
+        let transport = match purpose {
+            LaunchPurpose::Run => Transport::Vsock,
+            LaunchPurpose::Snapshot => Transport::Serial,
+        };
+        let opts = LaunchOptions {
+            transport,
+            incoming: None,
+        };
+        Ok(Box::new(self.launch_with(config, dir, &opts).await?))
+    }
+
+    async fn restore(
+        &self,
+        config: &VmConfig,
+        dir: &RuntimeDir,
+        snapshot: &[PathBuf],
+    ) -> Result<Box<dyn VmInstance>, VmError> {
+        let [stream] = snapshot else {
+            return Err(VmError::SnapshotIncompatible(format!(
+                "a QEMU snapshot is one migration stream, not {} files",
+                snapshot.len()
+            )));
+        };
+        let opts = LaunchOptions {
+            transport: Transport::Serial,
+            incoming: Some(stream.clone()),
+        };
+        Ok(Box::new(self.launch_with(config, dir, &opts).await?))
+    }
+}
