@@ -165,7 +165,7 @@ pub fn run() -> Report {
     checks.push(Check {
         name: "image",
         level: Level::Info,
-        detail: match crate::rootfs::default_image() {
+        detail: match crate::userland::default_image() {
             Some(p) => format!(
                 "default userland image {}: `ironclaw run` boots it",
                 p.display()

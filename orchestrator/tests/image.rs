@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use common::{runtime, text};
 use ironclaw_orchestrator::agent::FileError;
-use ironclaw_orchestrator::rootfs::{self, Progress};
+use ironclaw_orchestrator::userland::{self, Progress};
 use ironclaw_orchestrator::vm::{self, exec_request, VmConfig, VmHandle};
 use sha2::{Digest, Sha256};
 
@@ -25,7 +25,7 @@ fn image() -> &'static PathBuf {
         eprintln!(
             "image tests: making sure the default image is built (about a minute the first time)"
         );
-        rootfs::ensure_default_image(&mut |p| {
+        userland::ensure_default_image(&mut |p| {
             if let Progress::Step { n, total, what } = p {
                 eprintln!("image build [{n}/{total}] {what}");
             }
@@ -102,7 +102,7 @@ fn host_dir(name: &str) -> PathBuf {
 }
 
 fn sha256_of(path: &Path) -> String {
-    rootfs::sha256_file(path).unwrap().0
+    userland::sha256_file(path).unwrap().0
 }
 
 #[test]
@@ -245,7 +245,9 @@ fn copy_out_of_a_missing_path_is_a_clear_error() {
 #[test]
 fn writes_stay_in_their_vm_and_the_image_never_changes() {
     let image = image();
-    let meta = rootfs::load_meta(rootfs::DEFAULT_IMAGE).unwrap().unwrap();
+    let meta = userland::load_meta(userland::DEFAULT_IMAGE)
+        .unwrap()
+        .unwrap();
     let before = sha256_of(image);
     assert_eq!(
         before, meta.sha256,

@@ -2,7 +2,7 @@
 //! the modules the guest needs from it) and the initramfs generated for it
 //! ([`initramfs`]: `/init` is `ironclaw-guest`, beside a static busybox and
 //! those modules). The guest's userland, a root file system image it can
-//! switch into, is another matter: [`crate::rootfs`].
+//! switch into, is another matter: [`crate::userland`].
 
 pub mod initramfs;
 pub mod kernel;

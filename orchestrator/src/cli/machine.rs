@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use ironclaw_orchestrator::vm::config::{AccelChoice, BackendChoice};
 use ironclaw_orchestrator::vm::seccomp::SeccompLevel;
 use ironclaw_orchestrator::vm::VmConfig;
-use ironclaw_orchestrator::{boot, rootfs};
+use ironclaw_orchestrator::{boot, userland};
 
 use super::field_flags::{self, Origin, Refusal};
 
@@ -332,15 +332,15 @@ async fn from_flags(
 fn choose_rootfs(
     image: Option<&str>,
     no_image: bool,
-) -> Result<Option<PathBuf>, rootfs::RootfsError> {
+) -> Result<Option<PathBuf>, userland::UserlandError> {
     if no_image {
         return Ok(None);
     }
     match image {
         // A path (has a slash or an extension) is used as is; a bare word names a cached image.
         Some(i) if i.contains('/') || i.contains('.') => Ok(Some(PathBuf::from(i))),
-        Some(name) => rootfs::find(name).map(Some),
-        None => Ok(rootfs::default_image()),
+        Some(name) => userland::find(name).map(Some),
+        None => Ok(userland::default_image()),
     }
 }
 
