@@ -2,16 +2,13 @@
 //! ext4 image stored beside its metadata, older images of the name removed.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-
 use super::catalog::{find, load_meta, meta_path, validate_name, validate_package, IMAGES_SUBDIR};
 use super::ext4::make_ext4;
-use super::key::build_key;
+use super::key::{build_key, sha256_file};
 use super::step::run_logged;
 use super::workdir::{remove_stale_work_dirs, WorkDir};
 use super::{
@@ -206,25 +203,6 @@ fn tidy_debian_root(root: &Path) -> Result<(), UserlandError> {
     // No network: an empty resolver configuration, not the host's.
     write("etc/resolv.conf", "")?;
     Ok(())
-}
-
-/// SHA-256 (hex) and size of a file, read in 1 MiB pieces.
-pub fn sha256_file(path: &Path) -> Result<(String, u64), UserlandError> {
-    let mut f = fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(io_err(format!("reading {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((hex::encode(h.finalize()), size))
 }
 
 /// Older image files of `name`, replaced by `keep`. A VM still running from

@@ -17,18 +17,7 @@ pub(super) fn build_key(source: &Source) -> Result<String, UserlandError> {
     match source {
         Source::Debootstrap { .. } => {}
         Source::Tarball(path) => {
-            let mut f =
-                fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f
-                    .read(&mut buf)
-                    .map_err(io_err(format!("reading {}", path.display())))?;
-                if n == 0 {
-                    break;
-                }
-                h.update(&buf[..n]);
-            }
+            hash_file(&mut h, path)?;
         }
         Source::Dir(dir) => {
             // Paths, kinds, sizes, modes, owners and mtimes: cheap, and any
@@ -54,6 +43,30 @@ pub(super) fn build_key(source: &Source) -> Result<String, UserlandError> {
         }
     }
     Ok(hex::encode(&h.finalize()[..12]))
+}
+
+/// SHA-256 (hex) and size of a file.
+pub fn sha256_file(path: &Path) -> Result<(String, u64), UserlandError> {
+    let mut h = Sha256::new();
+    let size = hash_file(&mut h, path)?;
+    Ok((hex::encode(h.finalize()), size))
+}
+
+/// Feeds the file at `path` into `h`, read in 1 MiB pieces; returns its size.
+fn hash_file(h: &mut Sha256, path: &Path) -> Result<u64, UserlandError> {
+    let mut f = fs::File::open(path).map_err(io_err(format!("opening {}", path.display())))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = f
+            .read(&mut buf)
+            .map_err(io_err(format!("reading {}", path.display())))?;
+        if n == 0 {
+            return Ok(size);
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
 }
 
 pub(super) type WalkEntry = (PathBuf, fs::Metadata, Option<PathBuf>);

@@ -13,7 +13,7 @@
 //!
 //! The parts: `catalog.rs` names and finds built images and their metadata;
 //! `build.rs` makes the root tree (debootstrap, a directory, a tarball) and
-//! stores the image; `key.rs` hashes a build's inputs; `ext4.rs` writes the
+//! stores the image; `key.rs` hashes a build's inputs (and image files); `ext4.rs` writes the
 //! tree into an ext4 file; `step.rs` runs the tools with their output
 //! logged; `workdir.rs` holds a build's scratch files.
 
@@ -28,8 +28,9 @@ mod key;
 mod step;
 mod workdir;
 
-pub use build::{build, ensure_default_image, sha256_file};
+pub use build::{build, ensure_default_image};
 pub use catalog::{default_image, find, images_dir, load_meta, validate_name};
+pub use key::sha256_file;
 
 /// Bumped whenever what a build puts into an image changes.
 const FORMAT_VERSION: u32 = 1;
