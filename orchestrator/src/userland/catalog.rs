@@ -74,9 +74,11 @@ pub fn find(name: &str) -> Result<PathBuf, UserlandError> {
         name: name.into(),
         dir: images_dir(),
     };
+    // Looking creates nothing: without metadata there is no image (and a
+    // refused run leaves no cache behind).
+    let meta = load_meta(name)?.ok_or_else(not_built)?;
     // The image becomes the guest's root: only a cache of our own will do.
     crate::cache::trusted_dir(IMAGES_SUBDIR)?;
-    let meta = load_meta(name)?.ok_or_else(not_built)?;
     // The metadata names a file in its own directory, never elsewhere.
     validate_file_name(&meta.file).map_err(|_| not_built())?;
     let path = images_dir().join(&meta.file);
