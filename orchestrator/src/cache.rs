@@ -1,4 +1,6 @@
-//! The cache: generated initramfs files, userland images and prototypes.
+//! The cache: generated initramfs files (`initramfs-<release>-<key>.cpio`
+//! at the root, [`crate::boot::initramfs`]), userland images (`images/`,
+//! [`crate::userland`]) and prototypes (`prototypes/`, [`crate::vm::prototype`]).
 //!
 //! What is loaded from here runs as the guest's `/init` or is restored as a
 //! whole VM, so the cache must be the current user's alone. A cache that

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::image;
+use crate::boot::{initramfs, kernel};
 use crate::vm::{accel, cgroup, config::AccelChoice, qemu, seccomp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -93,11 +93,11 @@ pub fn run() -> Report {
     );
     checks.push(vhost_check);
 
-    let kernel = image::default_kernel();
+    let kernel = kernel::default_kernel();
     let mut boot_ok = true;
     match &kernel {
         Ok(k) => {
-            let release = image::kernel_release(k);
+            let release = kernel::kernel_release(k);
             let detail = match &release {
                 Ok(r) => format!("{} (release {r})", k.display()),
                 Err(e) => e.to_string(),
@@ -114,7 +114,7 @@ pub fn run() -> Report {
             });
             if let Ok(r) = release {
                 let dir = PathBuf::from("/lib/modules").join(&r);
-                match image::resolve_modules(&dir, &r, image::GUEST_MODULES) {
+                match kernel::resolve_modules(&dir, &r, kernel::GUEST_MODULES) {
                     Ok(m) => checks.push(Check {
                         name: "kernel modules",
                         level: Level::Ok,
@@ -141,8 +141,8 @@ pub fn run() -> Report {
         }
     }
     for (name, found) in [
-        ("guest agent", image::guest_binary()),
-        ("busybox", image::busybox_binary()),
+        ("guest agent", initramfs::guest_binary()),
+        ("busybox", initramfs::busybox_binary()),
     ] {
         match found {
             Ok(p) => checks.push(Check {
@@ -165,7 +165,7 @@ pub fn run() -> Report {
     checks.push(Check {
         name: "image",
         level: Level::Info,
-        detail: match crate::rootfs::default_image() {
+        detail: match crate::userland::default_image() {
             Some(p) => format!(
                 "default userland image {}: `ironclaw run` boots it",
                 p.display()

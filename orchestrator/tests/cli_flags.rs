@@ -62,8 +62,8 @@ fn s(b: &[u8]) -> String {
 
 /// A VmConfig file for this host's default kernel and initramfs, with `extra` fields.
 fn config_file(dir: &Path, extra: serde_json::Value) -> PathBuf {
-    let kernel = ironclaw_orchestrator::image::default_kernel().unwrap();
-    let initramfs = ironclaw_orchestrator::image::default_initramfs(&kernel).unwrap();
+    let kernel = ironclaw_orchestrator::boot::kernel::default_kernel().unwrap();
+    let initramfs = ironclaw_orchestrator::boot::initramfs::default_initramfs(&kernel).unwrap();
     let mut v = serde_json::json!({ "id": "from-file", "kernel": kernel, "initramfs": initramfs });
     v.as_object_mut()
         .unwrap()

@@ -14,7 +14,7 @@ use std::sync::{Mutex, OnceLock};
 
 use common::{runtime, text};
 use ironclaw_orchestrator::agent::FileError;
-use ironclaw_orchestrator::rootfs::{self, Progress};
+use ironclaw_orchestrator::userland::{self, Progress};
 use ironclaw_orchestrator::vm::{self, exec_request, VmConfig, VmHandle};
 use sha2::{Digest, Sha256};
 
@@ -25,7 +25,7 @@ fn image() -> &'static PathBuf {
         eprintln!(
             "image tests: making sure the default image is built (about a minute the first time)"
         );
-        rootfs::ensure_default_image(&mut |p| {
+        userland::ensure_default_image(&mut |p| {
             if let Progress::Step { n, total, what } = p {
                 eprintln!("image build [{n}/{total}] {what}");
             }
@@ -94,15 +94,8 @@ fn sh(vm: &VmHandle, script: &str) -> vm::ExecOutput {
         .expect("exec")
 }
 
-fn host_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ironclaw-image-test-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 fn sha256_of(path: &Path) -> String {
-    rootfs::sha256_file(path).unwrap().0
+    userland::sha256_file(path).unwrap().0
 }
 
 #[test]
@@ -136,7 +129,8 @@ fn python_runs_and_imports_the_standard_library() {
 #[test]
 fn a_64_mib_file_round_trips_with_the_same_sha256() {
     let vm = shared();
-    let dir = host_dir("roundtrip");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let src = dir.join("big.bin");
     // Incompressible, deterministic bytes.
     let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
@@ -171,7 +165,6 @@ fn a_64_mib_file_round_trips_with_the_same_sha256() {
     runtime()
         .block_on(vm.agent().remove("/root/big.bin", false))
         .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -221,7 +214,8 @@ fn list_stat_mkdir_remove() {
 #[test]
 fn copy_out_of_a_missing_path_is_a_clear_error() {
     let vm = shared();
-    let dir = host_dir("missing");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     let local = dir.join("out.txt");
     let err = runtime()
         .block_on(vm.agent().get_file("/no/such/file", &local))
@@ -233,19 +227,20 @@ fn copy_out_of_a_missing_path_is_a_clear_error() {
         "{msg}"
     );
     // Nothing was written on the host: no file, no leftover temporary.
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(dir).unwrap().count(), 0);
     // A local directory as target is refused before anything is fetched.
     let err = runtime()
-        .block_on(vm.agent().get_file("/etc/hostname", &dir))
+        .block_on(vm.agent().get_file("/etc/hostname", dir))
         .unwrap_err();
     assert!(matches!(err, FileError::TargetIsDirectory(_)), "{err:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn writes_stay_in_their_vm_and_the_image_never_changes() {
     let image = image();
-    let meta = rootfs::load_meta(rootfs::DEFAULT_IMAGE).unwrap().unwrap();
+    let meta = userland::load_meta(userland::DEFAULT_IMAGE)
+        .unwrap()
+        .unwrap();
     let before = sha256_of(image);
     assert_eq!(
         before, meta.sha256,
@@ -340,7 +335,8 @@ fn a_full_overlay_fails_the_write_not_the_vm() {
 #[test]
 fn cli_copies_files_in_and_out_around_the_command() {
     image();
-    let dir = host_dir("cli");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
     std::fs::write(dir.join("in.txt"), "21\n").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ironclaw"))
         .env("IRONCLAW_RUNTIME_DIR", common::test_root())
@@ -378,7 +374,6 @@ fn cli_copies_files_in_and_out_around_the_command() {
         text(&out.stderr)
     );
     assert!(!dir.join("nope.txt").exists());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -1,10 +1,10 @@
 //! `ironclaw image build|list`: user-facing output over the library's
-//! userland image builder (`ironclaw_orchestrator::rootfs`).
+//! userland image builder (`ironclaw_orchestrator::userland`).
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use ironclaw_orchestrator::rootfs::{self, BuildSpec, Progress, Source};
+use ironclaw_orchestrator::userland::{self, BuildSpec, Progress, Source};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
@@ -20,7 +20,7 @@ pub enum ImageCommand {
 #[derive(Debug, clap::Args)]
 pub struct BuildArgs {
     /// Name of the image in the cache; `ironclaw run` uses `default`.
-    #[arg(long, default_value = rootfs::DEFAULT_IMAGE)]
+    #[arg(long, default_value = userland::DEFAULT_IMAGE)]
     pub name: String,
     /// Extra Debian package to install (repeatable).
     #[arg(long = "add", value_name = "PACKAGE")]
@@ -50,7 +50,7 @@ pub async fn image_command(cmd: ImageCommand, verbose: bool) -> anyhow::Result<i
                 force: args.force,
             };
             let built = tokio::task::spawn_blocking(move || {
-                rootfs::build(&spec, &mut |p| show_progress(&p, verbose))
+                userland::build(&spec, &mut |p| show_progress(&p, verbose))
             })
             .await??;
             if built.up_to_date {
@@ -75,7 +75,7 @@ pub async fn image_command(cmd: ImageCommand, verbose: bool) -> anyhow::Result<i
             Ok(0)
         }
         ImageCommand::List => {
-            let dir = rootfs::images_dir();
+            let dir = userland::images_dir();
             let mut names: Vec<String> = std::fs::read_dir(&dir)
                 .map(|rd| {
                     rd.flatten()
@@ -96,7 +96,7 @@ pub async fn image_command(cmd: ImageCommand, verbose: bool) -> anyhow::Result<i
                 );
             }
             for name in names {
-                match (rootfs::load_meta(&name), rootfs::find(&name)) {
+                match (userland::load_meta(&name), userland::find(&name)) {
                     (Ok(Some(m)), Ok(path)) => println!(
                         "{:<16} {:>6} MiB  {}",
                         m.name,

@@ -15,7 +15,7 @@ use clap::ValueEnum;
 use ironclaw_orchestrator::vm::config::{AccelChoice, BackendChoice};
 use ironclaw_orchestrator::vm::seccomp::SeccompLevel;
 use ironclaw_orchestrator::vm::VmConfig;
-use ironclaw_orchestrator::{image, rootfs};
+use ironclaw_orchestrator::{boot, userland};
 
 use super::field_flags::{self, Origin, Refusal};
 
@@ -277,7 +277,7 @@ async fn from_flags(
 ) -> anyhow::Result<VmConfig> {
     let kernel = match &m.kernel {
         Some(k) => k.clone(),
-        None => image::default_kernel()?,
+        None => boot::kernel::default_kernel()?,
     };
     // The initramfs is generated last (it can take seconds): a placeholder
     // (any existing file passes) stands for it until then.
@@ -319,9 +319,10 @@ async fn from_flags(
         config
             .validate()
             .map_err(|e| Refusal(field_flags::describe(&e, &Origin::flags())))?;
-        tracing::info!("preparing the guest image…");
+        tracing::info!("preparing the initramfs…");
         config.initramfs =
-            tokio::task::spawn_blocking(move || image::default_initramfs(&kernel)).await??;
+            tokio::task::spawn_blocking(move || boot::initramfs::default_initramfs(&kernel))
+                .await??;
     }
     Ok(config)
 }
@@ -331,15 +332,15 @@ async fn from_flags(
 fn choose_rootfs(
     image: Option<&str>,
     no_image: bool,
-) -> Result<Option<PathBuf>, rootfs::RootfsError> {
+) -> Result<Option<PathBuf>, userland::UserlandError> {
     if no_image {
         return Ok(None);
     }
     match image {
         // A path (has a slash or an extension) is used as is; a bare word names a cached image.
         Some(i) if i.contains('/') || i.contains('.') => Ok(Some(PathBuf::from(i))),
-        Some(name) => rootfs::find(name).map(Some),
-        None => Ok(rootfs::default_image()),
+        Some(name) => userland::find(name).map(Some),
+        None => Ok(userland::default_image()),
     }
 }
 

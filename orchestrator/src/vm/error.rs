@@ -61,8 +61,8 @@ pub enum VmError {
     },
     #[error(transparent)]
     Agent(#[from] AgentError),
-    #[error("image: {0}")]
-    Image(#[from] crate::image::ImageError),
+    #[error("boot files: {0}")]
+    Boot(#[from] crate::boot::BootError),
     #[error(transparent)]
     Jail(#[from] jail::JailError),
     #[error(transparent)]

@@ -55,7 +55,7 @@ where
 /// The default config for a VM named `task_id`: the host's kernel and the
 /// generated default initramfs (built on first use).
 pub fn default_config(task_id: &str) -> Result<VmConfig, VmError> {
-    let kernel = crate::image::default_kernel()?;
-    let initramfs = crate::image::default_initramfs(&kernel)?;
+    let kernel = crate::boot::kernel::default_kernel()?;
+    let initramfs = crate::boot::initramfs::default_initramfs(&kernel)?;
     Ok(VmConfig::new(task_id, kernel, initramfs))
 }

@@ -135,7 +135,7 @@ impl Pool {
 
     /// The guest kernel release of the pool's prototype.
     pub fn kernel_release(&self) -> String {
-        crate::image::kernel_release(&self.inner.proto.meta.kernel)
+        crate::boot::kernel::kernel_release(&self.inner.proto.meta.kernel)
             .unwrap_or_else(|_| "unknown".into())
     }
 

@@ -132,9 +132,9 @@ mod tests {
     use tokio::net::UnixListener;
 
     /// A stand-in for the hybrid vsock multiplexer: answers the handshake with `answer`.
-    async fn fake_mux(answer: &'static [u8]) -> (tempdir::Dir, Vsock) {
-        let dir = tempdir::Dir::new();
-        let path = dir.0.join("v.sock");
+    async fn fake_mux(answer: &'static [u8]) -> (tempfile::TempDir, Vsock) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
         let listener = UnixListener::bind(&path).unwrap();
         tokio::spawn(async move {
             let (s, _) = listener.accept().await.unwrap();
@@ -147,25 +147,6 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
         });
         (dir, Vsock::new(3, path, 1024))
-    }
-
-    mod tempdir {
-        pub struct Dir(pub std::path::PathBuf);
-        impl Dir {
-            pub fn new() -> Dir {
-                let mut b = [0u8; 8];
-                getrandom::getrandom(&mut b).unwrap();
-                let p =
-                    std::env::temp_dir().join(format!("ironclaw-vsock-test-{}", hex::encode(b)));
-                std::fs::create_dir_all(&p).unwrap();
-                Dir(p)
-            }
-        }
-        impl Drop for Dir {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
     }
 
     #[tokio::test]

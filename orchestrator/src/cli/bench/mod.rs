@@ -330,7 +330,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ratio = cold_m.as_secs_f64() / bare_m.as_secs_f64();
     let restore_ratio =
         median(restore.clone()).as_secs_f64() / median(bare_restore.clone()).as_secs_f64();
-    let kernel = ironclaw_orchestrator::image::kernel_release(&config.kernel).unwrap_or_default();
+    let kernel =
+        ironclaw_orchestrator::boot::kernel::kernel_release(&config.kernel).unwrap_or_default();
     let date = Command::new("date")
         .arg("-u")
         .arg("+%Y-%m-%d %H:%M UTC")

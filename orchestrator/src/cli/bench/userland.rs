@@ -17,7 +17,7 @@ fn mib_per_s(d: Duration) -> f64 {
 
 /// Measures and returns the markdown section (a note when no image is built).
 pub async fn section(base: &VmConfig, runs: usize, execs: usize) -> anyhow::Result<String> {
-    let Some(image) = ironclaw_orchestrator::rootfs::default_image() else {
+    let Some(image) = ironclaw_orchestrator::userland::default_image() else {
         return Ok("\n## Userland image and file transfer\n\n\
                    Not measured: no default image in the cache (`ironclaw image build`).\n"
             .into());

@@ -362,19 +362,6 @@ pub fn is_ours(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    struct Tmp(PathBuf);
-    impl Drop for Tmp {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-    fn tmp(name: &str) -> Tmp {
-        let p = std::env::temp_dir().join(format!("ironclaw-cg-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        Tmp(p)
-    }
-
     const LIMITS: Limits = Limits {
         memory_mib: 300,
         cpu_millis: 1500,
@@ -383,19 +370,22 @@ mod tests {
 
     #[test]
     fn v1_nests_below_the_own_cgroup_of_each_controller() {
-        let t = tmp("v1");
+        let t = tempfile::tempdir().unwrap();
         for c in CONTROLLERS {
-            fs::create_dir_all(t.0.join(c).join("session/x")).unwrap();
-            fs::write(t.0.join(c).join("cgroup.procs"), "").unwrap();
+            fs::create_dir_all(t.path().join(c).join("session/x")).unwrap();
+            fs::write(t.path().join(c).join("cgroup.procs"), "").unwrap();
         }
         let own = "4:memory:/session/x\n1:cpu:/\n8:pids:/\n0::/\n";
-        let layout = Layout::detect_in(&t.0, own).unwrap();
+        let layout = Layout::detect_in(t.path(), own).unwrap();
         assert_eq!(layout.version, Version::V1);
-        assert_eq!(layout.parents[0].1, t.0.join("memory/session/x/ironclaw"));
-        assert_eq!(layout.parents[1].1, t.0.join("cpu/ironclaw"));
+        assert_eq!(
+            layout.parents[0].1,
+            t.path().join("memory/session/x/ironclaw")
+        );
+        assert_eq!(layout.parents[1].1, t.path().join("cpu/ironclaw"));
         // A fake hierarchy: plain files stand in for the kernel's.
         let mut cg = VmCgroup::create(&layout, "vm-1", LIMITS).unwrap();
-        let read = |p: &str| fs::read_to_string(t.0.join(p)).unwrap();
+        let read = |p: &str| fs::read_to_string(t.path().join(p)).unwrap();
         assert_eq!(
             read("memory/session/x/ironclaw/vm-1/memory.limit_in_bytes"),
             (300u64 << 20).to_string()
@@ -410,19 +400,23 @@ mod tests {
             }
         }
         cg.remove().unwrap();
-        assert!(!t.0.join("pids/ironclaw/vm-1").exists());
+        assert!(!t.path().join("pids/ironclaw/vm-1").exists());
     }
 
     #[test]
     fn v2_uses_its_own_parent_and_enables_controllers() {
-        let t = tmp("v2");
-        fs::write(t.0.join("cgroup.controllers"), "cpuset cpu io memory pids").unwrap();
-        fs::write(t.0.join("cgroup.subtree_control"), "").unwrap();
-        let layout = Layout::detect_in(&t.0, "0::/user.slice/x\n").unwrap();
+        let t = tempfile::tempdir().unwrap();
+        fs::write(
+            t.path().join("cgroup.controllers"),
+            "cpuset cpu io memory pids",
+        )
+        .unwrap();
+        fs::write(t.path().join("cgroup.subtree_control"), "").unwrap();
+        let layout = Layout::detect_in(t.path(), "0::/user.slice/x\n").unwrap();
         assert_eq!(layout.version, Version::V2);
         let parent = layout.parents[0].1.clone();
         if std::env::var_os("IRONCLAW_CGROUP_PARENT").is_none() {
-            assert_eq!(parent, t.0.join("ironclaw"));
+            assert_eq!(parent, t.path().join("ironclaw"));
         }
         fs::create_dir_all(&parent).unwrap();
         fs::write(parent.join("cgroup.subtree_control"), "memory").unwrap();
@@ -439,8 +433,8 @@ mod tests {
 
     #[test]
     fn missing_controller_is_an_error_naming_it() {
-        let t = tmp("none");
-        let err = Layout::detect_in(&t.0, "").unwrap_err();
+        let t = tempfile::tempdir().unwrap();
+        let err = Layout::detect_in(t.path(), "").unwrap_err();
         assert!(err.to_string().contains("memory"), "{err}");
     }
 

@@ -35,8 +35,8 @@ mod tests {
 
     #[test]
     fn mode_bits_decide_for_other_owner_and_group() {
-        let dir = std::env::temp_dir().join(format!("ironclaw-perm-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let f = dir.join("f");
         std::fs::write(&f, "x").unwrap();
         let (me, mygroup) = {
@@ -53,11 +53,10 @@ mod tests {
         assert!(readable_by(&mode(0o400), me, stranger));
         assert!(readable_by(&mode(0o040), stranger, mygroup));
         assert!(!readable_by(&mode(0o100), me, mygroup));
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         assert!(!reachable(&f, stranger, stranger));
         assert!(reachable(&f, me, mygroup));
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).unwrap();
         assert!(reachable(&f, stranger, stranger));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

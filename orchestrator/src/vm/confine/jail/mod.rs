@@ -262,9 +262,8 @@ mod tests {
 
     #[test]
     fn unreadable_files_are_named() {
-        let dir = std::env::temp_dir().join(format!("ironclaw-jail-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join("kernel");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("kernel");
         std::fs::write(&f, "x").unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -273,6 +272,5 @@ mod tests {
         assert!(err.to_string().contains("600"), "{err}");
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
         check_readable("kernel", &f, 2_000_000_001, 2_000_000_001).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

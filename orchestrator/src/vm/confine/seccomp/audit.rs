@@ -141,9 +141,8 @@ mod tests {
 
     #[test]
     fn audit_log_is_bounded() {
-        let dir = std::env::temp_dir().join(format!("ironclaw-audit-unit-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(AUDIT_FILE);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(AUDIT_FILE);
         let log = AuditLog::new("vm-1", Some(&path), 8, 20).unwrap();
         for i in 0..10_000 {
             log.record("qemu", 7, libc::SYS_getppid, i, false);
@@ -156,6 +155,5 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 21, "{text}");
         assert!(text.starts_with("vm=vm-1 process=qemu pid=7 syscall=getppid(110)"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

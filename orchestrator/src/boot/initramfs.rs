@@ -1,197 +1,26 @@
-//! The guest's boot image: an initramfs whose `/init` is `ironclaw-guest`,
-//! with a static busybox (so `sh`, `ls`, `cat` exist) and the kernel modules
-//! the chosen kernel needs for virtio-mmio, vsock, virtio-serial and disks.
+//! The initramfs a VM boots: `/init` is `ironclaw-guest`, with a static
+//! busybox (so `sh`, `ls`, `cat` exist) and the kernel modules the chosen
+//! kernel needs for virtio-mmio, vsock, virtio-serial and disks.
 //!
-//! Images are cached by a hash of everything that goes in; a build writes a
-//! temporary file and renames it, so a failed build never leaves an image that
-//! would later be used.
+//! Each is cached (`<cache>/initramfs-<release>-<key>.cpio`) by a hash of
+//! everything that goes in; a build writes a temporary file and renames it,
+//! so a failed build never leaves an initramfs that would later be used.
 
-use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use super::kernel::{kernel_release, resolve_modules, GUEST_MODULES};
+use super::{io_err, BootError};
+
 /// Bumped whenever the layout of the generated initramfs changes.
 const FORMAT_VERSION: u32 = 1;
 
-/// Modules the guest needs, by name; their dependencies are added from
-/// `modules.dep`, and modules built into the kernel are skipped.
-pub const GUEST_MODULES: &[&str] = &[
-    "virtio_mmio",
-    "vmw_vsock_virtio_transport",
-    "virtio_console",
-    "virtio_blk",
-    "virtio_rng",
-    "overlay",
-];
-
-#[derive(Debug, thiserror::Error)]
-pub enum ImageError {
-    #[error("no kernel found: {0}")]
-    NoKernel(String),
-    #[error("{path}: not a bzImage kernel ({reason})")]
-    BadKernel { path: PathBuf, reason: String },
-    #[error("kernel module {module} not found for kernel {release} (looked in {dir})")]
-    MissingModule {
-        module: String,
-        release: String,
-        dir: PathBuf,
-    },
-    #[error("kernel module {0} is compressed; only plain .ko modules are supported")]
-    CompressedModule(PathBuf),
-    #[error("guest agent binary not found: {0}")]
-    NoGuestBinary(String),
-    #[error("static busybox not found: {0}")]
-    NoBusybox(String),
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Cache(#[from] crate::cache::CacheError),
-}
-
-fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
-    let context = context.into();
-    move |source| ImageError::Io { context, source }
-}
-
-/// Where built images are kept (see [`crate::cache::root`]).
-pub fn cache_dir() -> PathBuf {
-    crate::cache::root()
-}
-
-/// The kernel to boot: `$IRONCLAW_KERNEL`, else the newest `/boot/vmlinuz-*`
-/// (Debian's `linux-image-cloud-amd64` is what the set-up script installs).
-pub fn default_kernel() -> Result<PathBuf, ImageError> {
-    if let Some(k) = std::env::var_os("IRONCLAW_KERNEL") {
-        return Ok(k.into());
-    }
-    let mut kernels: Vec<PathBuf> = fs::read_dir("/boot")
-        .map_err(|e| ImageError::NoKernel(format!("/boot: {e}")))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .collect();
-    // Prefer the cloud flavour: small, with virtio as modules.
-    kernels.sort_by_key(|p| (p.to_string_lossy().contains("cloud"), p.clone()));
-    kernels.pop().ok_or_else(|| {
-        ImageError::NoKernel(
-            "no /boot/vmlinuz-*; apt-get install linux-image-cloud-amd64 or set IRONCLAW_KERNEL"
-                .into(),
-        )
-    })
-}
-
-/// The release string of a bzImage (what `uname -r` prints in the guest),
-/// read from the kernel's setup header.
-pub fn kernel_release(kernel: &Path) -> Result<String, ImageError> {
-    let bad = |reason: &str| ImageError::BadKernel {
-        path: kernel.to_path_buf(),
-        reason: reason.into(),
-    };
-    let mut f = fs::File::open(kernel).map_err(io_err(format!("opening {}", kernel.display())))?;
-    let mut head = vec![0u8; 64 * 1024];
-    let n = f
-        .read(&mut head)
-        .map_err(io_err(format!("reading {}", kernel.display())))?;
-    head.truncate(n);
-    if head.len() < 0x210 || &head[0x202..0x206] != b"HdrS" {
-        return Err(bad("no HdrS setup header"));
-    }
-    let ptr = u16::from_le_bytes([head[0x20E], head[0x20F]]) as usize + 0x200;
-    let version = head
-        .get(ptr..)
-        .ok_or_else(|| bad("version pointer out of range"))?;
-    let end = version
-        .iter()
-        .position(|&b| b == 0 || b == b' ')
-        .ok_or_else(|| bad("unterminated version"))?;
-    let release = String::from_utf8_lossy(&version[..end]).into_owned();
-    if release.is_empty() {
-        return Err(bad("empty version string"));
-    }
-    Ok(release)
-}
-
-/// Module files (relative to `/lib/modules/<release>`) to load, in load order.
-pub fn resolve_modules(
-    modules_dir: &Path,
-    release: &str,
-    wanted: &[&str],
-) -> Result<Vec<String>, ImageError> {
-    let norm = |s: &str| s.replace('-', "_");
-    let name_of = |path: &str| {
-        let file = path.rsplit('/').next().unwrap_or(path);
-        norm(file.split('.').next().unwrap_or(file))
-    };
-    let dep_text = fs::read_to_string(modules_dir.join("modules.dep")).map_err(io_err(format!(
-        "reading {}/modules.dep",
-        modules_dir.display()
-    )))?;
-    let mut deps: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
-    for line in dep_text.lines() {
-        let Some((path, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let dlist = rest.split_whitespace().map(str::to_string).collect();
-        deps.insert(name_of(path), (path.to_string(), dlist));
-    }
-    let builtin: HashSet<String> = fs::read_to_string(modules_dir.join("modules.builtin"))
-        .unwrap_or_default()
-        .lines()
-        .map(name_of)
-        .collect();
-
-    fn visit(
-        name: &str,
-        deps: &BTreeMap<String, (String, Vec<String>)>,
-        seen: &mut HashSet<String>,
-        order: &mut Vec<String>,
-        name_of: &dyn Fn(&str) -> String,
-    ) {
-        if !seen.insert(name.to_string()) {
-            return;
-        }
-        let Some((path, dlist)) = deps.get(name) else {
-            return;
-        };
-        for d in dlist {
-            visit(&name_of(d), deps, seen, order, name_of);
-        }
-        order.push(path.clone());
-    }
-
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
-    for w in wanted {
-        let w = norm(w);
-        if deps.contains_key(&w) {
-            visit(&w, &deps, &mut seen, &mut order, &name_of);
-        } else if !builtin.contains(&w) {
-            return Err(ImageError::MissingModule {
-                module: w,
-                release: release.into(),
-                dir: modules_dir.to_path_buf(),
-            });
-        }
-    }
-    if let Some(c) = order.iter().find(|p| !p.ends_with(".ko")) {
-        return Err(ImageError::CompressedModule(modules_dir.join(c)));
-    }
-    Ok(order)
-}
-
 /// The guest agent binary: `$IRONCLAW_GUEST_BIN`, else next to the running
 /// executable, else the workspace's static build output.
-pub fn guest_binary() -> Result<PathBuf, ImageError> {
+pub fn guest_binary() -> Result<PathBuf, BootError> {
     if let Some(p) = std::env::var_os("IRONCLAW_GUEST_BIN") {
         return Ok(p.into());
     }
@@ -215,7 +44,7 @@ pub fn guest_binary() -> Result<PathBuf, ImageError> {
     candidates
         .into_iter()
         .find(|p| is_static_elf(p).unwrap_or(false))
-        .ok_or_else(|| ImageError::NoGuestBinary(NO_GUEST_BINARY_HINT.into()))
+        .ok_or_else(|| BootError::NoGuestBinary(NO_GUEST_BINARY_HINT.into()))
 }
 
 /// What to do when no static guest binary is found.
@@ -224,17 +53,17 @@ const NO_GUEST_BINARY_HINT: &str = "build it with `scripts/setup.sh` (or by hand
      --target x86_64-unknown-linux-gnu) or set IRONCLAW_GUEST_BIN";
 
 /// The static busybox: `$IRONCLAW_BUSYBOX`, else `/bin/busybox` (Debian's busybox-static).
-pub fn busybox_binary() -> Result<PathBuf, ImageError> {
+pub fn busybox_binary() -> Result<PathBuf, BootError> {
     let p: PathBuf = std::env::var_os("IRONCLAW_BUSYBOX")
         .map(Into::into)
         .unwrap_or_else(|| "/bin/busybox".into());
     match is_static_elf(&p) {
         Ok(true) => Ok(p),
-        Ok(false) => Err(ImageError::NoBusybox(format!(
+        Ok(false) => Err(BootError::NoBusybox(format!(
             "{} is dynamically linked; apt-get install busybox-static",
             p.display()
         ))),
-        Err(e) => Err(ImageError::NoBusybox(format!(
+        Err(e) => Err(BootError::NoBusybox(format!(
             "{}: {e}; apt-get install busybox-static",
             p.display()
         ))),
@@ -265,7 +94,7 @@ fn is_static_elf(path: &Path) -> std::io::Result<bool> {
 }
 
 /// Busybox applet paths (`bin/sh`, `usr/bin/awk`, …), from the binary itself.
-fn busybox_applets(busybox: &Path) -> Result<Vec<String>, ImageError> {
+fn busybox_applets(busybox: &Path) -> Result<Vec<String>, BootError> {
     let out = std::process::Command::new(busybox)
         .arg("--list-full")
         .output()
@@ -287,7 +116,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn gather(kernel: &Path) -> Result<Inputs, ImageError> {
+    fn gather(kernel: &Path) -> Result<Inputs, BootError> {
         let release = kernel_release(kernel)?;
         let modules_root = std::env::var_os("IRONCLAW_MODULES_DIR")
             .map(PathBuf::from)
@@ -303,8 +132,8 @@ impl Inputs {
         })
     }
 
-    /// Content hash of every input: a changed binary or module means a new image.
-    fn key(&self) -> Result<String, ImageError> {
+    /// Content hash of every input: a changed binary or module means a new initramfs.
+    fn key(&self) -> Result<String, BootError> {
         let mut h = Sha256::new();
         h.update(FORMAT_VERSION.to_le_bytes());
         h.update(self.release.as_bytes());
@@ -321,7 +150,7 @@ impl Inputs {
 }
 
 /// The default initramfs for `kernel`, built into the cache on first use.
-pub fn default_initramfs(kernel: &Path) -> Result<PathBuf, ImageError> {
+pub fn default_initramfs(kernel: &Path) -> Result<PathBuf, BootError> {
     let inputs = Inputs::gather(kernel)?;
     // The initramfs carries the guest agent: only a cache of our own will do.
     let dir = crate::cache::trusted_dir("")?;
@@ -398,7 +227,7 @@ impl<W: Write> CpioWriter<W> {
     }
 }
 
-fn write_initramfs(inputs: &Inputs, dest: &Path) -> Result<(), ImageError> {
+fn write_initramfs(inputs: &Inputs, dest: &Path) -> Result<(), BootError> {
     // A new file (random name, never through a symlink), readable by the VMM's jail uid.
     let file = {
         use std::os::unix::fs::OpenOptionsExt;
@@ -525,42 +354,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn resolves_modules_in_dependency_order() {
-        let dir = std::env::temp_dir().join(format!("ironclaw-moddep-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        fs::write(
-            dir.join("modules.dep"),
-            "kernel/a/virtio.ko: kernel/a/virtio_ring.ko\n\
-             kernel/a/virtio_ring.ko:\n\
-             kernel/a/virtio_mmio.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko\n\
-             kernel/b/virtio-rng.ko: kernel/a/virtio.ko kernel/a/virtio_ring.ko\n",
-        )
-        .unwrap();
-        fs::write(dir.join("modules.builtin"), "kernel/fs/ext4/ext4.ko\n").unwrap();
-        let order = resolve_modules(&dir, "t", &["virtio_mmio", "virtio_rng", "ext4"]).unwrap();
-        assert_eq!(
-            order,
-            [
-                "kernel/a/virtio_ring.ko",
-                "kernel/a/virtio.ko",
-                "kernel/a/virtio_mmio.ko",
-                "kernel/b/virtio-rng.ko"
-            ]
-        );
-        let err = resolve_modules(&dir, "t", &["nonexistent_mod"]).unwrap_err();
-        assert!(err.to_string().contains("nonexistent_mod"), "{err}");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn rejects_non_kernels() {
-        let exe = std::env::current_exe().unwrap();
-        assert!(matches!(
-            kernel_release(&exe),
-            Err(ImageError::BadKernel { .. })
-        ));
     }
 }
