@@ -28,7 +28,8 @@ struct LocalAgent {
 
 impl LocalAgent {
     fn start(name: &str) -> (LocalAgent, PathBuf) {
-        let bin = ironclaw_orchestrator::boot::initramfs::guest_binary().expect("the guest agent is built");
+        let bin = ironclaw_orchestrator::boot::initramfs::guest_binary()
+            .expect("the guest agent is built");
         let dir = std::env::temp_dir().join(format!("ironclaw-flow-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();

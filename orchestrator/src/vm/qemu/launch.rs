@@ -49,6 +49,11 @@ impl QemuBackend {
         dir: &RuntimeDir,
         opts: &LaunchOptions,
     ) -> Result<QemuInstance, VmError> {
+        // Before anything is started: the vsock transport needs its device process.
+        let vhost_vsock = match opts.transport {
+            Transport::Vsock => Some(self.vhost_vsock()?.to_path_buf()),
+            Transport::Serial => None,
+        };
         let (accel, reason) = accel::choose(config.accel);
         tracing::info!(vm = %config.id, %accel, %reason, "accelerator chosen");
         let channel: Arc<dyn GuestChannel> = match opts.transport {
@@ -99,7 +104,14 @@ impl QemuBackend {
                 })?;
             }
             let vhost_sock = dir.file("vhost-vsock.sock");
-            let mut vhost = Command::new(confinement.program(&self.vhost_vsock, dir)?);
+            let mut vhost = Command::new(
+                confinement.program(
+                    vhost_vsock
+                        .as_deref()
+                        .expect("resolved for the vsock transport"),
+                    dir,
+                )?,
+            );
             vhost
                 .arg("--guest-cid")
                 .arg(config.vsock.guest_cid.to_string())

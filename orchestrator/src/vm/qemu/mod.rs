@@ -9,7 +9,7 @@
 //! started (booted or restored) in `launch`, and a running VM is a
 //! [`QemuInstance`] (`instance`). [`QemuError`] says what went wrong.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
@@ -63,7 +63,9 @@ impl LaunchOptions {
 
 pub struct QemuBackend {
     qemu: PathBuf,
-    vhost_vsock: PathBuf,
+    /// Needed only for the vsock transport (cold VMs): a clone of a
+    /// prototype (virtio-serial) runs without it.
+    vhost_vsock: Result<PathBuf, String>,
 }
 
 /// The QEMU that runs VMs: `$IRONCLAW_QEMU`, else `qemu-system-x86_64` on `PATH`.
@@ -80,14 +82,24 @@ impl QemuBackend {
     pub fn from_env() -> Result<QemuBackend, VmError> {
         Ok(QemuBackend {
             qemu: qemu_binary()?,
-            vhost_vsock: find_tool(
-                "IRONCLAW_VHOST_VSOCK",
-                VHOST_VSOCK_BINARY,
-                "cargo install --locked vhost-device-vsock (or run scripts/setup.sh)",
-            )?,
+            vhost_vsock: find_tool("IRONCLAW_VHOST_VSOCK", VHOST_VSOCK_BINARY, VHOST_VSOCK_HINT)
+                .map_err(|e| e.to_string()),
         })
     }
+
+    /// vhost-device-vsock, or why it cannot be used.
+    pub(crate) fn vhost_vsock(&self) -> Result<&Path, VmError> {
+        self.vhost_vsock
+            .as_deref()
+            .map_err(|_| VmError::MissingTool {
+                tool: VHOST_VSOCK_BINARY.into(),
+                hint: VHOST_VSOCK_HINT.into(),
+            })
+    }
 }
+
+const VHOST_VSOCK_HINT: &str =
+    "cargo install --locked vhost-device-vsock (or run scripts/setup.sh); set $IRONCLAW_VHOST_VSOCK to use another";
 
 #[async_trait]
 impl Hypervisor for QemuBackend {
