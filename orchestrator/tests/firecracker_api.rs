@@ -198,8 +198,14 @@ async fn full_lifecycle_follows_the_api_description() {
         json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": false, "track_dirty_pages": false})
     );
     let boot = fake.body("PUT", "/boot-source");
-    assert_eq!(boot["kernel_image_path"], json!(fx.tmp.path().join("vmlinuz")));
-    assert_eq!(boot["initrd_path"], json!(fx.tmp.path().join("initrd.cpio")));
+    assert_eq!(
+        boot["kernel_image_path"],
+        json!(fx.tmp.path().join("vmlinuz"))
+    );
+    assert_eq!(
+        boot["initrd_path"],
+        json!(fx.tmp.path().join("initrd.cpio"))
+    );
     // With a rootfs, the guest is told to boot into it (issue 6).
     let args = boot["boot_args"].as_str().unwrap();
     assert!(

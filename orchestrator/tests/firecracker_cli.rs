@@ -148,7 +148,10 @@ fn accel_tcg_with_backend_firecracker_is_refused_before_anything_starts() {
     assert!(stderr.contains("--accel tcg"), "{stderr}");
     assert!(stderr.contains("--backend firecracker"), "{stderr}");
     // Nothing was started or prepared: no runtime directory, no image cache.
-    assert!(!tmp.path().join("run").exists(), "a runtime directory was made");
+    assert!(
+        !tmp.path().join("run").exists(),
+        "a runtime directory was made"
+    );
     assert!(
         !tmp.path().join("cache").exists(),
         "the guest image was prepared"

@@ -227,7 +227,13 @@ impl FakeFirecracker {
 
     /// The calls, as [`Call::key`].
     pub fn keys(&self) -> Vec<String> {
-        self.log.lock().unwrap().calls.iter().map(Call::key).collect()
+        self.log
+            .lock()
+            .unwrap()
+            .calls
+            .iter()
+            .map(Call::key)
+            .collect()
     }
 
     /// The calls, as [`Call::vm_key`].
@@ -250,7 +256,10 @@ impl FakeFirecracker {
 
     fn find_body(&self, want: impl Fn(&Call) -> bool) -> Option<Json> {
         let log = self.log.lock().unwrap();
-        log.calls.iter().find(|c| want(c)).and_then(|c| c.body.clone())
+        log.calls
+            .iter()
+            .find(|c| want(c))
+            .and_then(|c| c.body.clone())
     }
 
     /// The pid of VM `vm`'s stand-in process, once a request came after it
@@ -450,7 +459,8 @@ impl FakeVm {
                 (want, now) => return fault(format!("cannot move from {now} to {want:?}")),
             },
             ("PUT", p) if p.starts_with("/drives/") => {
-                vm.drives.push(b["path_on_host"].as_str().unwrap().to_string());
+                vm.drives
+                    .push(b["path_on_host"].as_str().unwrap().to_string());
             }
             ("PUT", "/snapshot/create") => {
                 if vm.state != "Paused" {
@@ -574,7 +584,10 @@ impl FakeVm {
                 .and_then(|t| serde_json::from_str(&t).ok())
                 .unwrap_or_default();
             match recorded["drives"].as_array() {
-                None => errs.push(format!("{} is not a state file the fake wrote", state.display())),
+                None => errs.push(format!(
+                    "{} is not a state file the fake wrote",
+                    state.display()
+                )),
                 Some(drives) => {
                     for d in drives {
                         let host = self.host_path(d, "drive", &mut errs);
