@@ -12,16 +12,11 @@
 mod fc_support;
 use fc_support::*;
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose};
 use ironclaw_orchestrator::vm::firecracker::{
     self, api, FirecrackerBackend, FirecrackerOptions, SnapshotFiles, Stopped,
@@ -30,224 +25,28 @@ use ironclaw_orchestrator::vm::runtime::RuntimeDir;
 use ironclaw_orchestrator::vm::{VmConfig, VmError};
 use serde_json::{json, Value as Json};
 use serde_yaml::Value as Yaml;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
 
 // ---- the fake Firecracker -------------------------------------------------
 
-#[derive(Debug, Clone)]
-struct Call {
-    method: String,
-    path: String,
-    body: Option<Json>,
-}
-
-impl Call {
-    fn key(&self) -> String {
-        let action = self
-            .body
-            .as_ref()
-            .and_then(|b| b.get("action_type").or_else(|| b.get("state")))
-            .and_then(Json::as_str)
-            .map(|a| format!(" {a}"))
-            .unwrap_or_default();
-        format!("{} {}{action}", self.method, self.path)
-    }
-}
-
-#[derive(Default)]
-struct Recorded {
-    calls: Vec<Call>,
-    violations: Vec<String>,
-    /// "Not started", "Running" or "Paused", as `GET /` reports it.
-    state: &'static str,
-    /// The pid of the process the fake stands in for (from the runtime dir).
-    pid: Option<i32>,
-}
-
-struct Fake {
-    spec: Arc<Spec>,
-    dir: PathBuf,
-    /// (method, path) → fault message answered with 400.
-    faults: HashMap<(String, String), String>,
-    rec: Mutex<Recorded>,
-}
-
-/// What Firecracker does for a hybrid vsock host socket: listen, and answer
-/// `CONNECT <port>\n` with `OK <host port>\n`.
-fn serve_vsock(path: &Path) {
-    let listener = UnixListener::bind(path).expect("binding the fake vsock socket");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut s = tokio::io::BufReader::new(stream);
-                let mut line = String::new();
-                if s.read_line(&mut line).await.is_ok() && line.starts_with("CONNECT ") {
-                    let _ = s.get_mut().write_all(b"OK 1073741824\n").await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            });
-        }
-    });
-}
-
-impl Fake {
-    fn pid_of_vm(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join("pids"))
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
-        let method = req.method().as_str().to_string();
-        let path = req.uri().path().to_string();
-        let raw = req.into_body().collect().await.unwrap().to_bytes();
-        let body = if raw.is_empty() {
-            None
-        } else {
-            match serde_json::from_slice::<Json>(&raw) {
-                Ok(b) => Some(b),
-                Err(e) => return fault(format!("invalid JSON body: {e}")),
-            }
-        };
-        let mut rec = self.rec.lock().unwrap();
-        if rec.pid.is_none() {
-            rec.pid = self.pid_of_vm();
-        }
-        rec.calls.push(Call {
-            method: method.clone(),
-            path: path.clone(),
-            body: body.clone(),
-        });
-        let errs = check_request(&self.spec, &method, &path, body.as_ref());
-        if !errs.is_empty() {
-            rec.violations.extend(errs.iter().cloned());
-            return fault(errs.join("; "));
-        }
-        if let Some(msg) = self.faults.get(&(method.clone(), path.clone())) {
-            return fault(msg.clone());
-        }
-        let b = body.unwrap_or(Json::Null);
-        let first_call = rec.calls.len() == 1;
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/") => {
-                let info = json!({
-                    "app_name": "Firecracker",
-                    "id": "anonymous-instance",
-                    "state": rec.state,
-                    "vmm_version": "1.17.0-dev",
-                });
-                let errs = definition_errors(&self.spec, "InstanceInfo", &info);
-                assert!(errs.is_empty(), "the fake's own answer: {errs:?}");
-                return answer(StatusCode::OK, Some(info));
-            }
-            ("PUT", "/vsock") => serve_vsock(Path::new(b["uds_path"].as_str().unwrap())),
-            ("PUT", "/actions") => match b["action_type"].as_str() {
-                Some("InstanceStart") if rec.state != "Not started" => {
-                    return fault(
-                        "The requested operation is not supported after starting the microVM.",
-                    )
-                }
-                Some("InstanceStart") => rec.state = "Running",
-                Some("SendCtrlAltDel") => {
-                    // The guest reboots and Firecracker exits: end the stand-in process.
-                    if let Some(pid) = rec.pid {
-                        // SAFETY: kill(2) on the pid of the stand-in process this test started.
-                        unsafe { libc::kill(pid, libc::SIGTERM) };
-                    }
-                }
-                _ => {}
-            },
-            ("PATCH", "/vm") => match (b["state"].as_str(), rec.state) {
-                (Some("Paused"), "Running") => rec.state = "Paused",
-                (Some("Resumed"), "Paused") => rec.state = "Running",
-                _ => return fault(format!("cannot move from {} to {}", rec.state, b["state"])),
-            },
-            ("PUT", "/snapshot/create") if rec.state != "Paused" => {
-                return fault("Cannot create a snapshot: the microVM is not paused")
-            }
-            ("PUT", "/snapshot/load") => {
-                if !first_call {
-                    return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
-                }
-                for file in ["snapshot_path"] {
-                    if !Path::new(b[file].as_str().unwrap()).exists() {
-                        return fault(format!("{} does not exist", b[file]));
-                    }
-                }
-                let uds = b["vsock_override"]["uds_path"]
-                    .as_str()
-                    .expect("every clone gets its own vsock socket");
-                serve_vsock(Path::new(uds));
-                rec.state = if b["resume_vm"] == json!(true) {
-                    "Running"
-                } else {
-                    "Paused"
-                };
-            }
-            ("PUT", "/snapshot/create") => {
-                for file in ["snapshot_path", "mem_file_path"] {
-                    std::fs::write(b[file].as_str().unwrap(), b"fake snapshot").unwrap();
-                }
-            }
-            _ => {}
-        }
-        answer(StatusCode::NO_CONTENT, None)
-    }
-}
-
-/// Starts a fake Firecracker that binds `<root>/<id>/firecracker.sock` as soon
-/// as the VM's runtime directory appears.
+/// Starts a fake Firecracker (`fc_support::FakeFirecracker`) that binds
+/// `<root>/<id>/firecracker.sock` as soon as the VM's runtime directory
+/// appears, answering `faults` (method, path, message) with 400.
 fn fake_firecracker(
     spec: &Arc<Spec>,
     root: &Path,
     id: &str,
     faults: &[(&str, &str, &str)],
-) -> Arc<Fake> {
-    let fake = Arc::new(Fake {
-        spec: spec.clone(),
-        dir: root.join(id),
-        faults: faults
-            .iter()
-            .map(|(m, p, msg)| ((m.to_string(), p.to_string()), msg.to_string()))
-            .collect(),
-        rec: Mutex::new(Recorded {
-            state: "Not started",
-            ..Default::default()
-        }),
-    });
-    let server = fake.clone();
-    tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while !server.dir.join("owner").exists() {
-            assert!(tokio::time::Instant::now() < deadline, "no runtime dir");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let listener = UnixListener::bind(server.dir.join(firecracker::API_SOCKET)).unwrap();
-        while let Ok((stream, _)) = listener.accept().await {
-            let server = server.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req| {
-                    let server = server.clone();
-                    async move { Ok::<_, Infallible>(server.handle(req).await) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
+) -> Arc<FakeFirecracker> {
+    let fake = FakeFirecracker::new(spec.clone(), Behaviour::with_faults(faults));
+    let place = Place::unjailed(root, id);
+    fake.serve_once_there(place.dir.join("owner"), place, "no runtime dir");
     fake
 }
 
 // ---- fixtures ---------------------------------------------------------------
 
 struct Fixture {
-    tmp: TempDir,
+    tmp: tempfile::TempDir,
     root: PathBuf,
     opts: FirecrackerOptions,
     spec: Arc<Spec>,
@@ -255,14 +54,14 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
-        let tmp = TempDir::new("icfc");
-        let root = tmp.0.join("run");
+        let tmp = short_tempdir("icfc-");
+        let root = tmp.path().join("run");
         // Stands in for the firecracker binary: a process that lives until killed.
-        let bin = tmp.0.join("firecracker");
+        let bin = tmp.path().join("firecracker");
         std::fs::write(&bin, "#!/bin/sh\nexec sleep 600\n").unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         for f in ["vmlinuz", "initrd.cpio", "rootfs.ext4"] {
-            std::fs::write(tmp.0.join(f), b"x").unwrap();
+            std::fs::write(tmp.path().join(f), b"x").unwrap();
         }
         Fixture {
             opts: FirecrackerOptions {
@@ -279,14 +78,14 @@ impl Fixture {
     fn config(&self, id: &str, rootfs: bool) -> VmConfig {
         let mut c = VmConfig::new(
             id,
-            self.tmp.0.join("vmlinuz"),
-            self.tmp.0.join("initrd.cpio"),
+            self.tmp.path().join("vmlinuz"),
+            self.tmp.path().join("initrd.cpio"),
         );
         c.vcpus = 2;
         c.memory_mib = 512;
         c.vsock.guest_cid = 7;
         if rootfs {
-            c.rootfs = Some(self.tmp.0.join("rootfs.ext4"));
+            c.rootfs = Some(self.tmp.path().join("rootfs.ext4"));
         }
         c
     }
@@ -294,42 +93,6 @@ impl Fixture {
 
 fn alive(pid: i32) -> bool {
     ironclaw_orchestrator::vm::process::alive(pid)
-}
-
-fn keys(fake: &Fake) -> Vec<String> {
-    fake.rec
-        .lock()
-        .unwrap()
-        .calls
-        .iter()
-        .map(Call::key)
-        .collect()
-}
-
-fn body_of(fake: &Fake, method: &str, path: &str) -> Json {
-    fake.rec
-        .lock()
-        .unwrap()
-        .calls
-        .iter()
-        .find(|c| c.method == method && c.path == path)
-        .and_then(|c| c.body.clone())
-        .unwrap_or_else(|| panic!("no {method} {path} call"))
-}
-
-fn assert_clean(fake: &Fake) {
-    let rec = fake.rec.lock().unwrap();
-    assert!(
-        rec.violations.is_empty(),
-        "spec violations: {:#?}",
-        rec.violations
-    );
-    for c in &rec.calls {
-        assert!(
-            !c.path.contains("network-interfaces"),
-            "a network interface was configured: {c:?}"
-        );
-    }
 }
 
 // ---- tests ------------------------------------------------------------------
@@ -354,7 +117,7 @@ async fn full_lifecycle_follows_the_api_description() {
 
     vm.pause().await.unwrap();
     assert_eq!(vm.describe().await.unwrap().state, "Paused");
-    let snap_dir = fx.tmp.0.join("snap");
+    let snap_dir = fx.tmp.path().join("snap");
     std::fs::create_dir(&snap_dir).unwrap();
     let files = SnapshotFiles {
         state: snap_dir.join("vm.state"),
@@ -401,10 +164,10 @@ async fn full_lifecycle_follows_the_api_description() {
         "clone runtime dir left behind"
     );
 
-    assert_clean(&fake);
-    assert_clean(&clone_fake);
+    fake.assert_clean();
+    clone_fake.assert_clean();
     assert_eq!(
-        keys(&fake),
+        fake.keys(),
         [
             "PUT /machine-config",
             "PUT /boot-source",
@@ -420,7 +183,7 @@ async fn full_lifecycle_follows_the_api_description() {
         ]
     );
     assert_eq!(
-        keys(&clone_fake),
+        clone_fake.keys(),
         [
             "PUT /snapshot/load",
             "GET /",
@@ -431,12 +194,18 @@ async fn full_lifecycle_follows_the_api_description() {
 
     // What was sent, field by field.
     assert_eq!(
-        body_of(&fake, "PUT", "/machine-config"),
+        fake.body("PUT", "/machine-config"),
         json!({"vcpu_count": 2, "mem_size_mib": 512, "smt": false, "track_dirty_pages": false})
     );
-    let boot = body_of(&fake, "PUT", "/boot-source");
-    assert_eq!(boot["kernel_image_path"], json!(fx.tmp.0.join("vmlinuz")));
-    assert_eq!(boot["initrd_path"], json!(fx.tmp.0.join("initrd.cpio")));
+    let boot = fake.body("PUT", "/boot-source");
+    assert_eq!(
+        boot["kernel_image_path"],
+        json!(fx.tmp.path().join("vmlinuz"))
+    );
+    assert_eq!(
+        boot["initrd_path"],
+        json!(fx.tmp.path().join("initrd.cpio"))
+    );
     // With a rootfs, the guest is told to boot into it (issue 6).
     let args = boot["boot_args"].as_str().unwrap();
     assert!(
@@ -453,20 +222,20 @@ async fn full_lifecycle_follows_the_api_description() {
         assert!(args.split_whitespace().any(|w| w == want), "{want}: {args}");
     }
     assert_eq!(
-        body_of(&fake, "PUT", "/drives/rootfs"),
-        json!({"drive_id": "rootfs", "path_on_host": fx.tmp.0.join("rootfs.ext4"),
+        fake.body("PUT", "/drives/rootfs"),
+        json!({"drive_id": "rootfs", "path_on_host": fx.tmp.path().join("rootfs.ext4"),
                "is_root_device": false, "is_read_only": true})
     );
     assert_eq!(
-        body_of(&fake, "PUT", "/vsock"),
+        fake.body("PUT", "/vsock"),
         json!({"guest_cid": 7, "uds_path": dir.join("vsock.sock")})
     );
     assert_eq!(
-        body_of(&fake, "PUT", "/snapshot/create"),
+        fake.body("PUT", "/snapshot/create"),
         json!({"snapshot_type": "Full", "snapshot_path": files.state, "mem_file_path": files.memory})
     );
     assert_eq!(
-        body_of(&clone_fake, "PUT", "/snapshot/load"),
+        clone_fake.body("PUT", "/snapshot/load"),
         json!({
             "snapshot_path": files.state,
             "mem_backend": {"backend_type": "File", "backend_path": files.memory},
@@ -499,17 +268,12 @@ async fn fault_message_is_surfaced_and_nothing_is_left() {
     assert!(text.contains("400"), "{text}");
 
     // The process was killed and the runtime directory removed.
-    let pid = fake
-        .rec
-        .lock()
-        .unwrap()
-        .pid
-        .expect("pid recorded by the VM");
+    let pid = fake.pid("bad-kernel").expect("pid recorded by the VM");
     assert!(!alive(pid), "firecracker (pid {pid}) still running");
     assert!(!fx.root.join("bad-kernel").exists());
-    assert_clean(&fake);
+    fake.assert_clean();
     // Configuration stops at the first refusal; no drive call without a rootfs.
-    assert_eq!(keys(&fake), ["PUT /machine-config", "PUT /boot-source"]);
+    assert_eq!(fake.keys(), ["PUT /machine-config", "PUT /boot-source"]);
 
     // Through the VmError the rest of the code sees, the message survives too.
     let vm_err: VmError = err.into();
@@ -540,9 +304,9 @@ async fn backend_trait_launches_without_rootfs_and_kills() {
     drop(inst);
     drop(dir);
     assert!(!fx.root.join("via-trait").exists());
-    assert_clean(&fake);
+    fake.assert_clean();
     assert_eq!(
-        keys(&fake),
+        fake.keys(),
         [
             "PUT /machine-config",
             "PUT /boot-source",
@@ -567,7 +331,7 @@ async fn refused_config_starts_nothing() {
 #[tokio::test]
 async fn exiting_firecracker_is_reported_with_its_log() {
     let fx = Fixture::new();
-    let bin = fx.tmp.0.join("failing-firecracker");
+    let bin = fx.tmp.path().join("failing-firecracker");
     std::fs::write(
         &bin,
         "#!/bin/sh\necho 'Error: /dev/kvm: No such file' >&2\nexit 1\n",

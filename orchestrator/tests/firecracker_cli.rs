@@ -3,9 +3,6 @@
 //! combination Firecracker cannot honour is refused before anything starts.
 //! Neither needs a real Firecracker: a stand-in executable is enough.
 
-mod fc_support;
-use fc_support::*;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -53,17 +50,17 @@ fn doctor_check(out: &Output, name: &str) -> Json {
 
 #[test]
 fn doctor_finds_firecracker_and_its_jailer_through_the_environment() {
-    let tmp = TempDir::new("icfcli");
+    let tmp = tempfile::tempdir().unwrap();
     // A directory without firecracker, so PATH cannot be what finds it.
-    let bin = tmp.0.join("bin");
+    let bin = tmp.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
-    let fc = tmp.0.join("my-firecracker");
-    let jailer = tmp.0.join("my-jailer");
+    let fc = tmp.path().join("my-firecracker");
+    let jailer = tmp.path().join("my-jailer");
     executable(&fc);
     executable(&jailer);
     let path = format!("{}:/usr/bin:/bin", bin.display());
 
-    let out = ironclaw(&tmp.0)
+    let out = ironclaw(tmp.path())
         .args(["doctor", "--json", "--quick"])
         .env("PATH", &path)
         .env("IRONCLAW_FIRECRACKER", &fc)
@@ -82,7 +79,7 @@ fn doctor_finds_firecracker_and_its_jailer_through_the_environment() {
 
     // A jailer by name is looked up on PATH, as the backend does.
     std::fs::rename(&jailer, bin.join("jailer")).unwrap();
-    let out = ironclaw(&tmp.0)
+    let out = ironclaw(tmp.path())
         .args(["doctor", "--json", "--quick"])
         .env("PATH", &path)
         .env("IRONCLAW_FIRECRACKER", &fc)
@@ -100,8 +97,8 @@ fn doctor_finds_firecracker_and_its_jailer_through_the_environment() {
     );
 
     // A variable naming nothing is reported as such, not as "not on PATH".
-    let missing = tmp.0.join("no-such-firecracker");
-    let out = ironclaw(&tmp.0)
+    let missing = tmp.path().join("no-such-firecracker");
+    let out = ironclaw(tmp.path())
         .args(["doctor", "--json", "--quick"])
         .env("PATH", &path)
         .env("IRONCLAW_FIRECRACKER", &missing)
@@ -114,7 +111,7 @@ fn doctor_finds_firecracker_and_its_jailer_through_the_environment() {
     assert!(detail.contains("not a file"), "{detail}");
 
     // Neither set nor on PATH: that is what it says.
-    let out = ironclaw(&tmp.0)
+    let out = ironclaw(tmp.path())
         .args(["doctor", "--json", "--quick"])
         .env("PATH", &path)
         .output()
@@ -125,10 +122,10 @@ fn doctor_finds_firecracker_and_its_jailer_through_the_environment() {
 
 #[test]
 fn accel_tcg_with_backend_firecracker_is_refused_before_anything_starts() {
-    let tmp = TempDir::new("icfcli");
-    let fc = tmp.0.join("firecracker");
+    let tmp = tempfile::tempdir().unwrap();
+    let fc = tmp.path().join("firecracker");
     executable(&fc);
-    let out = ironclaw(&tmp.0)
+    let out = ironclaw(tmp.path())
         .args([
             "run",
             "--backend",
@@ -151,9 +148,12 @@ fn accel_tcg_with_backend_firecracker_is_refused_before_anything_starts() {
     assert!(stderr.contains("--accel tcg"), "{stderr}");
     assert!(stderr.contains("--backend firecracker"), "{stderr}");
     // Nothing was started or prepared: no runtime directory, no image cache.
-    assert!(!tmp.0.join("run").exists(), "a runtime directory was made");
     assert!(
-        !tmp.0.join("cache").exists(),
+        !tmp.path().join("run").exists(),
+        "a runtime directory was made"
+    );
+    assert!(
+        !tmp.path().join("cache").exists(),
         "the guest image was prepared"
     );
 }

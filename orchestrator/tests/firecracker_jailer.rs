@@ -20,15 +20,11 @@
 mod fc_support;
 use fc_support::*;
 
-use std::convert::Infallible;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose};
 use ironclaw_orchestrator::vm::firecracker::{
     self, jailer, FirecrackerBackend, FirecrackerError, FirecrackerOptions, JailerConfig,
@@ -36,9 +32,7 @@ use ironclaw_orchestrator::vm::firecracker::{
 };
 use ironclaw_orchestrator::vm::runtime::{self, RuntimeDir};
 use ironclaw_orchestrator::vm::VmConfig;
-use serde_json::{json, Value as Json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::net::UnixListener;
+use serde_json::json;
 
 // ---- the fake jailer --------------------------------------------------------
 
@@ -46,287 +40,11 @@ use tokio::net::UnixListener;
 
 // ---- the fake Firecracker API -------------------------------------------------
 
-#[derive(Debug, Clone)]
-struct Call {
-    method: String,
-    path: String,
-    body: Option<Json>,
-}
-
-impl Call {
-    fn key(&self) -> String {
-        let action = self
-            .body
-            .as_ref()
-            .and_then(|b| b.get("action_type").or_else(|| b.get("state")))
-            .and_then(Json::as_str)
-            .map(|a| format!(" {a}"))
-            .unwrap_or_default();
-        format!("{} {}{action}", self.method, self.path)
-    }
-}
-
-#[derive(Default)]
-struct Recorded {
-    calls: Vec<Call>,
-    violations: Vec<String>,
-    state: &'static str,
-    pid: Option<i32>,
-    /// Paths (in the chroot) of the drives the VM has, as a snapshot records them.
-    drives: Vec<String>,
-}
+// The fake API is `fc_support::FakeFirecracker`, serving each VM at its
+// chroot's API socket (`Fixture::fake_api`).
 
 /// The host file a misbehaving fake points its memory "file" at.
 const VICTIM: &str = "/etc/hostname";
-
-/// What the fake's snapshot state file records: the paths the restored VM
-/// will open again (in the chroot of whoever loads it).
-fn fake_vmstate(id: &str, drives: &[String]) -> String {
-    json!({"fake vmstate of": id, "drives": drives}).to_string()
-}
-
-/// Whether `uid`/`gid` may read a file with metadata `m` (by its mode bits).
-fn readable_by(m: &std::fs::Metadata, uid: u32, gid: u32) -> bool {
-    let mode = m.mode();
-    mode & 0o004 != 0
-        || (m.uid() == uid && mode & 0o400 != 0)
-        || (m.gid() == gid && mode & 0o040 != 0)
-}
-
-struct Fake {
-    spec: Arc<Spec>,
-    /// The VM's runtime directory (pids).
-    dir: PathBuf,
-    /// The chroot: paths in requests are relative to it.
-    chroot: PathBuf,
-    id: String,
-    /// Misbehave as a compromised Firecracker could: leave a symlink to a
-    /// host file where the snapshot's memory file should be.
-    symlink_memory: std::sync::atomic::AtomicBool,
-    rec: Mutex<Recorded>,
-}
-
-fn serve_vsock(path: &Path) {
-    let listener = UnixListener::bind(path).expect("binding the fake vsock socket");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut s = tokio::io::BufReader::new(stream);
-                let mut line = String::new();
-                if s.read_line(&mut line).await.is_ok() && line.starts_with("CONNECT ") {
-                    let _ = s.get_mut().write_all(b"OK 1073741824\n").await;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            });
-        }
-    });
-}
-
-impl Fake {
-    /// A path as the jailed Firecracker opens it: it must be absolute (seen
-    /// from the chroot's `/`) and exist in the chroot.
-    fn in_chroot(&self, p: &Json, what: &str, errs: &mut Vec<String>) -> PathBuf {
-        let p = p.as_str().unwrap_or_default();
-        if !p.starts_with('/') {
-            errs.push(format!(
-                "{what} {p:?} is not an absolute path in the chroot"
-            ));
-        }
-        self.chroot.join(p.trim_start_matches('/'))
-    }
-
-    async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response<Body> {
-        let method = req.method().as_str().to_string();
-        let path = req.uri().path().to_string();
-        let raw = req.into_body().collect().await.unwrap().to_bytes();
-        let body = if raw.is_empty() {
-            None
-        } else {
-            match serde_json::from_slice::<Json>(&raw) {
-                Ok(b) => Some(b),
-                Err(e) => return fault(format!("invalid JSON body: {e}")),
-            }
-        };
-        let mut rec = self.rec.lock().unwrap();
-        if rec.pid.is_none() {
-            rec.pid = std::fs::read_to_string(self.dir.join("pids"))
-                .ok()
-                .and_then(|t| t.lines().next()?.trim().parse().ok());
-        }
-        rec.calls.push(Call {
-            method: method.clone(),
-            path: path.clone(),
-            body: body.clone(),
-        });
-        let mut errs = check_request(&self.spec, &method, &path, body.as_ref());
-        let b = body.unwrap_or(Json::Null);
-        // Firecracker opens these itself, inside its chroot.
-        let files: &[(&str, &str)] = match (method.as_str(), path.as_str()) {
-            ("PUT", "/boot-source") => {
-                &[("kernel_image_path", "kernel"), ("initrd_path", "initrd")]
-            }
-            ("PUT", p) if p.starts_with("/drives/") => &[("path_on_host", "drive")],
-            _ => &[],
-        };
-        for (field, what) in files {
-            let host = self.in_chroot(&b[*field], what, &mut errs);
-            if !host.is_file() {
-                errs.push(format!("{what} {} is not in the chroot", b[*field]));
-            }
-        }
-        if !errs.is_empty() {
-            rec.violations.extend(errs.iter().cloned());
-            return fault(errs.join("; "));
-        }
-        match (method.as_str(), path.as_str()) {
-            ("GET", "/") => {
-                let info = json!({
-                    "app_name": "Firecracker",
-                    "id": "anonymous-instance",
-                    "state": rec.state,
-                    "vmm_version": "1.17.0-dev",
-                });
-                let errs = definition_errors(&self.spec, "InstanceInfo", &info);
-                assert!(errs.is_empty(), "the fake's own answer: {errs:?}");
-                return answer(StatusCode::OK, Some(info));
-            }
-            ("PUT", "/vsock") => {
-                let mut errs = Vec::new();
-                let host = self.in_chroot(&b["uds_path"], "vsock uds_path", &mut errs);
-                if !errs.is_empty() {
-                    rec.violations.extend(errs.iter().cloned());
-                    return fault(errs.join("; "));
-                }
-                serve_vsock(&host);
-            }
-            ("PUT", "/actions") => match b["action_type"].as_str() {
-                Some("InstanceStart") if rec.state != "Not started" => {
-                    return fault(
-                        "The requested operation is not supported after starting the microVM.",
-                    )
-                }
-                Some("InstanceStart") => rec.state = "Running",
-                Some("SendCtrlAltDel") => {
-                    if let Some(pid) = rec.pid {
-                        // SAFETY: kill(2) on the pid of the stand-in process this test started.
-                        unsafe { libc::kill(pid, libc::SIGTERM) };
-                    }
-                }
-                _ => {}
-            },
-            ("PATCH", "/vm") => match (b["state"].as_str(), rec.state) {
-                (Some("Paused"), "Running") => rec.state = "Paused",
-                (Some("Resumed"), "Paused") => rec.state = "Running",
-                _ => return fault(format!("cannot move from {} to {}", rec.state, b["state"])),
-            },
-            ("PUT", p) if p.starts_with("/drives/") => {
-                rec.drives
-                    .push(b["path_on_host"].as_str().unwrap().to_string());
-            }
-            ("PUT", "/snapshot/create") => {
-                if rec.state != "Paused" {
-                    return fault("Cannot create a snapshot: the microVM is not paused");
-                }
-                // Firecracker, as the jail uid, creates both files.
-                let (uid, gid) = self.jail_ids();
-                let mut errs = Vec::new();
-                for (field, text) in [
-                    ("snapshot_path", fake_vmstate(&self.id, &rec.drives)),
-                    ("mem_file_path", format!("fake memory of {}", self.id)),
-                ] {
-                    let host = self.in_chroot(&b[field], field, &mut errs);
-                    let parent = host.parent().unwrap();
-                    match std::fs::metadata(parent) {
-                        Ok(m) if m.uid() == uid && m.mode() & 0o200 != 0 => {}
-                        Ok(m) => errs.push(format!(
-                            "{field}: the jail uid {uid} cannot write in {} (owner {}, mode {:o})",
-                            parent.display(),
-                            m.uid(),
-                            m.mode()
-                        )),
-                        Err(e) => errs.push(format!("{field}: {}: {e}", parent.display())),
-                    }
-                    let tamper = self
-                        .symlink_memory
-                        .load(std::sync::atomic::Ordering::SeqCst);
-                    if errs.is_empty() && tamper && field == "mem_file_path" {
-                        std::os::unix::fs::symlink(VICTIM, &host).unwrap();
-                    } else if errs.is_empty() {
-                        std::fs::write(&host, text).unwrap();
-                        std::os::unix::fs::chown(&host, Some(uid), Some(gid)).unwrap();
-                        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644))
-                            .unwrap();
-                    }
-                }
-                if !errs.is_empty() {
-                    rec.violations.extend(errs.iter().cloned());
-                    return fault(errs.join("; "));
-                }
-            }
-            ("PUT", "/snapshot/load") => {
-                if rec.calls.len() != 1 {
-                    return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
-                }
-                let (uid, gid) = self.jail_ids();
-                let mut errs = Vec::new();
-                let state = self.in_chroot(&b["snapshot_path"], "snapshot_path", &mut errs);
-                let memory = self.in_chroot(
-                    &b["mem_backend"]["backend_path"],
-                    "mem_backend.backend_path",
-                    &mut errs,
-                );
-                for f in [&state, &memory] {
-                    match std::fs::metadata(f) {
-                        Ok(m) if m.is_file() && readable_by(&m, uid, gid) => {}
-                        Ok(m) => errs.push(format!(
-                            "{} cannot be read by the jail uid {uid}/gid {gid} (owner {}:{}, mode {:o})",
-                            f.display(),
-                            m.uid(),
-                            m.gid(),
-                            m.mode()
-                        )),
-                        Err(e) => errs.push(format!("{} is not in the chroot: {e}", f.display())),
-                    }
-                }
-                // The restored VM opens its drives again, by the paths recorded.
-                if errs.is_empty() {
-                    let recorded: Json =
-                        serde_json::from_str(&std::fs::read_to_string(&state).unwrap())
-                            .expect("a state file the fake wrote");
-                    for d in recorded["drives"].as_array().unwrap() {
-                        let host = self.in_chroot(d, "drive", &mut errs);
-                        if !host.is_file() {
-                            errs.push(format!("drive {d} of the snapshot is not in the chroot"));
-                        }
-                    }
-                }
-                let uds = self.in_chroot(
-                    &b["vsock_override"]["uds_path"],
-                    "vsock_override.uds_path",
-                    &mut errs,
-                );
-                if !errs.is_empty() {
-                    rec.violations.extend(errs.iter().cloned());
-                    return fault(errs.join("; "));
-                }
-                serve_vsock(&uds);
-                rec.state = if b["resume_vm"] == json!(true) {
-                    "Running"
-                } else {
-                    "Paused"
-                };
-            }
-            _ => {}
-        }
-        answer(StatusCode::NO_CONTENT, None)
-    }
-
-    /// The jail uid and gid: the chroot's `/run` belongs to them.
-    fn jail_ids(&self) -> (u32, u32) {
-        let m = std::fs::metadata(self.chroot.join("run")).expect("the chroot's /run");
-        (m.uid(), m.gid())
-    }
-}
 
 // ---- fixtures -------------------------------------------------------------------
 
@@ -336,7 +54,7 @@ fn write_exec(path: &Path, text: &str) {
 }
 
 struct Fixture {
-    tmp: TempDir,
+    tmp: tempfile::TempDir,
     /// Runtime root.
     root: PathBuf,
     /// Chroot base.
@@ -349,21 +67,21 @@ struct Fixture {
 
 impl Fixture {
     fn new(jailer_script: Option<&str>) -> Fixture {
-        let tmp = TempDir::new("icjl");
-        let out = tmp.0.join("out");
+        let tmp = short_tempdir("icjl-");
+        let out = tmp.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        let fc = tmp.0.join("firecracker");
+        let fc = tmp.path().join("firecracker");
         // The "firecracker" the jailer execs: a process that lives until killed.
         write_exec(&fc, "#!/bin/sh\nexec sleep 600\n");
-        let jailer = tmp.0.join("jailer");
+        let jailer = tmp.path().join("jailer");
         let script = jailer_script
             .unwrap_or(FAKE_JAILER)
             .replace("@OUT@", &out.to_string_lossy());
         write_exec(&jailer, &script);
         for f in ["vmlinuz", "initrd.cpio", "rootfs.ext4"] {
-            std::fs::write(tmp.0.join(f), f).unwrap();
+            std::fs::write(tmp.path().join(f), f).unwrap();
         }
-        let base = tmp.0.join("jail");
+        let base = tmp.path().join("jail");
         Fixture {
             opts: FirecrackerOptions {
                 binary: fc,
@@ -376,7 +94,7 @@ impl Fixture {
                     cgroup_version: None,
                 }),
             },
-            root: tmp.0.join("run"),
+            root: tmp.path().join("run"),
             base,
             out,
             spec: spec(),
@@ -387,14 +105,14 @@ impl Fixture {
     fn config(&self, id: &str, rootfs: bool) -> VmConfig {
         let mut c = VmConfig::new(
             id,
-            self.tmp.0.join("vmlinuz"),
-            self.tmp.0.join("initrd.cpio"),
+            self.tmp.path().join("vmlinuz"),
+            self.tmp.path().join("initrd.cpio"),
         );
         c.vcpus = 2;
         c.memory_mib = 512;
         c.vsock.guest_cid = 7;
         if rootfs {
-            c.rootfs = Some(self.tmp.0.join("rootfs.ext4"));
+            c.rootfs = Some(self.tmp.path().join("rootfs.ext4"));
         }
         c
     }
@@ -409,44 +127,11 @@ impl Fixture {
 
     /// The fake Firecracker API: binds the chroot's API socket once the
     /// (fake) jailer has run.
-    fn fake_api(&self, id: &str) -> Arc<Fake> {
-        let fake = Arc::new(Fake {
-            spec: self.spec.clone(),
-            dir: self.root.join(id),
-            chroot: self.chroot(id),
-            id: id.to_string(),
-            symlink_memory: Default::default(),
-            rec: Mutex::new(Recorded {
-                state: "Not started",
-                ..Default::default()
-            }),
-        });
-        let server = fake.clone();
+    fn fake_api(&self, id: &str) -> Arc<FakeFirecracker> {
+        let fake = FakeFirecracker::new(self.spec.clone(), Behaviour::default());
         let argv = self.out.join(format!("argv-{id}"));
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            while !argv.exists() {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the jailer never ran"
-                );
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            let socket = server.chroot.join("run/firecracker.socket");
-            let listener = UnixListener::bind(&socket).unwrap();
-            while let Ok((stream, _)) = listener.accept().await {
-                let server = server.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
+        let place = Place::jailed(&self.root, id, self.chroot(id));
+        fake.serve_once_there(argv, place, "the jailer never ran");
         fake
     }
 
@@ -492,42 +177,6 @@ fn require_root(test: &str) {
 
 fn alive(pid: i32) -> bool {
     ironclaw_orchestrator::vm::process::alive(pid)
-}
-
-fn keys(fake: &Fake) -> Vec<String> {
-    fake.rec
-        .lock()
-        .unwrap()
-        .calls
-        .iter()
-        .map(Call::key)
-        .collect()
-}
-
-fn body_of(fake: &Fake, method: &str, path: &str) -> Json {
-    fake.rec
-        .lock()
-        .unwrap()
-        .calls
-        .iter()
-        .find(|c| c.method == method && c.path == path)
-        .and_then(|c| c.body.clone())
-        .unwrap_or_else(|| panic!("no {method} {path} call"))
-}
-
-fn assert_clean(fake: &Fake) {
-    let rec = fake.rec.lock().unwrap();
-    assert!(
-        rec.violations.is_empty(),
-        "violations: {:#?}",
-        rec.violations
-    );
-    for c in &rec.calls {
-        assert!(
-            !c.path.contains("network-interfaces"),
-            "a network interface was configured: {c:?}"
-        );
-    }
 }
 
 /// The cgroup version the launch is expected to pick on this host.
@@ -728,16 +377,16 @@ async fn start_firecracker_through_the_jailer_from_the_environment() {
             "{f}"
         );
     }
-    let boot = body_of(&fake, "PUT", "/boot-source");
+    let boot = fake.body("PUT", "/boot-source");
     assert_eq!(boot["kernel_image_path"], json!("/vmlinux"));
     assert_eq!(boot["initrd_path"], json!("/initrd"));
     assert_eq!(
-        body_of(&fake, "PUT", "/drives/rootfs"),
+        fake.body("PUT", "/drives/rootfs"),
         json!({"drive_id": "rootfs", "path_on_host": "/rootfs",
                "is_root_device": false, "is_read_only": true})
     );
     assert_eq!(
-        body_of(&fake, "PUT", "/vsock"),
+        fake.body("PUT", "/vsock"),
         json!({"guest_cid": 7, "uds_path": "/vsock.sock"})
     );
     // The host side of the vsock is the socket in the chroot; the agent's
@@ -755,8 +404,8 @@ async fn start_firecracker_through_the_jailer_from_the_environment() {
     vm.pause().await.unwrap();
     // A snapshot is written inside the chroot and moved out to the host paths.
     let files = SnapshotFiles {
-        state: fx.tmp.0.join("s"),
-        memory: fx.tmp.0.join("m"),
+        state: fx.tmp.path().join("s"),
+        memory: fx.tmp.path().join("m"),
     };
     vm.create_snapshot(&files)
         .await
@@ -771,9 +420,9 @@ async fn start_firecracker_through_the_jailer_from_the_environment() {
     drop(vm);
     assert_nothing_left(&fx, id, &cgroups);
 
-    assert_clean(&fake);
+    fake.assert_clean();
     assert_eq!(
-        keys(&fake),
+        fake.keys(),
         [
             "PUT /machine-config",
             "PUT /boot-source",
@@ -851,9 +500,9 @@ async fn backend_trait_launches_jailed_and_destroy_leaves_nothing() {
     drop(inst);
     drop(dir);
     assert_nothing_left(&fx, id, &cgroups);
-    assert_clean(&fake);
+    fake.assert_clean();
     assert_eq!(
-        keys(&fake),
+        fake.keys(),
         [
             "PUT /machine-config",
             "PUT /boot-source",
@@ -893,7 +542,7 @@ async fn failing_jailer_fails_the_launch_and_leaves_nothing() {
 #[tokio::test]
 async fn missing_jailer_fails_before_anything_starts() {
     let mut fx = Fixture::new(None);
-    let missing = fx.tmp.0.join("no-such-jailer");
+    let missing = fx.tmp.path().join("no-such-jailer");
     fx.opts.jailer.as_mut().unwrap().binary = missing.clone();
     let id = "no-jailer";
     let err = firecracker::start_firecracker_in(&fx.opts, &fx.config(id, false), &fx.root)
@@ -978,7 +627,7 @@ async fn jailed_snapshot_is_moved_out_and_restored_into_new_jails() {
         .await
         .expect("jailed launch");
     proto.pause().await.unwrap();
-    let snap = fx.tmp.0.join("snap");
+    let snap = fx.tmp.path().join("snap");
     std::fs::create_dir(&snap).unwrap();
     let files = SnapshotFiles {
         state: snap.join("vm.state"),
@@ -986,7 +635,7 @@ async fn jailed_snapshot_is_moved_out_and_restored_into_new_jails() {
     };
     proto.create_snapshot(&files).await.expect("snapshot");
     assert_eq!(
-        body_of(&fake, "PUT", "/snapshot/create"),
+        fake.body("PUT", "/snapshot/create"),
         json!({"snapshot_type": "Full", "snapshot_path": "/snapshot/vmstate",
                "mem_file_path": "/snapshot/memory"})
     );
@@ -1000,7 +649,7 @@ async fn jailed_snapshot_is_moved_out_and_restored_into_new_jails() {
     proto.kill();
     drop(proto);
     assert_nothing_left(&fx, proto_id, &proto_cgroups);
-    assert_clean(&fake);
+    fake.assert_clean();
 
     // Clone a: same gid, so the snapshot is hard-linked into its chroot.
     // Clone b: uid and gid derived per VM, so it gets copies of its own.
@@ -1024,7 +673,7 @@ async fn jailed_snapshot_is_moved_out_and_restored_into_new_jails() {
         let argv = std::fs::read_to_string(fx.out.join(format!("argv-{clone_id}"))).unwrap();
         assert!(argv.lines().any(|l| l == clone_id), "{argv}");
         assert_eq!(
-            body_of(&fake, "PUT", "/snapshot/load"),
+            fake.body("PUT", "/snapshot/load"),
             json!({
                 "snapshot_path": "/snapshot/vmstate",
                 "mem_backend": {"backend_type": "File", "backend_path": "/snapshot/memory"},
@@ -1082,9 +731,9 @@ async fn jailed_snapshot_is_moved_out_and_restored_into_new_jails() {
         drop(clone);
         assert!(!alive(pid));
         assert_nothing_left(&fx, clone_id, &cgroups);
-        assert_clean(&fake);
+        fake.assert_clean();
         assert_eq!(
-            keys(&fake),
+            fake.keys(),
             ["PUT /snapshot/load", "GET /", "PATCH /vm Resumed"]
         );
     }
@@ -1107,11 +756,10 @@ async fn a_symlink_left_in_the_jails_snapshot_is_refused() {
         .expect("jailed launch");
     vm.pause().await.unwrap();
     let victim_before = std::fs::metadata(VICTIM).unwrap();
-    fake.symlink_memory
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    fake.tamper_memory_with_symlink_to(Path::new(VICTIM));
     let files = SnapshotFiles {
-        state: fx.tmp.0.join("t.state"),
-        memory: fx.tmp.0.join("t.mem"),
+        state: fx.tmp.path().join("t.state"),
+        memory: fx.tmp.path().join("t.mem"),
     };
     let err = vm
         .create_snapshot(&files)
@@ -1155,11 +803,10 @@ async fn a_snapshot_moved_to_another_file_system_is_copied() {
     let dev = |p: &Path| std::fs::metadata(p).unwrap().dev();
     assert_ne!(
         dev(shm),
-        dev(&fx.tmp.0),
+        dev(fx.tmp.path()),
         "/dev/shm and /tmp are one file system here"
     );
-    let out = TempDir(shm.join(format!("icjl-{}", std::process::id())));
-    std::fs::create_dir_all(&out.0).unwrap();
+    let out = tempdir_in(shm, "icjl-");
     let id = "jcopy";
     let fake = fx.fake_api(id);
     let mut vm = firecracker::start_firecracker_in(&fx.opts, &fx.config(id, false), &fx.root)
@@ -1167,13 +814,13 @@ async fn a_snapshot_moved_to_another_file_system_is_copied() {
         .expect("jailed launch");
     vm.pause().await.unwrap();
     let files = SnapshotFiles {
-        state: out.0.join("vm.state"),
-        memory: out.0.join("vm.mem"),
+        state: out.path().join("vm.state"),
+        memory: out.path().join("vm.mem"),
     };
     vm.create_snapshot(&files)
         .await
         .expect("snapshot across file systems");
     assert_moved_out(&fx, id, &files, 4343, 0o640);
     vm.kill();
-    assert_clean(&fake);
+    fake.assert_clean();
 }

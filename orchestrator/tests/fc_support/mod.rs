@@ -1,12 +1,21 @@
 //! Shared by the Firecracker test binaries: the repository's own description
 //! of the part of Firecracker's API that IronClaw uses
 //! (`tests/data/firecracker-api.json`, written by hand from Firecracker's
-//! OpenAPI document), a checker of request bodies against it, the fake API's
-//! answers, temporary directories.
+//! OpenAPI document), a checker of request bodies against it, the fake
+//! Firecracker API server ([`fake_api`]) with the hybrid vsock socket and a
+//! minimal guest agent behind it ([`vsock`]), the fake jailer, temporary
+//! directories.
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+pub mod fake_api;
+pub mod vsock;
+
+// Not every test binary uses all of them.
+#[allow(unused_imports)]
+pub use fake_api::{Behaviour, FakeFirecracker, Place};
+
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -232,23 +241,18 @@ pub fn fault(msg: impl Into<String>) -> Response<Body> {
     )
 }
 
-/// A temporary directory (short: socket paths are limited to 107 bytes).
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(prefix: &str) -> TempDir {
-        let mut b = [0u8; 4];
-        getrandom::getrandom(&mut b).unwrap();
-        let p = PathBuf::from(format!("/tmp/{prefix}-{}", hex::encode(b)));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
+/// A temporary directory under `dir`, removed when dropped.
+pub fn tempdir_in(dir: impl AsRef<Path>, prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(dir)
+        .unwrap_or_else(|e| panic!("a temporary directory: {e}"))
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// A temporary directory, removed when dropped; in `/tmp`, whatever
+/// `$TMPDIR` says, so that socket paths in it stay within their 107 bytes.
+pub fn short_tempdir(prefix: &str) -> tempfile::TempDir {
+    tempdir_in("/tmp", prefix)
 }
 
 /// Prints past the test harness's capture (it captures the print macros
