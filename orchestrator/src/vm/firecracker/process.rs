@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use super::super::accel::Accel;
 use super::super::backend::VmInstance;
 use super::super::channel::GuestChannel;
+use super::super::host::{self, SocketReady, SocketWaitError};
 use super::super::process::{self, spawn_child};
 use super::super::runtime::RuntimeDir;
 use super::super::vsock::Vsock;
@@ -265,41 +266,50 @@ pub(super) async fn spawn_in(
         dir.record_pid_started(fc.pid())
             .map_err(|e| FirecrackerError::io("recording the jailed firecracker pid", e))?;
     }
-    let found = process::poll_until(SOCKET_WAIT, || {
-        // The socket file appears at bind(), before listen(): until a
-        // connection is accepted, the first request could be refused.
-        if api_socket.exists() && std::os::unix::net::UnixStream::connect(&api_socket).is_ok() {
-            return Some(Ok(()));
-        }
-        fc.exit_status().map(Err)
-    })
+    // The socket file appears at bind(), before listen(): until a connection
+    // is accepted, the first request could be refused.
+    let jailed = jail.is_some();
+    let waited = host::wait_for_socket(
+        &mut fc,
+        &api_socket,
+        SocketReady::Accepting,
+        SOCKET_WAIT,
+        |fc| fc.exit_status(),
+        |fc| {
+            if jailed {
+                format!(
+                    "{} / firecracker log: {}",
+                    host::tail(&fc.console, 1500),
+                    host::tail(&log, 1500)
+                )
+            } else {
+                format!(
+                    "{} / console: {}",
+                    host::tail(&log, 1500),
+                    host::tail(&fc.console, 1500)
+                )
+            }
+        },
+    )
     .await;
-    match found {
-        Some(Ok(())) => Ok(fc),
-        Some(Err(status)) if jail.is_some() => Err(JailerError::Exited {
+    match waited {
+        Ok(()) => Ok(fc),
+        Err(SocketWaitError::Exited { status, log_tail }) if jailed => Err(JailerError::Exited {
             step: jailer::JailerStep::RunJailer,
             jailer: jail.map(|j| j.jailer().to_path_buf()).unwrap_or_default(),
             status,
             socket: api_socket,
-            output: format!(
-                "{} / firecracker log: {}",
-                super::super::host::tail(&fc.console, 1500),
-                super::super::host::tail(&log, 1500)
-            ),
+            output: log_tail,
         }
         .into()),
-        Some(Err(status)) => Err(FirecrackerError::ExitedEarly {
+        Err(SocketWaitError::Exited { status, log_tail }) => Err(FirecrackerError::ExitedEarly {
             status,
             socket: api_socket,
-            log_tail: format!(
-                "{} / console: {}",
-                super::super::host::tail(&log, 1500),
-                super::super::host::tail(&fc.console, 1500)
-            ),
+            log_tail,
         }),
-        None => Err(FirecrackerError::SocketTimeout {
+        Err(SocketWaitError::TimedOut { waited }) => Err(FirecrackerError::SocketTimeout {
             socket: api_socket,
-            waited: SOCKET_WAIT,
+            waited,
         }),
     }
 }
