@@ -193,6 +193,42 @@ fn pss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used so far, from /proc/<pid>/stat.
+fn cpu_time(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The fields after the command name (which may hold spaces) start at `state`.
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis((ticks(11) + ticks(12)) * 1000 / hz)
+}
+
+/// The share of one host core the processes of each idle VM use over `window`.
+async fn idle_cpu_shares(vms: &[Vec<u32>], window: Duration) -> Vec<f64> {
+    let used = |pids: &[u32]| pids.iter().map(|p| cpu_time(*p)).sum::<Duration>();
+    let before: Vec<Duration> = vms.iter().map(|p| used(p)).collect();
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    vms.iter()
+        .zip(before)
+        .map(|(p, b)| (used(p) - b).as_secs_f64() / elapsed)
+        .collect()
+}
+
 /// Runs every measurement and prints (and with `--output` writes) the report.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
@@ -267,6 +303,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     .await?;
     let mut acquire = Vec::new();
     let mut idle_pss = Vec::new();
+    let mut idle_cpu = Vec::new();
     for i in 0..runs {
         if !pool.wait_ready(2, Duration::from_secs(120)).await {
             bail!("the pool did not fill: {:?}", pool.stats());
@@ -279,6 +316,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .iter()
                     .map(|p| p.iter().map(|pid| pss_kib(*pid)).sum::<u64>()),
             );
+            // And the host CPU they burn while nothing runs in them.
+            idle_cpu = idle_cpu_shares(&pool.ready_pids(), Duration::from_secs(3)).await;
         }
         let t0 = Instant::now();
         let vm = pool.acquire().await?;
@@ -376,7 +415,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          | measurement | value |\n|---|---:|\n\
          | {n} clones restored in parallel: all first results after (ms) | {} |\n\
          | same, median per clone (ms) | {} |\n\
-         | host memory (PSS) per idle pooled VM, MiB | {:.1} |\n\n\
+         | host memory (PSS) per idle pooled VM, MiB | {:.1} |\n\
+         | host CPU per idle pooled VM over 3 s, % of one core (each VM) | {} |\n\n\
          ## Exec round trip\n\n\
          | measurement | median ms | samples |\n|---|---:|---:|\n\
          | `true` on a running VM (exec request → exit status) | {} | {} |\n",
@@ -406,6 +446,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         ms(par_all),
         ms(median(par.clone())),
         idle_pss_mib,
+        idle_cpu
+            .iter()
+            .map(|c| format!("{:.1}", c * 100.0))
+            .collect::<Vec<_>>()
+            .join(", "),
         ms(median(execs.clone())),
         execs.len(),
     );
