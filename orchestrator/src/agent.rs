@@ -10,6 +10,25 @@
 //! stream, and the host holds at most a window of it. A guest that sends
 //! beyond its credit, or oversized or malformed frames, ends the session.
 //! The other way, writers of stdin and uploads wait for the guest's credit.
+//!
+//! # Deadlines
+//!
+//! The guest is not trusted to end what it was asked to do: its root can
+//! stop or replace the agent. So every request has a host-side deadline,
+//! after which it fails with [`AgentError::Deadline`]:
+//!
+//! - an exec, its timeout (the request's `timeout_ms`, or
+//!   [`DEFAULT_EXEC_TIMEOUT`] filled in when it has none, see
+//!   [`AgentClient::with_default_exec_timeout`]) plus a grace period
+//!   ([`DEFAULT_EXEC_GRACE`], [`AgentClient::with_exec_grace`]) from its start;
+//! - a file operation, a time without progress ([`DEFAULT_FILE_IDLE_LIMIT`],
+//!   [`AgentClient::with_file_idle_limit`]): no reply, chunk or credit from
+//!   the guest for that long.
+//!
+//! A deadline error means the guest stopped answering (or cheats): the
+//! client itself stays usable, but what the guest does next cannot be
+//! trusted. The caller decides; `ironclaw run` destroys the VM (exit 124
+//! for an exec, 125 otherwise), which is the advised course.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -32,10 +51,65 @@ mod streams;
 
 pub use exec::{ExecEvent, ExecOutput, ExecSession, StdinWriter};
 pub use files::FileError;
+pub use files::MAX_LIST_BYTES;
 use inbox::*;
 use streams::*;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long after its timeout an exec may still take to report its end
+/// before the host gives it up (the guest kills it at the timeout).
+pub const DEFAULT_EXEC_GRACE: Duration = Duration::from_secs(5);
+/// The timeout given to an exec request that has none: the same as
+/// `VmConfig`'s `exec_timeout_ms` default.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a file operation may go without progress from the guest.
+pub const DEFAULT_FILE_IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// What [`AgentClient::run`] keeps of each of stdout and stderr.
+pub const DEFAULT_OUTPUT_CAP: usize = 16 << 20;
+
+/// The request whose deadline passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadlineOf {
+    /// A command (its timeout plus the grace period).
+    Exec,
+    /// A file operation (a time without progress).
+    File { op: &'static str, path: String },
+}
+
+impl DeadlineOf {
+    /// Whether the request was a command.
+    pub fn is_exec(&self) -> bool {
+        matches!(self, DeadlineOf::Exec)
+    }
+}
+
+impl std::fmt::Display for DeadlineOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeadlineOf::Exec => f.write_str("the command did not end"),
+            DeadlineOf::File { op, path } => write!(f, "{op} {path} made no progress"),
+        }
+    }
+}
+
+/// The host-side limits of one client (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    exec_grace: Duration,
+    default_exec_timeout: Duration,
+    file_idle: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            exec_grace: DEFAULT_EXEC_GRACE,
+            default_exec_timeout: DEFAULT_EXEC_TIMEOUT,
+            file_idle: DEFAULT_FILE_IDLE_LIMIT,
+        }
+    }
+}
 /// Frames of an earlier session skipped while waiting for the hello answer
 /// (on virtio-serial the agent may still be flushing an old session's output).
 const HANDSHAKE_SKIP: usize = 4096;
@@ -58,6 +132,10 @@ pub enum AgentError {
     Unexpected(String),
     #[error("no answer from the guest agent within {0:?}")]
     Timeout(Duration),
+    /// The host-side deadline of a request passed: the guest stopped
+    /// answering (its agent stopped, killed or replaced). See the module docs.
+    #[error("the guest stopped answering: {what} within {after:?}")]
+    Deadline { what: DeadlineOf, after: Duration },
 }
 
 /// How the session ended, told to every request still waiting on it.
@@ -84,6 +162,7 @@ pub struct AgentClient {
     shared: Arc<Shared>,
     agent_version: String,
     kernel_release: String,
+    limits: Limits,
 }
 
 impl AgentClient {
@@ -181,7 +260,29 @@ impl AgentClient {
             shared,
             agent_version,
             kernel_release,
+            limits: Limits::default(),
         })
+    }
+
+    /// This client with `grace` as the time an exec may take past its
+    /// timeout before it fails with [`AgentError::Deadline`] (clones share
+    /// the session, not the limits).
+    pub fn with_exec_grace(mut self, grace: Duration) -> AgentClient {
+        self.limits.exec_grace = grace;
+        self
+    }
+
+    /// This client with `timeout` given to exec requests that have none.
+    pub fn with_default_exec_timeout(mut self, timeout: Duration) -> AgentClient {
+        self.limits.default_exec_timeout = timeout;
+        self
+    }
+
+    /// This client with `limit` as the time a file operation may go without
+    /// progress before it fails with [`AgentError::Deadline`].
+    pub fn with_file_idle_limit(mut self, limit: Duration) -> AgentClient {
+        self.limits.file_idle = limit;
+        self
     }
 
     pub fn agent_version(&self) -> &str {
@@ -191,16 +292,38 @@ impl AgentClient {
         &self.kernel_release
     }
 
-    /// Starts `req` on a new stream.
-    pub async fn exec(&self, req: ExecRequest) -> Result<ExecSession, AgentError> {
+    /// Starts `req` on a new stream. A request without a timeout gets the
+    /// client's default ([`DEFAULT_EXEC_TIMEOUT`] unless set otherwise); the
+    /// session fails with [`AgentError::Deadline`] if the guest has not
+    /// reported the end by the timeout plus the grace period.
+    pub async fn exec(&self, mut req: ExecRequest) -> Result<ExecSession, AgentError> {
+        let timeout = match req.timeout_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                let t = self.limits.default_exec_timeout;
+                req.timeout_ms = Some(u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+                t
+            }
+        };
+        let after = timeout.saturating_add(self.limits.exec_grace);
+        let deadline = tokio::time::Instant::now()
+            .checked_add(after)
+            .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86400 * 365));
         let stream = self.open_stream()?;
         let id = stream.id;
         let session = ExecSession {
             stream,
             client: self.clone(),
             done: false,
+            deadline,
+            after,
         };
-        self.send(Frame::control(id, &Message::Exec(req))).await?;
+        let sent =
+            tokio::time::timeout_at(deadline, self.send(Frame::control(id, &Message::Exec(req))));
+        sent.await.map_err(|_| AgentError::Deadline {
+            what: DeadlineOf::Exec,
+            after,
+        })??;
         Ok(session)
     }
 
@@ -272,6 +395,28 @@ impl AgentClient {
         Ok(item)
     }
 
+    /// Like [`Self::next_incoming`], but `None` once `deadline` has passed
+    /// and nothing is queued. Past the deadline what is already queued is
+    /// still delivered, but no more credit is given: the guest can add at
+    /// most one window to it.
+    async fn next_incoming_by(
+        &self,
+        stream: &StreamHandle,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<Incoming>, AgentError> {
+        if tokio::time::Instant::now() >= deadline {
+            return match stream.inbox.try_pop() {
+                Some(Ok((item, _withheld))) => Ok(Some(item)),
+                Some(Err(end)) => Err(end.into()),
+                None => Ok(None),
+            };
+        }
+        match tokio::time::timeout_at(deadline, self.next_incoming(stream)).await {
+            Ok(item) => item.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
     /// Mixes `entropy` into the guest kernel's random pool, reseeds it and sets
     /// the guest's wall clock (used on every VM restored from a snapshot).
     pub async fn reseed(&self, entropy: Vec<u8>, unix_time_ns: u64) -> Result<(), AgentError> {
@@ -298,43 +443,71 @@ impl AgentClient {
         self.close_stream(&stream);
         result?
     }
-    /// Runs `req` to completion, feeding it `stdin`, and collects its output.
+    /// Runs `req` to completion, feeding it `stdin`, and collects its
+    /// output: at most [`DEFAULT_OUTPUT_CAP`] bytes of each of stdout and
+    /// stderr (see [`Self::run_with_cap`]).
+    ///
+    /// Fails with [`AgentError::Deadline`] if the guest has not reported the
+    /// end by the request's timeout plus the grace period (see the module
+    /// docs); the caller should then destroy the VM.
     pub async fn run(
+        &self,
+        req: ExecRequest,
+        stdin: Option<Vec<u8>>,
+    ) -> Result<ExecOutput, AgentError> {
+        self.run_with_cap(req, stdin, DEFAULT_OUTPUT_CAP).await
+    }
+
+    /// [`Self::run`] keeping at most `cap` bytes of each of stdout and
+    /// stderr. Output past the cap is read and dropped (the command runs to
+    /// its end or its timeout) and the output says it was truncated
+    /// (`stdout_truncated`, `stderr_truncated`).
+    pub async fn run_with_cap(
         &self,
         mut req: ExecRequest,
         stdin: Option<Vec<u8>>,
+        cap: usize,
     ) -> Result<ExecOutput, AgentError> {
         req.stdin = stdin.is_some();
         let mut session = self.exec(req).await?;
         let feeder = session.stdin_writer();
-        let feed = async move {
+        // Its own task, stopped when the command is over (or given up): a
+        // stopped guest gives no credit, and the wait for it must not keep
+        // this call from returning.
+        let feed = tokio::spawn(async move {
             if let Some(data) = stdin {
-                feeder.write(&data).await?;
-                feeder.close().await?;
+                if let Err(e) = feeder.write(&data).await {
+                    // A process that exits without reading all its stdin is not an error.
+                    tracing::debug!("stdin not fully delivered: {e}");
+                    return;
+                }
+                let _ = feeder.close().await;
             }
-            Ok::<_, AgentError>(())
+        });
+        let keep = |buf: &mut Vec<u8>, truncated: &mut bool, data: &[u8]| {
+            let room = cap.saturating_sub(buf.len());
+            if data.len() > room {
+                *truncated = true;
+            }
+            buf.extend_from_slice(&data[..data.len().min(room)]);
         };
-        let collect = async {
+        let collected = async {
             let mut out = ExecOutput::default();
             loop {
                 match session.next_event().await? {
                     ExecEvent::Started { .. } => {}
-                    ExecEvent::Stdout(b) => out.stdout.extend_from_slice(&b),
-                    ExecEvent::Stderr(b) => out.stderr.extend_from_slice(&b),
+                    ExecEvent::Stdout(b) => keep(&mut out.stdout, &mut out.stdout_truncated, &b),
+                    ExecEvent::Stderr(b) => keep(&mut out.stderr, &mut out.stderr_truncated, &b),
                     ExecEvent::Exit(status) => {
                         out.status = status;
                         return Ok::<_, AgentError>(out);
                     }
                 }
             }
-        };
-        let (fed, collected) = tokio::join!(feed, collect);
-        // A process that exits without reading all its stdin is not an error.
-        let out = collected?;
-        if let Err(e) = fed {
-            tracing::debug!("stdin not fully delivered: {e}");
         }
-        Ok(out)
+        .await;
+        feed.abort();
+        collected
     }
 
     async fn send(&self, frame: Frame) -> Result<(), AgentError> {
@@ -349,3 +522,15 @@ impl AgentClient {
 #[cfg(test)]
 #[path = "agent/flow_tests.rs"]
 mod flow_tests;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_exec_timeout_is_the_configs() {
+        let config = crate::vm::VmConfig::new("x", "k", "i");
+        assert_eq!(
+            super::DEFAULT_EXEC_TIMEOUT.as_millis(),
+            u128::from(config.exec_timeout_ms)
+        );
+    }
+}

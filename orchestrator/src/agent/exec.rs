@@ -7,14 +7,18 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ironclaw_protocol::{ExitStatus, Frame, FrameKind, Message, SendCredit, DATA_CHUNK};
 
-use super::{AgentClient, AgentError};
+use super::{AgentClient, AgentError, DeadlineOf};
 
-/// Output of a finished command.
+/// Output of a finished command, as collected by [`AgentClient::run`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub status: ExitStatus,
+    /// The command wrote more to stdout than the cap; `stdout` holds its start.
+    pub stdout_truncated: bool,
+    /// The same for stderr.
+    pub stderr_truncated: bool,
 }
 
 /// What a running request reports, in order.
@@ -34,16 +38,32 @@ pub struct ExecSession {
     pub(super) stream: StreamHandle,
     pub(super) client: AgentClient,
     pub(super) done: bool,
+    /// When the host gives the request up (its timeout plus the grace).
+    pub(super) deadline: tokio::time::Instant,
+    /// The time from the start to `deadline`, for the error.
+    pub(super) after: std::time::Duration,
 }
 
 impl ExecSession {
-    /// The next event; `Err` when the request failed or the connection broke.
-    /// Cancel-safe: usable in a `select!`.
+    /// The next event; `Err` when the request failed or the connection broke,
+    /// or [`AgentError::Deadline`] when the guest has not reported the end by
+    /// the request's timeout plus the grace period (the guest stopped
+    /// answering: destroy the VM). Cancel-safe: usable in a `select!`.
     pub async fn next_event(&mut self) -> Result<ExecEvent, AgentError> {
         if self.done {
             return Err(AgentError::Unexpected("event read after exit".into()));
         }
-        let event = match self.client.next_incoming(&self.stream).await? {
+        let next = self
+            .client
+            .next_incoming_by(&self.stream, self.deadline)
+            .await?;
+        let Some(next) = next else {
+            return Err(AgentError::Deadline {
+                what: DeadlineOf::Exec,
+                after: self.after,
+            });
+        };
+        let event = match next {
             Incoming::Data(FrameKind::Stdout, b) => ExecEvent::Stdout(b.freeze()),
             Incoming::Data(FrameKind::Stderr, b) => ExecEvent::Stderr(b.freeze()),
             Incoming::Data(kind, _) => {

@@ -10,6 +10,11 @@
 //! renamed over it when complete. Names, links and modes from the guest do not
 //! choose where anything is written; only the permission bits are kept, without
 //! set-id, sticky or group/other write bits.
+//!
+//! Every operation fails with [`AgentError::Deadline`] (as
+//! [`FileError::Agent`]) when the guest makes no progress on it (no reply,
+//! no chunk, no credit) for the client's file idle limit (30 s by default,
+//! [`AgentClient::with_file_idle_limit`]).
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -18,11 +23,16 @@ use bytes::BytesMut;
 use ironclaw_protocol::{DirEntry, FileStat, Frame, FrameKind, Message, FILE_CHUNK};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{AgentClient, AgentError, Incoming, StreamHandle};
+use super::{AgentClient, AgentError, DeadlineOf, Incoming, StreamHandle};
 
 /// Most entries a listing may return, so a guest cannot make the host
 /// allocate without bound.
 pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// Most bytes a listing may take on the host (names and link targets, plus
+/// the fixed size of each entry): the entry bound alone lets a guest send
+/// 100 000 entries of a window-sized name each.
+pub const MAX_LIST_BYTES: usize = 32 << 20;
 
 /// Local permission bits kept from a guest file's mode.
 const LOCAL_MODE_MASK: u32 = 0o755;
@@ -56,6 +66,8 @@ pub enum FileError {
     },
     #[error("listing {path}: more than {MAX_LIST_ENTRIES} entries")]
     TooManyEntries { path: String },
+    #[error("listing {path}: more than {MAX_LIST_BYTES} bytes of entries")]
+    ListingTooLarge { path: String },
     #[error("{op} {path}: unexpected reply from the guest: {reply}")]
     Unexpected {
         op: &'static str,
@@ -76,25 +88,64 @@ fn local<'a>(
 }
 
 /// One request stream of a file operation; unregistered when dropped.
+/// Every wait on the guest is bounded by the client's file idle limit.
 struct FileStream {
     stream: StreamHandle,
     client: AgentClient,
+    op: &'static str,
+    path: String,
 }
 
 impl FileStream {
-    async fn open(client: &AgentClient, request: &Message) -> Result<FileStream, AgentError> {
+    async fn open(
+        client: &AgentClient,
+        op: &'static str,
+        path: &str,
+        request: &Message,
+    ) -> Result<FileStream, AgentError> {
         let stream = FileStream {
             stream: client.open_stream()?,
             client: client.clone(),
+            op,
+            path: path.into(),
         };
-        client
+        stream
             .send(Frame::control(stream.stream.id, request))
             .await?;
         Ok(stream)
     }
 
+    /// `work`, or [`AgentError::Deadline`] if the guest makes it wait longer
+    /// than the idle limit.
+    async fn within_limit<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, AgentError>>,
+    ) -> Result<T, AgentError> {
+        let limit = self.client.limits.file_idle;
+        tokio::time::timeout(limit, work)
+            .await
+            .map_err(|_| AgentError::Deadline {
+                what: DeadlineOf::File {
+                    op: self.op,
+                    path: self.path.clone(),
+                },
+                after: limit,
+            })?
+    }
+
+    async fn send(&self, frame: Frame) -> Result<(), AgentError> {
+        self.within_limit(self.client.send(frame)).await
+    }
+
     async fn recv(&mut self) -> Result<Incoming, AgentError> {
-        self.client.next_incoming(&self.stream).await
+        self.within_limit(self.client.next_incoming(&self.stream))
+            .await
+    }
+
+    /// Waits for the guest's credit for `n` bytes; `false` if the stream ended.
+    async fn credit(&self, n: usize) -> Result<bool, AgentError> {
+        self.within_limit(async { Ok(self.stream.credit.take(n).await.is_ok()) })
+            .await
     }
 
     /// The next control message; data frames here are a protocol violation.
@@ -152,7 +203,7 @@ impl AgentClient {
             path: guest.into(),
             mode,
         };
-        let mut stream = FileStream::open(self, &request).await?;
+        let mut stream = FileStream::open(self, "put", guest, &request).await?;
         let id = stream.stream.id;
         let mut sent = 0u64;
         loop {
@@ -170,17 +221,18 @@ impl AgentClient {
             // The guest answers early only when it failed (a full disk, say):
             // stop sending at once and report its error. It also ends the
             // stream, which wakes a wait for credit.
-            let ended = stream.stream.credit.take(n).await.is_err();
+            let ended = !stream.credit(n).await?;
             if ended || stream.stream.inbox.has_items() {
                 let other = stream.reply("put", guest).await?;
                 return Err(unexpected("put", guest, other));
             }
             buf.truncate(n);
-            self.send(Frame::data(id, FrameKind::FileData, buf.freeze()))
+            stream
+                .send(Frame::data(id, FrameKind::FileData, buf.freeze()))
                 .await?;
             sent += n as u64;
         }
-        self.send(Frame::control(id, &Message::DataEnd)).await?;
+        stream.send(Frame::control(id, &Message::DataEnd)).await?;
         match stream.reply("put", guest).await? {
             Message::FileDone { count } if count == sent => Ok(sent),
             Message::FileDone { count } => Err(FileError::SizeMismatch {
@@ -218,7 +270,7 @@ impl AgentClient {
         writer: &mut (impl AsyncWrite + Unpin),
     ) -> Result<(FileStat, u64), FileError> {
         let request = Message::GetFile { path: guest.into() };
-        let mut stream = FileStream::open(self, &request).await?;
+        let mut stream = FileStream::open(self, "get", guest, &request).await?;
         let stat = match stream.reply("get", guest).await? {
             Message::Stat(st) => st,
             other => return Err(unexpected("get", guest, other)),
@@ -288,7 +340,7 @@ impl AgentClient {
     /// `lstat` of a guest path (symlinks are reported, not followed).
     pub async fn stat(&self, guest: &str) -> Result<FileStat, FileError> {
         let request = Message::StatPath { path: guest.into() };
-        let mut stream = FileStream::open(self, &request).await?;
+        let mut stream = FileStream::open(self, "stat", guest, &request).await?;
         let stat = match stream.reply("stat", guest).await? {
             Message::Stat(st) => st,
             other => return Err(unexpected("stat", guest, other)),
@@ -299,16 +351,22 @@ impl AgentClient {
         }
     }
 
-    /// The entries of the guest directory `guest`, sorted by name.
+    /// The entries of the guest directory `guest`, sorted by name. At most
+    /// [`MAX_LIST_ENTRIES`] entries and [`MAX_LIST_BYTES`] bytes.
     pub async fn list_dir(&self, guest: &str) -> Result<Vec<DirEntry>, FileError> {
         let request = Message::ListDir { path: guest.into() };
-        let mut stream = FileStream::open(self, &request).await?;
+        let mut stream = FileStream::open(self, "list", guest, &request).await?;
         let mut all = Vec::new();
+        let mut bytes = 0usize;
         loop {
             match stream.reply("list", guest).await? {
                 Message::DirEntries { entries } => {
                     if all.len() + entries.len() > MAX_LIST_ENTRIES {
                         return Err(FileError::TooManyEntries { path: guest.into() });
+                    }
+                    bytes += entries.iter().map(entry_bytes).sum::<usize>();
+                    if bytes > MAX_LIST_BYTES {
+                        return Err(FileError::ListingTooLarge { path: guest.into() });
                     }
                     all.extend(entries);
                 }
@@ -345,12 +403,19 @@ impl AgentClient {
         guest: &str,
         request: &Message,
     ) -> Result<(), FileError> {
-        let mut stream = FileStream::open(self, request).await?;
+        let mut stream = FileStream::open(self, op, guest, request).await?;
         match stream.reply(op, guest).await? {
             Message::FileDone { .. } => Ok(()),
             other => Err(unexpected(op, guest, other)),
         }
     }
+}
+
+/// What an entry holds on the host, as counted against [`MAX_LIST_BYTES`].
+fn entry_bytes(entry: &DirEntry) -> usize {
+    std::mem::size_of::<DirEntry>()
+        + entry.name.len()
+        + entry.stat.link_target.as_ref().map_or(0, String::len)
 }
 
 /// A download in progress: a new hidden file next to the target, removed

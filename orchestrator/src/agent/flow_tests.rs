@@ -278,3 +278,148 @@ async fn stdin_waits_for_credit_and_stops_when_the_request_ends() {
         "{written:?}"
     );
 }
+
+/// A guest that never answers an exec fails it at its timeout plus the
+/// grace, with `Deadline`, instead of hanging.
+#[tokio::test]
+async fn a_silent_guest_fails_an_exec_at_timeout_plus_grace() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let client = client.with_exec_grace(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    let run = client.run(
+        ExecRequest {
+            timeout_ms: Some(200),
+            ..req("sleep")
+        },
+        None,
+    );
+    let answer = async {
+        let id = guest.exec_request().await;
+        // Started, some output, then silence.
+        guest
+            .send(Frame::control(id, &Message::Started { pid: 7 }))
+            .await;
+        guest.send(stdout(id, 10)).await;
+    };
+    let (ran, ()) = tokio::time::timeout(WAIT, async { tokio::join!(run, answer) })
+        .await
+        .expect("run() returned");
+    let took = t0.elapsed();
+    assert!(
+        matches!(&ran, Err(AgentError::Deadline { what, after })
+            if what.is_exec() && *after == Duration::from_millis(500)),
+        "{ran:?}"
+    );
+    assert!(ran.unwrap_err().to_string().contains("stopped answering"));
+    assert!(took >= Duration::from_millis(500), "{took:?}");
+    // The host gave the request up: it kills it, should the guest wake.
+    let (_, msg) = guest.message().await;
+    assert_eq!(
+        msg,
+        Message::Signal {
+            signal: libc::SIGKILL
+        }
+    );
+}
+
+/// Without a timeout in the request, the client's default applies (and is
+/// sent to the guest), so no exec waits forever.
+#[tokio::test]
+async fn an_exec_without_timeout_gets_the_default() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let client = client
+        .with_default_exec_timeout(Duration::from_millis(100))
+        .with_exec_grace(Duration::from_millis(100));
+    let mut session = client.exec(req("sleep")).await.unwrap();
+    match guest.message().await {
+        (_, Message::Exec(r)) => assert_eq!(r.timeout_ms, Some(100)),
+        other => panic!("{other:?}"),
+    }
+    let err = tokio::time::timeout(WAIT, session.next_event())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(matches!(err, AgentError::Deadline { .. }), "{err}");
+}
+
+/// A file operation the guest stops answering fails after the idle limit.
+#[tokio::test]
+async fn a_silent_guest_fails_a_file_operation_after_the_idle_limit() {
+    let (client, mut guest) = FakeGuest::start().await;
+    let client = client.with_file_idle_limit(Duration::from_millis(300));
+    let stat = client.stat("/root/x");
+    let answer = async {
+        let (_, msg) = guest.message().await;
+        assert!(matches!(msg, Message::StatPath { .. }), "{msg:?}");
+    };
+    let (got, ()) = tokio::time::timeout(WAIT, async { tokio::join!(stat, answer) })
+        .await
+        .expect("stat() returned");
+    match got {
+        Err(super::FileError::Agent(AgentError::Deadline { what, after })) => {
+            assert!(!what.is_exec());
+            assert!(what.to_string().contains("/root/x"), "{what}");
+            assert_eq!(after, Duration::from_millis(300));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A listing is bounded in bytes, not only in entries: few entries with
+/// huge names are refused once they pass the bound.
+#[tokio::test]
+async fn a_listing_is_bounded_in_bytes() {
+    let (client, mut guest) = FakeGuest::start().await;
+    // The session outlives the listing (a clone keeps it open).
+    let lister = client.clone();
+    let list = tokio::spawn(async move { lister.list_dir("/big").await });
+    let (id, msg) = guest.message().await;
+    assert!(matches!(msg, Message::ListDir { .. }), "{msg:?}");
+    let entry = ironclaw_protocol::DirEntry {
+        name: "n".repeat(900 * 1024),
+        stat: ironclaw_protocol::FileStat {
+            kind: ironclaw_protocol::FileKind::File,
+            size: 0,
+            mode: 0o644,
+            mtime: 0,
+            link_target: None,
+        },
+    };
+    let batch = Frame::control(
+        id,
+        &Message::DirEntries {
+            entries: vec![entry],
+        },
+    );
+    // Each batch is within the window; the guest waits for credit between them.
+    let mut sent = 0usize;
+    let mut credit = STREAM_WINDOW as usize;
+    let result = loop {
+        if list.is_finished() {
+            break list.await.unwrap();
+        }
+        assert!(
+            sent < 2 * super::files::MAX_LIST_BYTES,
+            "the host took {sent} bytes of listing"
+        );
+        if credit >= batch.body.len() {
+            guest.send(batch.clone()).await;
+            sent += batch.body.len();
+            credit -= batch.body.len();
+            continue;
+        }
+        // Waits for the host's credit (or for it to give up).
+        if let Ok(Some(Ok(f))) =
+            tokio::time::timeout(Duration::from_millis(100), guest.r.next()).await
+        {
+            if let Ok(Message::Credit { bytes }) = f.message() {
+                credit += bytes as usize;
+            }
+        }
+    };
+    assert!(
+        matches!(&result, Err(super::FileError::ListingTooLarge { .. })),
+        "{result:?}"
+    );
+    assert!(sent <= super::files::MAX_LIST_BYTES + 2 * (900 * 1024 + 4096));
+}

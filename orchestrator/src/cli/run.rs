@@ -7,7 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use ironclaw_orchestrator::agent::{AgentClient, ExecEvent, FileError};
+use ironclaw_orchestrator::agent::{AgentClient, AgentError, ExecEvent, FileError};
 use ironclaw_orchestrator::vm::{self, ExecRequest};
 
 use super::field_flags::Refusal;
@@ -27,7 +27,9 @@ pub struct RunArgs {
     /// Socket of the pool daemon (default: <runtime dir>/pool.sock).
     #[arg(long, requires = "pool")]
     pub pool_socket: Option<PathBuf>,
-    /// Kill the command after this many seconds (exit code 124).
+    /// Kill the command after this many seconds (exit code 124). Should the
+    /// guest not report the end within 5 s more, the VM is destroyed (exit
+    /// code 124; 125 when a file copy stops making progress for 30 s).
     #[arg(long, value_name = "S")]
     pub timeout: Option<f64>,
     /// Environment variable for the command (repeatable).
@@ -144,7 +146,34 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         sig = signals.recv() => Ok(128 + sig),
     };
     vm::destroy_vm(vm).await?;
-    outcome
+    gave_up(outcome, "the VM was destroyed")
+}
+
+/// A request whose host-side deadline passed (the guest stopped answering):
+/// said as such, and exit code 124 for a command, 125 for a file copy.
+fn gave_up(outcome: anyhow::Result<i32>, what_then: &str) -> anyhow::Result<i32> {
+    let Err(e) = outcome else { return outcome };
+    let Some(exec) = deadline_of(&e) else {
+        return Err(e);
+    };
+    eprintln!("ironclaw: {e:#}; {what_then}");
+    Ok(if exec { 124 } else { 125 })
+}
+
+/// Whether `e` is a host-side deadline, and if so whether of a command.
+fn deadline_of(e: &anyhow::Error) -> Option<bool> {
+    e.chain().find_map(|cause| {
+        let agent = cause.downcast_ref::<AgentError>().or_else(|| {
+            match cause.downcast_ref::<FileError>() {
+                Some(FileError::Agent(a)) => Some(a),
+                _ => None,
+            }
+        })?;
+        match agent {
+            AgentError::Deadline { what, .. } => Some(what.is_exec()),
+            _ => None,
+        }
+    })
 }
 
 /// `run --pool`: the daemon's VMs are booted by the daemon, which serves exec
@@ -199,11 +228,12 @@ async fn run_in_pool(
         timeout_ms,
     };
     let mut signals = Signals::new()?;
-    tokio::select! {
+    let outcome = tokio::select! {
         r = stream_exec(&client, req) => r,
         // Closing the connection makes the daemon kill the command and destroy its VM.
         sig = signals.recv() => Ok(128 + sig),
-    }
+    };
+    gave_up(outcome, "the connection to the pool daemon is closed")
 }
 
 /// Runs `req`, streaming stdin in and stdout/stderr out; returns the shell
@@ -286,6 +316,31 @@ async fn copy_file_in(agent: &AgentClient, local: &Path, guest: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deadlines_are_told_apart_from_other_errors() {
+        use ironclaw_orchestrator::agent::DeadlineOf;
+        use std::time::Duration;
+        let exec = AgentError::Deadline {
+            what: DeadlineOf::Exec,
+            after: Duration::from_secs(8),
+        };
+        let file = FileError::Agent(AgentError::Deadline {
+            what: DeadlineOf::File {
+                op: "get",
+                path: "/tmp/f".into(),
+            },
+            after: Duration::from_secs(30),
+        });
+        assert_eq!(deadline_of(&anyhow::Error::from(exec)), Some(true));
+        let file = anyhow::Error::from(file).context("--copy-out /tmp/f:x");
+        assert_eq!(deadline_of(&file), Some(false));
+        assert_eq!(gave_up(Err(file), "gone").unwrap(), 125);
+        let other = anyhow::Error::from(AgentError::Closed);
+        assert_eq!(deadline_of(&other), None);
+        assert!(gave_up(Err(other), "gone").is_err());
+        assert_eq!(gave_up(Ok(3), "gone").unwrap(), 3);
+    }
 
     #[test]
     fn copy_specs() {
