@@ -14,6 +14,41 @@ use crate::stream::{Input, InputRx, StreamOut};
 
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The `oom_score_adj` of every command: when the guest runs out of memory
+/// its OOM killer takes the command, never the agent (-1000, see `init`).
+pub const COMMAND_OOM_SCORE_ADJ: &[u8] = b"500";
+
+/// In the forked child, before exec: a session (and so a process group) of
+/// its own, and the command's OOM score. Only async-signal-safe calls.
+fn detach_and_expose() -> std::io::Result<()> {
+    // SAFETY: setsid(2) takes no pointers; the child is not yet a group
+    // leader (nothing called setpgid), so it succeeds.
+    if unsafe { libc::setsid() } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a NUL-terminated literal path; open/write/close are
+    // async-signal-safe and the buffer outlives the write.
+    unsafe {
+        let fd = libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = libc::write(
+            fd,
+            COMMAND_OOM_SCORE_ADJ.as_ptr().cast(),
+            COMMAND_OOM_SCORE_ADJ.len(),
+        );
+        libc::close(fd);
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Starts `req` on the stream of `out`, its stdin fed from `stdin` when the
 /// request asked for stdin. Returns the process group; a failure to start is
 /// reported to the host on the stream (and ends it).
@@ -40,8 +75,12 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
+    // SAFETY: the closure only makes async-signal-safe system calls (see
+    // detach_and_expose) and touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(detach_and_expose);
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

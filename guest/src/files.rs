@@ -5,7 +5,7 @@
 //! place only when the host said the data is complete, so an interrupted or
 //! failed upload (a full overlay, say) never leaves a truncated file behind.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -146,11 +146,13 @@ async fn put(id: u32, path: &str, mode: u32, mut input: InputRx) -> Result<u64, 
         ".{name}.ironclaw-part-{}-{id}-{seq}",
         std::process::id()
     ));
+    // A new file, never one the command planted there (a FIFO would block
+    // the open, a link would redirect the write).
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&tmp)
         .await
         .map_err(|e| format!("put {path}: creating {}: {e}", tmp.display()))?;
@@ -195,21 +197,11 @@ async fn put(id: u32, path: &str, mode: u32, mut input: InputRx) -> Result<u64, 
 async fn get(path: &str, out: &StreamOut) -> Result<u64, String> {
     let id = out.id();
     let p = resolve(path)?;
-    let mut file = tokio::fs::File::open(&p)
+    let (file, meta) = tokio::task::spawn_blocking(move || open_regular(&p))
         .await
-        .map_err(|e| format!("get {path}: {e}"))?;
-    let meta = file
-        .metadata()
-        .await
-        .map_err(|e| format!("get {path}: {e}"))?;
-    if !meta.is_file() {
-        let what = if meta.is_dir() {
-            "a directory"
-        } else {
-            "not a regular file"
-        };
-        return Err(format!("get {path}: {what}; only regular files are sent"));
-    }
+        .map_err(|e| format!("get {path}: {e}"))?
+        .map_err(|e| format!("get {path}: {e}; only regular files are sent"))?;
+    let mut file = tokio::fs::File::from_std(file);
     send(
         out,
         Frame::control(id, &Message::Stat(stat_of(&meta, None))),
@@ -240,6 +232,65 @@ async fn get(path: &str, out: &StreamOut) -> Result<u64, String> {
             return Ok(total);
         }
     }
+}
+
+/// Opens `p` for reading only if it is a regular file, without blocking and
+/// without side effects on anything else: the path is first opened with
+/// `O_PATH|O_NOFOLLOW` (which opens nothing: a FIFO, device or socket is
+/// only looked at) and checked, then opened for reading with
+/// `O_NONBLOCK|O_NOFOLLOW` and checked to be the same file.
+fn open_regular(p: &Path) -> Result<(std::fs::File, std::fs::Metadata), String> {
+    let not_regular = |meta: &std::fs::Metadata| {
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            Some("a directory".to_string())
+        } else if !ft.is_file() {
+            use std::os::unix::fs::FileTypeExt;
+            let kind = if ft.is_symlink() {
+                "a symbolic link"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_char_device() || ft.is_block_device() {
+                "a device"
+            } else {
+                "of another kind"
+            };
+            Some(format!("not a regular file ({kind})"))
+        } else {
+            None
+        }
+    };
+    let link = |e: std::io::Error| {
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            "not a regular file (a symbolic link)".to_string()
+        } else {
+            e.to_string()
+        }
+    };
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(link)?;
+    let first = handle.metadata().map_err(|e| e.to_string())?;
+    if let Some(what) = not_regular(&first) {
+        return Err(what);
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(p)
+        .map_err(link)?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if let Some(what) = not_regular(&meta) {
+        return Err(what);
+    }
+    if (meta.dev(), meta.ino()) != (first.dev(), first.ino()) {
+        return Err("the file was replaced while being opened".into());
+    }
+    Ok((file, meta))
 }
 
 async fn list(path: &str, out: &StreamOut) -> Result<u64, String> {
@@ -331,5 +382,33 @@ mod tests {
         assert_eq!(resolve("/etc/x").unwrap(), Path::new("/etc/x"));
         assert!(resolve("").is_err());
         assert!(resolve("a\0b").is_err());
+    }
+
+    #[test]
+    fn only_regular_files_are_opened_and_a_fifo_does_not_block() {
+        let d = std::env::temp_dir().join(format!("ironclaw-guest-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("file"), b"data").unwrap();
+        let fifo = std::ffi::CString::new(d.join("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        std::os::unix::fs::symlink(d.join("file"), d.join("link")).unwrap();
+        let (file, meta) = open_regular(&d.join("file")).unwrap();
+        assert_eq!((meta.len(), file.metadata().unwrap().len()), (4, 4));
+        // No writer ever opens the FIFO: a blocking open would hang here.
+        let t0 = std::time::Instant::now();
+        for (name, what) in [
+            ("fifo", "not a regular file (a FIFO)"),
+            ("link", "not a regular file (a symbolic link)"),
+            ("", "a directory"),
+        ] {
+            let err = open_regular(&d.join(name)).unwrap_err();
+            assert!(err.contains(what), "{name}: {err}");
+        }
+        let err = open_regular(Path::new("/dev/null")).unwrap_err();
+        assert!(err.contains("not a regular file (a device)"), "{err}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }

@@ -144,6 +144,17 @@ fn loopback_up() {
     }
 }
 
+/// The agent's `oom_score_adj`: the guest's OOM killer never picks it (the
+/// commands it starts raise theirs, see `exec`). Root in the guest can still
+/// stop or kill the agent: the host's deadlines are the guarantee.
+const AGENT_OOM_SCORE_ADJ: &str = "-1000";
+
+fn protect_from_oom_killer() {
+    if let Err(e) = fs::write("/proc/self/oom_score_adj", AGENT_OOM_SCORE_ADJ) {
+        log(&format!("setting the agent's oom_score_adj: {e}"));
+    }
+}
+
 /// Forks the agent and reaps every child that ends up with PID 1 (orphans of
 /// user commands and the agent itself, which is restarted).
 fn supervise() -> ! {
@@ -152,6 +163,7 @@ fn supervise() -> ! {
         // in PID 1); the child only runs the agent and exits.
         let agent_pid = unsafe { libc::fork() };
         if agent_pid == 0 {
+            protect_from_oom_killer();
             let code = match agent::serve(agent::Listen::Vsock(ironclaw_protocol::AGENT_VSOCK_PORT))
             {
                 Ok(()) => 0,

@@ -1,0 +1,258 @@
+//! A hostile guest: its root stops the agent, offers a FIFO for copy-out,
+//! floods the output, competes with the agent for memory. The host must end
+//! every request within its deadline and bound what it holds.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{runtime, sh, shared_vm, text};
+use ironclaw_orchestrator::agent::{AgentError, FileError, DEFAULT_OUTPUT_CAP};
+use ironclaw_orchestrator::vm::{self, exec_request};
+
+fn root(name: &str) -> PathBuf {
+    let p = PathBuf::from(format!(
+        "/tmp/ironclaw-hostile-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+fn ironclaw(runtime_root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ironclaw"));
+    c.env("IRONCLAW_RUNTIME_DIR", runtime_root)
+        .stdin(Stdio::null());
+    c
+}
+
+fn vm_dirs(runtime_root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(runtime_root)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default()
+}
+
+fn recorded_pids(runtime_root: &Path) -> Vec<u32> {
+    vm_dirs(runtime_root)
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("pids"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Waits for `child` to exit within `limit`; kills it and fails otherwise.
+fn wait_or_kill(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn stderr_of(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+    }
+    s
+}
+
+/// The command stops the agent (its parent) with SIGSTOP: the guest can no
+/// longer enforce `--timeout`, the host must, and then destroy the VM.
+#[test]
+fn a_stopped_agent_ends_the_run_at_the_host_deadline() {
+    let r = root("stop");
+    let mut child = ironclaw(&r)
+        .args([
+            "run",
+            "--timeout",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            "echo ready; sleep 1; kill -STOP $PPID; sleep 1000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let started = Instant::now();
+    let pids = recorded_pids(&r);
+    assert!(!pids.is_empty(), "no VM processes recorded under {r:?}");
+    let status = wait_or_kill(&mut child, Duration::from_secs(60), "ironclaw run");
+    let took = started.elapsed();
+    let stderr = stderr_of(&mut child);
+    // --timeout 3 + the 5 s grace, and a margin for a loaded machine.
+    assert!(took < Duration::from_secs(3 + 5 + 7), "took {took:?}");
+    assert!(took >= Duration::from_secs(3), "took {took:?}");
+    assert_eq!(status.code(), Some(124), "stderr: {stderr}");
+    assert!(stderr.contains("stopped answering"), "stderr: {stderr}");
+    assert!(
+        pids.iter().all(|p| !common::pid_alive(*p)),
+        "VM processes left: {pids:?}"
+    );
+    assert!(
+        vm_dirs(&r).is_empty(),
+        "runtime files left: {:?}",
+        vm_dirs(&r)
+    );
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+/// `--copy-out` of a FIFO: the agent must not block opening it.
+#[test]
+fn copy_out_of_a_fifo_fails_promptly_with_a_clear_error() {
+    let r = root("fifo");
+    let local = r.with_extension("out");
+    let _ = std::fs::remove_file(&local);
+    let spec = format!("/tmp/f:{}", local.display());
+    let mut child = ironclaw(&r)
+        .args(["run", "--copy-out", &spec, "--", "mkfifo", "/tmp/f"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Booting included; the request itself must not wait for a writer.
+    let status = wait_or_kill(
+        &mut child,
+        Duration::from_secs(90),
+        "ironclaw run --copy-out",
+    );
+    let stderr = stderr_of(&mut child);
+    assert_ne!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.contains("not a regular file"), "stderr: {stderr}");
+    assert!(!local.exists());
+    assert!(
+        vm_dirs(&r).is_empty(),
+        "runtime files left: {:?}",
+        vm_dirs(&r)
+    );
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+/// The same through the library, with devices and sockets too: a clear error
+/// at once, and the agent still serves afterwards.
+#[test]
+fn get_of_a_fifo_device_or_socket_is_refused_at_once() {
+    let vm = shared_vm();
+    assert_eq!(sh(vm, "rm -f /tmp/g; mkfifo /tmp/g").status.code, Some(0));
+    let mut sink = Vec::new();
+    for path in ["/tmp/g", "/dev/null", "/dev/zero"] {
+        let got = runtime().block_on(async {
+            tokio::time::timeout(Duration::from_secs(20), vm.agent().get(path, &mut sink)).await
+        });
+        match got {
+            Ok(Err(FileError::Remote(m))) => assert!(m.contains("not a regular file"), "{m}"),
+            other => panic!("get {path}: {other:?}"),
+        }
+    }
+    assert!(sink.is_empty());
+    assert_eq!(text(&sh(vm, "echo alive").stdout), "alive\n");
+}
+
+/// `run()` keeps at most its cap of each stream and says it cut.
+#[test]
+fn run_caps_collected_output_and_says_it_truncated() {
+    let vm = shared_vm();
+    let out = runtime()
+        .block_on(
+            vm.agent()
+                .run(exec_request(["head", "-c", "41943040", "/dev/zero"]), None),
+        )
+        .unwrap();
+    // 40 MiB written, all of it read (the command ends normally), 16 MiB kept.
+    assert_eq!(out.status.code, Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), DEFAULT_OUTPUT_CAP);
+    assert!(out.stdout_truncated && !out.stderr_truncated);
+    let out = runtime()
+        .block_on(vm.agent().run_with_cap(
+            exec_request(["sh", "-c", "head -c 5000 /dev/zero >&2; echo small"]),
+            None,
+            1000,
+        ))
+        .unwrap();
+    assert_eq!(
+        (out.stdout.as_slice(), out.stdout_truncated),
+        (&b"small\n"[..], false)
+    );
+    assert_eq!((out.stderr.len(), out.stderr_truncated), (1000, true));
+}
+
+/// The guest's OOM killer takes the command, not the agent; the command runs
+/// in a session of its own.
+#[test]
+fn the_agent_is_shielded_from_the_oom_killer_and_the_command_in_its_own_session() {
+    let vm = shared_vm();
+    let out = sh(
+        vm,
+        "cat /proc/$PPID/comm /proc/$PPID/oom_score_adj /proc/$$/oom_score_adj; \
+         cut -d' ' -f6 /proc/$$/stat; echo $$; echo $PPID",
+    );
+    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    // The agent: the copy of /init that PID 1 forked.
+    assert_eq!(lines[0], "init");
+    assert_ne!(lines[5], "1");
+    assert_eq!(lines[1], "-1000", "the agent's oom_score_adj");
+    let command: i32 = lines[2].parse().unwrap();
+    assert!(command > 0, "the command's oom_score_adj is {command}");
+    assert_eq!(lines[3], lines[4], "the command leads its own session");
+}
+
+/// Through the library: a stopped agent fails an exec at its timeout plus
+/// the grace, and a file operation after the idle limit, with `Deadline`.
+#[test]
+fn a_stopped_agent_fails_library_requests_with_deadline() {
+    runtime().block_on(async {
+        let vm = vm::spawn_vm("stopped").await.expect("booting a VM");
+        let client = vm
+            .agent()
+            .clone()
+            .with_exec_grace(Duration::from_secs(1))
+            .with_file_idle_limit(Duration::from_secs(2));
+        let mut req = exec_request(["sh", "-c", "kill -STOP $PPID; sleep 1000"]);
+        req.timeout_ms = Some(2000);
+        let t0 = Instant::now();
+        let ran = tokio::time::timeout(Duration::from_secs(40), client.run(req, None))
+            .await
+            .expect("run() never returned");
+        let took = t0.elapsed();
+        assert!(matches!(ran, Err(AgentError::Deadline { .. })), "{ran:?}");
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(12),
+            "{took:?}"
+        );
+        let t0 = Instant::now();
+        let stat = tokio::time::timeout(Duration::from_secs(40), client.stat("/root"))
+            .await
+            .expect("stat() never returned");
+        assert!(
+            matches!(stat, Err(FileError::Agent(AgentError::Deadline { .. }))),
+            "{stat:?}"
+        );
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+        let pids = vm.pids();
+        vm::destroy_vm(vm).await.unwrap();
+        assert!(pids.iter().all(|p| !common::pid_alive(*p)));
+    });
+}
