@@ -26,9 +26,28 @@ fn s(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The VMs' runtime directories (their records, `.<id>`, are not listed:
+/// they go with them).
 fn vm_dirs(runtime_root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(runtime_root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Leftover records directories of VMs.
+fn records_dirs(runtime_root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(runtime_root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -48,7 +67,9 @@ fn recorded_pids(runtime_root: &Path) -> Vec<i32> {
     vm_dirs(runtime_root)
         .iter()
         .flat_map(|d| {
-            std::fs::read_to_string(d.join("pids"))
+            let id = d.file_name().unwrap().to_string_lossy().into_owned();
+            let records = ironclaw_orchestrator::vm::runtime::records_dir(runtime_root, &id);
+            std::fs::read_to_string(records.join("pids"))
                 .unwrap_or_default()
                 .lines()
                 .map(String::from)
@@ -243,6 +264,11 @@ fn a_killed_orchestrator_leaves_nothing_running_and_is_reaped() {
         vm_dirs(&r).is_empty(),
         "leftover not reaped: {:?}",
         vm_dirs(&r)
+    );
+    assert!(
+        records_dirs(&r).is_empty(),
+        "leftover records not removed: {:?}",
+        records_dirs(&r)
     );
     let _ = std::fs::remove_dir_all(&r);
 }
