@@ -445,3 +445,20 @@ fn a_cache_of_another_user_is_refused() {
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// A runtime root others can write to (here under a umask-000 mkdir) is
+/// refused with an error naming it, before any VM starts.
+#[test]
+fn a_world_writable_runtime_root_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = root("writable");
+    std::fs::create_dir(&r).unwrap();
+    std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(&r, &["run", "--", "true"]);
+    let err = s(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&*r.to_string_lossy()), "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert!(vm_dirs(&r).is_empty() && records_dirs(&r).is_empty());
+    let _ = std::fs::remove_dir_all(&r);
+}
