@@ -26,9 +26,28 @@ fn s(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The VMs' runtime directories (their records, `.<id>`, are not listed:
+/// they go with them).
 fn vm_dirs(runtime_root: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(runtime_root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Leftover records directories of VMs.
+fn records_dirs(runtime_root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(runtime_root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+                .map(|e| e.path())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -48,7 +67,9 @@ fn recorded_pids(runtime_root: &Path) -> Vec<i32> {
     vm_dirs(runtime_root)
         .iter()
         .flat_map(|d| {
-            std::fs::read_to_string(d.join("pids"))
+            let id = d.file_name().unwrap().to_string_lossy().into_owned();
+            let records = ironclaw_orchestrator::vm::runtime::records_dir(runtime_root, &id);
+            std::fs::read_to_string(records.join("pids"))
                 .unwrap_or_default()
                 .lines()
                 .map(String::from)
@@ -244,6 +265,11 @@ fn a_killed_orchestrator_leaves_nothing_running_and_is_reaped() {
         "leftover not reaped: {:?}",
         vm_dirs(&r)
     );
+    assert!(
+        records_dirs(&r).is_empty(),
+        "leftover records not removed: {:?}",
+        records_dirs(&r)
+    );
     let _ = std::fs::remove_dir_all(&r);
 }
 
@@ -417,5 +443,22 @@ fn a_cache_of_another_user_is_refused() {
         vm_dirs(&r)
     );
     assert_eq!(std::fs::read_dir(cache.path()).unwrap().count(), 0);
+    let _ = std::fs::remove_dir_all(&r);
+}
+
+/// A runtime root others can write to (here under a umask-000 mkdir) is
+/// refused with an error naming it, before any VM starts.
+#[test]
+fn a_world_writable_runtime_root_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = root("writable");
+    std::fs::create_dir(&r).unwrap();
+    std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(&r, &["run", "--", "true"]);
+    let err = s(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains(&*r.to_string_lossy()), "{err}");
+    assert!(err.contains("writable by group or others"), "{err}");
+    assert!(vm_dirs(&r).is_empty() && records_dirs(&r).is_empty());
     let _ = std::fs::remove_dir_all(&r);
 }

@@ -39,7 +39,7 @@ fn fake_firecracker(
 ) -> Arc<FakeFirecracker> {
     let fake = FakeFirecracker::new(spec.clone(), Behaviour::with_faults(faults));
     let place = Place::unjailed(root, id);
-    fake.serve_once_there(place.dir.join("owner"), place, "no runtime dir");
+    fake.serve_once_there(place.records.join("owner"), place, "no runtime dir");
     fake
 }
 

@@ -567,7 +567,10 @@ async fn missing_jailer_fails_before_anything_starts() {
         .unwrap();
     assert!(err.to_string().contains("no-such-jailer"), "{err}");
     assert!(!fx.base.exists());
-    assert!(!dir.file("pids").exists(), "no process was started");
+    assert!(
+        !dir.records_dir().join("pids").exists(),
+        "no process was started"
+    );
 }
 
 /// Ids the jailer would refuse are refused before it runs.
@@ -599,7 +602,11 @@ async fn reaping_removes_a_dead_orchestrators_jail() {
     // Pretend the orchestrator died: forget the VM (nothing is cleaned up)
     // and mark its runtime dir as owned by a process that is gone.
     std::mem::forget(vm);
-    std::fs::write(fx.root.join(id).join("owner"), "999999999 1\n").unwrap();
+    std::fs::write(
+        runtime::records_dir(&fx.root, id).join("owner"),
+        "999999999 1\n",
+    )
+    .unwrap();
     let reaped = runtime::reap_stale(&fx.root);
     assert_eq!(reaped, [id.to_string()]);
     // The killed process is our (forgotten) child: collect it.

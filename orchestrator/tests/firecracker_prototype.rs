@@ -67,7 +67,12 @@ fn fake_host_in(
             if let Ok(entries) = std::fs::read_dir(&root) {
                 for e in entries.flatten() {
                     let id = e.file_name().to_string_lossy().to_string();
-                    let generation = std::fs::metadata(e.path().join("owner"))
+                    // `.<id>`: the records of VM `id`, not a VM.
+                    if id.starts_with('.') {
+                        continue;
+                    }
+                    let records = ironclaw_orchestrator::vm::runtime::records_dir(&root, &id);
+                    let generation = std::fs::metadata(records.join("owner"))
                         .and_then(|m| m.modified())
                         .map(|t| (id.clone(), t));
                     let Ok(generation) = generation else {
@@ -82,7 +87,7 @@ fn fake_host_in(
                         None => Place::unjailed(&root, &id),
                         Some(out) => {
                             let ran = out.join(format!("argv-{id}"));
-                            let Ok(jail) = std::fs::read_to_string(e.path().join("chroot")) else {
+                            let Ok(jail) = std::fs::read_to_string(records.join("chroot")) else {
                                 continue;
                             };
                             if std::fs::remove_file(&ran).is_err() {

@@ -219,3 +219,153 @@ fn a_custom_vsock_path_is_refused_in_the_jail_and_cleaned_up_without_it() {
         "sockets outside the runtime directory outlived the VM"
     );
 }
+
+/// A `sleep` child of this test: a live host process that is no VM's.
+struct Bystander(std::process::Child);
+
+impl Bystander {
+    fn start() -> Bystander {
+        Bystander(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+    /// Its start time, as a record of the orchestrator would give it.
+    fn started(&self) -> u64 {
+        vm::process::start_time(self.pid()).expect("the bystander is running")
+    }
+    /// Alive (not even a zombie: it was not killed).
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Makes `path`'s modification time 5 minutes old: a leftover, not a
+/// directory being created right now.
+fn age(path: &std::path::Path) {
+    let old = std::time::SystemTime::now() - Duration::from_secs(300);
+    std::fs::File::open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+/// Hostile guest (issue 15, hole 1): an escaped VMM can write in its own
+/// runtime directory (mode 1770, group = its jail gid). Records planted
+/// there (pids with their start times, a chroot, cgroups) after its
+/// orchestrator died must not make the next orchestrator kill a host
+/// process or remove directories that are not the VM's.
+#[test]
+fn records_planted_in_a_vm_directory_are_not_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("run");
+    let id = "planted";
+    // The directory as a real VM would leave it, then what the VMM writes.
+    let dir = vm::runtime::RuntimeDir::create(&root, id).unwrap();
+    let vm_dir = dir.path().to_path_buf();
+    std::mem::forget(dir);
+    let mut bystander = Bystander::start();
+    std::fs::write(vm_dir.join("owner"), "999999999 1\n").unwrap();
+    std::fs::write(vm_dir.join("pids"), format!("{}\n", bystander.pid())).unwrap();
+    std::fs::write(
+        vm_dir.join("pids-started"),
+        format!("{} {}\n", bystander.pid(), bystander.started()),
+    )
+    .unwrap();
+    // A chroot-shaped directory that is not this VM's chroot.
+    let victim = tmp.path().join("srv/jailer/firecracker").join(id);
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(victim.join("precious"), "data").unwrap();
+    std::fs::write(vm_dir.join("chroot"), format!("{}\n", victim.display())).unwrap();
+    // A cgroup shaped like a VM's that belongs to another VM.
+    let layout = vm::cgroup::Layout::detect().expect("cgroups (run as root)");
+    let limits = vm::cgroup::Limits {
+        memory_mib: 64,
+        cpu_millis: 100,
+        pids: 4,
+    };
+    let name = format!("planted-victim-{}", std::process::id());
+    let mut other = vm::cgroup::VmCgroup::create(&layout, &name, limits).unwrap();
+    let text: String = other
+        .dirs()
+        .iter()
+        .map(|d| format!("{}\n", d.display()))
+        .collect();
+    std::fs::write(vm_dir.join("cgroups"), text).unwrap();
+    // Its orchestrator's own records (where they are kept) say it is dead.
+    let records = vm::runtime::records_dir(&root, id);
+    std::fs::write(records.join("owner"), "999999999 1\n").unwrap();
+    age(&records);
+    age(&vm_dir);
+
+    let reaped = vm::runtime::reap_stale(&root);
+    assert!(bystander.alive(), "a planted pid was killed");
+    assert!(
+        victim.join("precious").exists(),
+        "a planted chroot was removed"
+    );
+    for d in other.dirs() {
+        assert!(d.is_dir(), "a planted cgroup {} was removed", d.display());
+    }
+    // The leftover itself is still cleaned up.
+    assert_eq!(reaped, [id.to_string()]);
+    assert!(!vm_dir.exists());
+    assert!(!records.exists());
+    other.remove().unwrap();
+}
+
+/// Even the orchestrator's own records are not enough to kill a process:
+/// it must still be in the VM's recorded cgroup (a pid and start time could
+/// name a process that has left it, or the records could be forged), while
+/// one that is in it is killed and the cgroup removed.
+#[test]
+fn reaping_kills_only_processes_in_the_vms_cgroup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("run");
+    let id = "cgroup-check";
+    let dir = vm::runtime::RuntimeDir::create(&root, id).unwrap();
+    let layout = vm::cgroup::Layout::detect().expect("cgroups (run as root)");
+    let limits = vm::cgroup::Limits {
+        memory_mib: 64,
+        cpu_millis: 100,
+        pids: 4,
+    };
+    let name = format!("reap-check-{}", std::process::id());
+    let mut cgroup = vm::cgroup::VmCgroup::create(&layout, &name, limits).unwrap();
+    dir.record_cgroups(&cgroup.dirs()).unwrap();
+    let mut outside = Bystander::start();
+    let mut member = Bystander::start();
+    for d in cgroup.dirs() {
+        std::fs::write(d.join("cgroup.procs"), member.pid().to_string()).unwrap();
+    }
+    dir.record_pid_started(outside.pid() as u32).unwrap();
+    dir.record_pid_started(member.pid() as u32).unwrap();
+    let records = dir.records_dir().to_path_buf();
+    let vm_dir = dir.path().to_path_buf();
+    // The orchestrator dies without cleaning up.
+    std::mem::forget(dir);
+    std::fs::write(records.join("owner"), "999999999 1\n").unwrap();
+
+    let reaped = vm::runtime::reap_stale(&root);
+    assert_eq!(reaped, [id.to_string()]);
+    assert!(
+        outside.alive(),
+        "a process outside the VM's cgroup was killed"
+    );
+    assert!(!member.alive(), "the VM's process survived reaping");
+    assert!(cgroup.dirs().iter().all(|d| !d.exists()), "cgroup left");
+    assert!(!vm_dir.exists() && !records.exists());
+    let _ = cgroup.remove();
+}

@@ -64,7 +64,7 @@ pub struct Recorded {
     pub violations: Vec<String>,
     /// What each VM's guest agent was asked.
     pub agents: HashMap<String, AgentLog>,
-    /// The stand-in process of each VM, from its runtime directory's `pids`.
+    /// The stand-in process of each VM, from its records' `pids`.
     pub pids: HashMap<String, i32>,
 }
 
@@ -98,8 +98,10 @@ impl Behaviour {
 #[derive(Debug, Clone)]
 pub struct Place {
     pub id: String,
-    /// Its runtime directory (`pids`).
+    /// Its runtime directory.
     pub dir: PathBuf,
+    /// The orchestrator's records of it (`owner`, `pids`, `chroot`).
+    pub records: PathBuf,
     /// A jailed Firecracker's chroot: the paths in its requests are in it.
     pub chroot: Option<PathBuf>,
 }
@@ -110,6 +112,7 @@ impl Place {
         Place {
             id: id.to_string(),
             dir: root.join(id),
+            records: ironclaw_orchestrator::vm::runtime::records_dir(root, id),
             chroot: None,
         }
     }
@@ -369,7 +372,7 @@ impl FakeVm {
         };
         {
             let mut log = self.host.log.lock().unwrap();
-            if let Some(pid) = std::fs::read_to_string(self.place.dir.join("pids"))
+            if let Some(pid) = std::fs::read_to_string(self.place.records.join("pids"))
                 .ok()
                 .and_then(|t| t.lines().next()?.trim().parse().ok())
             {
