@@ -13,5 +13,6 @@ pub mod agent;
 pub mod boot;
 pub mod cache;
 pub mod doctor;
+pub mod listen;
 pub mod userland;
 pub mod vm;

@@ -6,25 +6,31 @@
 //! framed protocol as the guest agent, so `ironclaw run --pool` uses the very
 //! same client code it uses for a VM; each `exec` gets its own VM from the
 //! pool, destroyed when the command ends (never reused for another task).
+//!
+//! Who may use it: the socket is a [`PrivateListener`] (explicit modes, peers
+//! checked by `SO_PEERCRED`: the daemon's user, root, members of `--group`).
+//! How much: each peer uid has at most `max_per_client` VMs in use at once,
+//! and the pool caps the VMs in use in total; a request beyond either gets
+//! an error ("limit reached: …, try again later") instead of a VM.
 
 use std::collections::{HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use ironclaw_protocol::{
     check_data_frame, ExecRequest, Frame, FrameCodec, FrameKind, Message, RecvWindow, SendCredit,
     DATA_CHUNK, PROTOCOL_VERSION, SESSION_STREAM,
 };
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use ironclaw_orchestrator::agent::ExecEvent;
-use ironclaw_orchestrator::vm::pool::Pool;
+use ironclaw_orchestrator::listen::{Access, ListenError, PrivateListener};
+use ironclaw_orchestrator::vm::pool::{Pool, PoolError};
 
 /// Default socket of the pool daemon: `<runtime root>/pool.sock`.
 pub fn default_socket() -> PathBuf {
@@ -50,37 +56,87 @@ struct ClientRequest {
     credit: Arc<SendCredit>,
 }
 
-/// Serves `pool` on `socket` until `shutdown` completes.
+/// Where and for whom the daemon serves.
+pub struct ServeConfig {
+    pub socket: PathBuf,
+    pub access: Access,
+    /// VMs one peer uid may have in use at once.
+    pub max_per_client: usize,
+}
+
+/// VMs in use per peer uid, shared by all of that uid's connections.
+struct ClientLimits {
+    max: usize,
+    in_use: Mutex<HashMap<u32, usize>>,
+}
+
+/// One VM in use by `uid`; given back on drop.
+struct ClientSlot {
+    limits: Arc<ClientLimits>,
+    uid: u32,
+}
+
+impl ClientLimits {
+    fn take(self: &Arc<Self>, uid: u32) -> Option<ClientSlot> {
+        let mut in_use = self.in_use.lock().expect("limits lock");
+        let n = in_use.entry(uid).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            limits: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut in_use = self.limits.in_use.lock().expect("limits lock");
+        if let Some(n) = in_use.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                in_use.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Serves `pool` as `config` says until `shutdown` completes.
 pub async fn serve(
     pool: &Arc<Pool>,
-    socket: &Path,
+    config: &ServeConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    if let Some(parent) = socket.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-    }
-    if UnixStream::connect(socket).await.is_ok() {
-        anyhow::bail!("a pool daemon already serves {}", socket.display());
-    }
-    let _ = std::fs::remove_file(socket);
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("binding {}", socket.display()))?;
+    let listener = match PrivateListener::bind(&config.socket, config.access) {
+        Ok(l) => l,
+        Err(ListenError::InUse(p)) => {
+            anyhow::bail!("a pool daemon already serves {}", p.display())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let limits = Arc::new(ClientLimits {
+        max: config.max_per_client.max(1),
+        in_use: Mutex::new(HashMap::new()),
+    });
     let kernel = Arc::new(pool.kernel_release());
     let stop = CancellationToken::new();
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    tokio::spawn(serve_client(pool.clone(), stream, kernel.clone(), stop.clone()));
+                Ok((stream, peer)) => {
+                    let client = Client { uid: peer.uid, limits: limits.clone() };
+                    tokio::spawn(serve_client(pool.clone(), stream, client, kernel.clone(), stop.clone()));
                 }
-                Err(e) => break Err(anyhow::Error::new(e).context("accepting a client")),
+                Err(e) => break Err(anyhow::Error::new(e)),
             },
             _ = &mut shutdown => break Ok(()),
         }
     };
-    let _ = std::fs::remove_file(socket);
+    // Removes the socket.
+    drop(listener);
     // End every client and request: their VMs are destroyed as they return
     // their hold on the pool.
     stop.cancel();
@@ -89,6 +145,12 @@ pub async fn serve(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     result
+}
+
+/// A connected peer: its uid and the per-uid limits.
+struct Client {
+    uid: u32,
+    limits: Arc<ClientLimits>,
 }
 
 /// Tells the client that `stream` failed (a client that is gone misses it).
@@ -101,6 +163,7 @@ async fn send_error(out: &mpsc::Sender<Frame>, stream: u32, message: String) {
 async fn serve_client(
     pool: Arc<Pool>,
     stream: UnixStream,
+    client: Client,
     kernel: Arc<String>,
     stop: CancellationToken,
 ) {
@@ -182,6 +245,16 @@ async fn serve_client(
             }
             Message::Exec(req) if id != SESSION_STREAM && !requests.contains_key(&id) => {
                 requests.retain(|_, r| !r.ctl.is_closed());
+                let Some(slot) = client.limits.take(client.uid) else {
+                    let max = client.limits.max;
+                    let message = format!(
+                        "limit reached: uid {} already has {max} VMs in use \
+                         (--max-per-client {max}), try again later",
+                        client.uid
+                    );
+                    send_error(&out_tx, id, message).await;
+                    continue;
+                };
                 let (tx, rx) = mpsc::unbounded_channel();
                 let window = Arc::new(Mutex::new(RecvWindow::new(id)));
                 let credit = Arc::new(SendCredit::new(id));
@@ -199,7 +272,7 @@ async fn serve_client(
                     window,
                     credit,
                 };
-                tokio::spawn(run_request(pool.clone(), link, req, rx, stop.clone()));
+                tokio::spawn(run_request(pool.clone(), link, req, rx, stop.clone(), slot));
             }
             Message::Credit { bytes } if id != SESSION_STREAM => {
                 // Credit for a request that just ended is late, not wrong.
@@ -263,11 +336,17 @@ async fn run_request(
     req: ExecRequest,
     mut ctl: mpsc::UnboundedReceiver<Control>,
     stop: CancellationToken,
+    // Held until the VM is destroyed.
+    _slot: ClientSlot,
 ) {
     let id = link.id;
     let out = link.out.clone();
     let vm = match pool.acquire().await {
         Ok(vm) => vm,
+        Err(e @ PoolError::Limit { .. }) => {
+            send_error(&out, id, e.to_string()).await;
+            return;
+        }
         Err(e) => {
             send_error(&out, id, format!("no VM: {e}")).await;
             return;

@@ -211,15 +211,36 @@ async fn run_in_pool(
         .map(|t| machine::secs_to_ms("--timeout", t))
         .transpose()?;
     let socket = args.pool_socket.unwrap_or_else(pool_daemon::default_socket);
-    let stream = tokio::net::UnixStream::connect(&socket)
-        .await
-        .with_context(|| {
-            format!(
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let who = "it serves its own user, root and the members of its --group";
+    let stream = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "this user (uid {uid}) is not allowed to use the pool daemon at {} ({who})",
+                socket.display()
+            )))
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
                 "no pool daemon at {} (start one with `ironclaw pool serve`)",
                 socket.display()
-            )
-        })?;
-    let client = AgentClient::handshake(Box::new(stream)).await?;
+            )))
+        }
+    };
+    // A daemon closes a peer it does not allow before answering hello.
+    let client = match AgentClient::handshake(Box::new(stream)).await {
+        Ok(c) => c,
+        Err(e @ (AgentError::Closed | AgentError::Protocol(_))) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "the pool daemon at {} closed the connection: this user (uid {uid}) is \
+                 probably not allowed ({who})",
+                socket.display()
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let req = ExecRequest {
         argv: args.command,
         env,
@@ -229,7 +250,12 @@ async fn run_in_pool(
     };
     let mut signals = Signals::new()?;
     let outcome = tokio::select! {
-        r = stream_exec(&client, req) => r,
+        // The daemon's refusals ("limit reached: …") are its own, not the guest's.
+        r = stream_exec(&client, req) => r.map_err(|e| match e.downcast::<AgentError>() {
+            Ok(AgentError::Remote(message)) => anyhow::anyhow!("the pool daemon: {message}"),
+            Ok(other) => other.into(),
+            Err(e) => e,
+        }),
         // Closing the connection makes the daemon kill the command and destroy its VM.
         sig = signals.recv() => Ok(128 + sig),
     };

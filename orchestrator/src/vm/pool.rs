@@ -4,9 +4,14 @@
 //! background. `acquire` hands one out (reseeded: fresh entropy and clock) and
 //! never hands the same VM out twice; `release` destroys it — a VM is never
 //! reused for another task. Size is bounded by a count and by memory.
+//!
+//! VMs in use (handed out, or being restored for a caller on a miss) are
+//! capped too: by default as many as `max_memory_mib` holds, or what
+//! [`Pool::limit_in_use`] sets. `acquire` beyond the cap fails with
+//! [`PoolError::Limit`] at once, without restoring anything.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +23,15 @@ use super::{VmConfig, VmError, VmHandle};
 
 /// Upper bound on the pool size, whatever is asked.
 pub const MAX_POOL_SIZE: usize = 64;
+
+/// Why [`Pool::acquire`] gave no VM.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("limit reached: {max} VMs in use in total, try again later")]
+    Limit { max: usize },
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -48,6 +62,7 @@ struct Inner {
     ready: Mutex<VecDeque<VmHandle>>,
     next: AtomicU64,
     in_use: AtomicU64,
+    max_in_use: AtomicUsize,
     hits: AtomicU64,
     misses: AtomicU64,
     created: AtomicU64,
@@ -78,6 +93,7 @@ impl Pool {
             ready: Mutex::new(VecDeque::new()),
             next: AtomicU64::new(0),
             in_use: AtomicU64::new(0),
+            max_in_use: AtomicUsize::new(by_memory.max(1)),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             created: AtomicU64::new(0),
@@ -93,8 +109,21 @@ impl Pool {
         })
     }
 
-    /// A ready VM (a hit), or a freshly restored one when none is ready (a miss).
-    pub async fn acquire(&self) -> Result<VmHandle, VmError> {
+    /// Caps the VMs in use at once (at least 1; the default is what the
+    /// pool's `max_memory_mib` holds).
+    pub fn limit_in_use(&self, max: usize) {
+        self.inner.max_in_use.store(max.max(1), Ordering::SeqCst);
+    }
+
+    /// The cap on VMs in use at once.
+    pub fn max_in_use(&self) -> usize {
+        self.inner.max_in_use.load(Ordering::SeqCst)
+    }
+
+    /// A ready VM (a hit), or a freshly restored one when none is ready (a
+    /// miss); [`PoolError::Limit`] when the VMs in use are at the cap.
+    pub async fn acquire(&self) -> Result<VmHandle, PoolError> {
+        let slot = InUseSlot::take(&self.inner)?;
         let ready = self.inner.ready.lock().expect("pool lock").pop_front();
         self.inner.wake.notify_one();
         let vm = match ready {
@@ -109,13 +138,13 @@ impl Pool {
                 restore_one(&self.inner).await?
             }
         };
-        self.inner.in_use.fetch_add(1, Ordering::Relaxed);
+        slot.keep();
         Ok(vm)
     }
 
     /// Destroys a VM handed out by [`Pool::acquire`].
     pub async fn release(&self, vm: VmHandle) -> Result<(), VmError> {
-        self.inner.in_use.fetch_sub(1, Ordering::Relaxed);
+        self.inner.in_use.fetch_sub(1, Ordering::SeqCst);
         super::destroy_vm(vm).await
     }
 
@@ -124,7 +153,7 @@ impl Pool {
         PoolStats {
             target: i.target,
             ready: i.ready.lock().expect("pool lock").len(),
-            in_use: i.in_use.load(Ordering::Relaxed),
+            in_use: i.in_use.load(Ordering::SeqCst),
             hits: i.hits.load(Ordering::Relaxed),
             misses: i.misses.load(Ordering::Relaxed),
             created: i.created.load(Ordering::Relaxed),
@@ -195,6 +224,39 @@ impl Drop for Pool {
         }
         if let Ok(mut ready) = self.inner.ready.lock() {
             ready.clear();
+        }
+    }
+}
+
+/// A place among the VMs in use, taken before a VM is handed out or
+/// restored; given back on drop unless kept (then [`Pool::release`] gives
+/// it back).
+struct InUseSlot<'a> {
+    inner: &'a Inner,
+    kept: bool,
+}
+
+impl<'a> InUseSlot<'a> {
+    fn take(inner: &'a Inner) -> Result<InUseSlot<'a>, PoolError> {
+        let max = inner.max_in_use.load(Ordering::SeqCst) as u64;
+        inner
+            .in_use
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|_| PoolError::Limit { max: max as usize })?;
+        Ok(InUseSlot { inner, kept: false })
+    }
+
+    fn keep(mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for InUseSlot<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            self.inner.in_use.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
