@@ -50,8 +50,8 @@ mod inbox;
 mod streams;
 
 pub use exec::{ExecEvent, ExecOutput, ExecSession, StdinWriter};
-pub use files::FileError;
 pub use files::MAX_LIST_BYTES;
+pub use files::{FileError, GetFileOptions, DEFAULT_MAX_GET_BYTES};
 use inbox::*;
 use streams::*;
 

@@ -256,3 +256,48 @@ fn a_stopped_agent_fails_library_requests_with_deadline() {
         assert!(pids.iter().all(|p| !common::pid_alive(*p)));
     });
 }
+
+/// `--copy-out` takes neither the guest's size nor its mode bits: beyond
+/// `--copy-out-max` nothing is kept, and what is kept is 0644.
+#[test]
+fn copy_out_is_capped_in_size_and_written_0644() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = root("copy-out-cap");
+    let out = tempfile::tempdir().unwrap();
+    let big = out.path().join("big");
+    let spec = format!("/tmp/big:{}", big.display());
+    let refused = ironclaw(&r)
+        .args(["run", "--copy-out", &spec, "--copy-out-max", "1", "--"])
+        .args(["sh", "-c", "head -c 2097152 /dev/zero > /tmp/big"])
+        .output()
+        .unwrap();
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(125), "stderr: {stderr}");
+    assert!(
+        stderr.contains("limit of 1048576 bytes"),
+        "stderr: {stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(out.path()).unwrap().count(),
+        0,
+        "a refused copy-out left a file"
+    );
+
+    let small = out.path().join("setuid");
+    let spec = format!("/tmp/s:{}", small.display());
+    let kept = ironclaw(&r)
+        .args(["run", "--copy-out", &spec, "--"])
+        .args(["sh", "-c", "echo hi > /tmp/s && chmod 4777 /tmp/s"])
+        .output()
+        .unwrap();
+    assert_eq!(kept.status.code(), Some(0), "{}", text(&kept.stderr));
+    assert_eq!(std::fs::read_to_string(&small).unwrap(), "hi\n");
+    let mode = std::fs::metadata(&small).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o644, "mode {mode:o}");
+    assert!(
+        vm_dirs(&r).is_empty(),
+        "runtime files left: {:?}",
+        vm_dirs(&r)
+    );
+    let _ = std::fs::remove_dir_all(&r);
+}

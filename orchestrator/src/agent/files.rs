@@ -8,8 +8,9 @@
 //! download goes to exactly the local path the caller gave, through a fresh
 //! temporary file in that path's directory (created with `O_EXCL|O_NOFOLLOW`)
 //! renamed over it when complete. Names, links and modes from the guest do not
-//! choose where anything is written; only the permission bits are kept, without
-//! set-id, sticky or group/other write bits.
+//! choose where anything is written or with which bits: a download is written
+//! 0644 unless the caller asks otherwise, and is refused beyond a size limit
+//! (1 GiB unless the caller asks otherwise), leaving nothing behind.
 //!
 //! Every operation fails with [`AgentError::Deadline`] (as
 //! [`FileError::Agent`]) when the guest makes no progress on it (no reply,
@@ -34,8 +35,33 @@ pub const MAX_LIST_ENTRIES: usize = 100_000;
 /// 100 000 entries of a window-sized name each.
 pub const MAX_LIST_BYTES: usize = 32 << 20;
 
-/// Local permission bits kept from a guest file's mode.
+/// Local permission bits kept from a guest file's mode (tests only: a
+/// download is written with [`GetFileOptions::mode`], not the guest's bits).
+#[cfg(test)]
 const LOCAL_MODE_MASK: u32 = 0o755;
+
+/// Most bytes [`AgentClient::get_file`] takes from the guest by default: the
+/// guest chooses how much it sends, and the host's disk is not its to fill.
+pub const DEFAULT_MAX_GET_BYTES: u64 = 1 << 30;
+
+/// How a download is written on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GetFileOptions {
+    /// The download fails ([`FileError::TooLarge`]) beyond this many bytes,
+    /// and nothing is left at the local path.
+    pub max_bytes: u64,
+    /// Permission bits of the local file; the guest's mode is not used.
+    pub mode: u32,
+}
+
+impl Default for GetFileOptions {
+    fn default() -> GetFileOptions {
+        GetFileOptions {
+            max_bytes: DEFAULT_MAX_GET_BYTES,
+            mode: 0o644,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -68,6 +94,8 @@ pub enum FileError {
     TooManyEntries { path: String },
     #[error("listing {path}: more than {MAX_LIST_BYTES} bytes of entries")]
     ListingTooLarge { path: String },
+    #[error("get {path}: the guest sent more than the limit of {limit} bytes; nothing was kept")]
+    TooLarge { path: String, limit: u64 },
     #[error("{op} {path}: unexpected reply from the guest: {reply}")]
     Unexpected {
         op: &'static str,
@@ -269,6 +297,17 @@ impl AgentClient {
         guest: &str,
         writer: &mut (impl AsyncWrite + Unpin),
     ) -> Result<(FileStat, u64), FileError> {
+        self.get_limited(guest, writer, u64::MAX).await
+    }
+
+    /// [`AgentClient::get`], failing with [`FileError::TooLarge`] as soon as
+    /// the guest sends more than `max_bytes` (before writing the excess).
+    pub async fn get_limited(
+        &self,
+        guest: &str,
+        writer: &mut (impl AsyncWrite + Unpin),
+        max_bytes: u64,
+    ) -> Result<(FileStat, u64), FileError> {
         let request = Message::GetFile { path: guest.into() };
         let mut stream = FileStream::open(self, "get", guest, &request).await?;
         let stat = match stream.reply("get", guest).await? {
@@ -279,6 +318,12 @@ impl AgentClient {
         loop {
             match stream.recv().await? {
                 Incoming::Data(FrameKind::FileData, data) => {
+                    if received + data.len() as u64 > max_bytes {
+                        return Err(FileError::TooLarge {
+                            path: guest.into(),
+                            limit: max_bytes,
+                        });
+                    }
                     writer
                         .write_all(&data)
                         .await
@@ -323,6 +368,17 @@ impl AgentClient {
     /// the module docs for how the host is protected). An existing file there
     /// is replaced only once the whole download succeeded.
     pub async fn get_file(&self, guest: &str, local_path: &Path) -> Result<u64, FileError> {
+        self.get_file_with(guest, local_path, GetFileOptions::default())
+            .await
+    }
+
+    /// [`AgentClient::get_file`] with a size limit and local mode of the caller's.
+    pub async fn get_file_with(
+        &self,
+        guest: &str,
+        local_path: &Path,
+        options: GetFileOptions,
+    ) -> Result<u64, FileError> {
         let partial = PartialFile::create(local_path)?;
         let file = tokio::fs::File::from_std(
             partial
@@ -331,9 +387,11 @@ impl AgentClient {
                 .map_err(local("creating", &partial.path))?,
         );
         let mut writer = tokio::io::BufWriter::with_capacity(FILE_CHUNK, file);
-        let (stat, n) = self.get(guest, &mut writer).await?;
+        let (_, n) = self
+            .get_limited(guest, &mut writer, options.max_bytes)
+            .await?;
         drop(writer);
-        partial.commit(stat.mode & LOCAL_MODE_MASK)?;
+        partial.commit(options.mode & 0o777)?;
         Ok(n)
     }
 

@@ -42,8 +42,13 @@ pub struct RunArgs {
     #[arg(long = "copy-in", value_name = "LOCAL:GUEST")]
     pub copy_in: Vec<String>,
     /// Copy a guest file out after the command, to exactly LOCAL (repeatable).
+    /// Written with mode 0644 whatever its mode in the guest.
     #[arg(long = "copy-out", value_name = "GUEST:LOCAL")]
     pub copy_out: Vec<String>,
+    /// Refuse a --copy-out file larger than this many MiB (the guest decides
+    /// what it sends; nothing is kept of a refused file).
+    #[arg(long = "copy-out-max", value_name = "MIB", default_value_t = 1024)]
+    pub copy_out_max: u64,
     #[command(flatten)]
     pub machine: MachineArgs,
     #[command(flatten)]
@@ -68,6 +73,10 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         .iter()
         .map(|s| parse_copy_in(s))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let copy_out_options = ironclaw_orchestrator::agent::GetFileOptions {
+        max_bytes: args.copy_out_max.saturating_mul(1 << 20),
+        ..Default::default()
+    };
     let copy_out = args
         .copy_out
         .iter()
@@ -135,7 +144,7 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         let code = stream_exec(vm.agent(), req).await?;
         for (guest, local) in &copy_out {
             vm.agent()
-                .get_file(guest, local)
+                .get_file_with(guest, local, copy_out_options)
                 .await
                 .with_context(|| format!("--copy-out {guest}:{}", local.display()))?;
         }
