@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,12 +190,17 @@ fn a_process_under_the_filter_is_killed_on_denied_calls_and_allowed_the_rest() {
         // Anything else unlisted is refused with EPERM.
         assert_eq!(run("getppid"), ("err 1".to_string(), None), "{kind:?}");
     }
-    // The same under the whole jail (namespaces, uid change, no_new_privs).
+    // The same under the whole jail (namespaces, uid change, no_new_privs),
+    // as a jail uid leased for a VM directory of a scratch runtime root.
+    let scratch = tempfile::tempdir().unwrap();
+    let probe_dir =
+        ironclaw_orchestrator::vm::runtime::RuntimeDir::create(scratch.path(), "probe").unwrap();
+    let ids = jail::vm_ids(&probe_dir, None).unwrap();
     let jailed = |call: &str| {
         probe(
             JailSpec {
                 namespaces: true,
-                ids: Some(jail::vm_ids(Path::new("/probe"), None)),
+                ids: Some(ids),
                 ..filtered(ProcessKind::Qemu, SeccompLevel::Strict)
             },
             &[call],

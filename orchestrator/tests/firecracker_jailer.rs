@@ -484,7 +484,13 @@ async fn backend_trait_launches_jailed_and_destroy_leaves_nothing() {
         .launch(&config, &dir, LaunchPurpose::Run)
         .await
         .expect("launch");
-    let (uid, gid) = ironclaw_orchestrator::vm::jail::vm_ids(dir.path(), None);
+    // The uid the launch leased for this VM (its records), as the QEMU jail does.
+    let leased: u32 = std::fs::read_to_string(dir.records_dir().join("uid"))
+        .expect("the VM's jail uid is recorded")
+        .trim()
+        .parse()
+        .unwrap();
+    let (uid, gid) = (leased, leased);
     let argv = fx.argv();
     let netns = argv[argv.iter().position(|a| a == "--netns").unwrap() + 1].clone();
     assert_eq!(argv, expected_argv(&fx, &config, uid, gid, &netns));

@@ -23,6 +23,8 @@ const PIDS_FILE: &str = "pids";
 const CGROUPS_FILE: &str = "cgroups";
 const CHROOT_FILE: &str = "chroot";
 const STARTED_PIDS_FILE: &str = "pids-started";
+/// The jail uid a VM holds (see [`RuntimeDir::lease_uid`]).
+const UID_FILE: &str = "uid";
 
 /// The root's mode when root runs the orchestrator: others may traverse it
 /// (to reach a socket root chooses to share) but not list or write it.
@@ -217,6 +219,31 @@ impl RuntimeDir {
         f.write_all(text.as_bytes())
     }
 
+    /// Chooses this VM's jail uid: the first of `candidates` that no other VM
+    /// under the same root holds (by their records) and that `usable` accepts,
+    /// recorded in this VM's records, so it is held until they are removed
+    /// with the VM (or reaped). Two live VMs never share a jail uid.
+    pub fn lease_uid(
+        &self,
+        candidates: impl IntoIterator<Item = u32>,
+        usable: impl Fn(u32) -> bool,
+    ) -> std::io::Result<u32> {
+        let root = self
+            .path
+            .parent()
+            .ok_or_else(|| std::io::Error::other("a runtime directory without a root"))?;
+        // The root directory itself is the lock: no file is left behind.
+        let root_dir = fs::File::open(root)?;
+        root_dir.lock()?;
+        let held = held_uids(root, &self.records);
+        let uid = candidates
+            .into_iter()
+            .find(|uid| !held.contains(uid) && usable(*uid))
+            .ok_or_else(|| std::io::Error::other("no free jail uid left in the range"))?;
+        self.write_record(UID_FILE, &format!("{uid}\n"), false)?;
+        Ok(uid)
+    }
+
     /// Records a process of this VM, for reaping should the orchestrator die.
     pub fn record_pid(&self, pid: u32) -> std::io::Result<()> {
         self.write_record(PIDS_FILE, &format!("{pid}\n"), true)
@@ -334,6 +361,32 @@ fn trustworthy(meta: &fs::Metadata, dir: bool) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// The jail uids the VMs under `root` hold, by their records (other than
+/// `except`'s). A record that is not a plain file is ignored.
+fn held_uids(root: &Path, except: &Path) -> std::collections::HashSet<u32> {
+    let Ok(entries) = fs::read_dir(root) else {
+        return Default::default();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .filter(|p| p != except)
+        .filter_map(|p| {
+            let mut text = String::new();
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(p.join(UID_FILE))
+                .ok()?
+                .read_to_string(&mut text)
+                .ok()?;
+            text.trim().parse().ok()
+        })
+        .collect()
 }
 
 /// Kills the processes and removes the directories of VMs whose orchestrator

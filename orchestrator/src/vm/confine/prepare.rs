@@ -67,7 +67,6 @@ impl Confinement {
         if unsafe { libc::geteuid() } != 0 {
             return Err(JailError::NotRoot);
         }
-        let (uid, gid) = jail::vm_ids(dir.path(), c.uid);
         let prep = |what: &'static str| {
             move |source| JailError::Prepare {
                 process: "vmm",
@@ -75,6 +74,7 @@ impl Confinement {
                 source,
             }
         };
+        let (uid, gid) = jail::vm_ids(dir, c.uid).map_err(prep("choosing the VM's jail uid"))?;
         // The VMM creates its sockets and console log here; the sticky bit
         // keeps it from removing the orchestrator's files (owner, pids).
         std::os::unix::fs::chown(dir.path(), Some(0), Some(gid))

@@ -83,10 +83,16 @@ impl Jail {
     ) -> Result<Jail, JailerError> {
         cfg.check(firecracker)?;
         check_id(&config.id)?;
-        let (derived_uid, derived_gid) =
-            super::super::super::jail::vm_ids(dir.path(), config.confinement.uid);
-        let uid = cfg.uid.unwrap_or(derived_uid);
-        let gid = cfg.gid.unwrap_or(derived_gid);
+        // A per-VM uid leased like the QEMU jail's, unless both are configured.
+        let (uid, gid) = match (cfg.uid, cfg.gid) {
+            (Some(uid), Some(gid)) => (uid, gid),
+            (uid, gid) => {
+                let (derived_uid, derived_gid) =
+                    super::super::super::jail::vm_ids(dir, config.confinement.uid)
+                        .map_err(io(JailerStep::CheckJailer, "choosing the VM's jail uid"))?;
+                (uid.unwrap_or(derived_uid), gid.unwrap_or(derived_gid))
+            }
+        };
         if uid == 0 || gid == 0 {
             return Err(invalid(
                 JailerStep::CheckJailer,
