@@ -2,81 +2,15 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+mod cli_support;
+
+use cli_support::{ironclaw, pid_alive, recorded_pids, records_dirs, run, s, vm_dirs};
+
 fn root(name: &str) -> PathBuf {
-    let p = PathBuf::from(format!("/tmp/ironclaw-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
-fn ironclaw(runtime_root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ironclaw"));
-    c.env("IRONCLAW_RUNTIME_DIR", runtime_root)
-        .stdin(Stdio::null());
-    c
-}
-
-fn run(runtime_root: &Path, args: &[&str]) -> Output {
-    ironclaw(runtime_root).args(args).output().unwrap()
-}
-
-fn s(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// The VMs' runtime directories (their records, `.<id>`, are not listed:
-/// they go with them).
-fn vm_dirs(runtime_root: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(runtime_root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Leftover records directories of VMs.
-fn records_dirs(runtime_root: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(runtime_root)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn pid_alive(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
-
-fn recorded_pids(runtime_root: &Path) -> Vec<i32> {
-    vm_dirs(runtime_root)
-        .iter()
-        .flat_map(|d| {
-            let id = d.file_name().unwrap().to_string_lossy().into_owned();
-            let records = ironclaw_orchestrator::vm::runtime::records_dir(runtime_root, &id);
-            std::fs::read_to_string(records.join("pids"))
-                .unwrap_or_default()
-                .lines()
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    cli_support::root("cli", name)
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {

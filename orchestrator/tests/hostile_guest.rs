@@ -5,48 +5,20 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{runtime, sh, shared_vm, text};
 use ironclaw_orchestrator::agent::{AgentError, FileError, DEFAULT_OUTPUT_CAP};
 use ironclaw_orchestrator::vm::{self, exec_request};
 
+mod cli_support;
+
+use cli_support::{ironclaw, leftovers as vm_dirs, recorded_pids};
+
 fn root(name: &str) -> PathBuf {
-    let p = PathBuf::from(format!(
-        "/tmp/ironclaw-hostile-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
-
-fn ironclaw(runtime_root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ironclaw"));
-    c.env("IRONCLAW_RUNTIME_DIR", runtime_root)
-        .stdin(Stdio::null());
-    c
-}
-
-fn vm_dirs(runtime_root: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(runtime_root)
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default()
-}
-
-fn recorded_pids(runtime_root: &Path) -> Vec<u32> {
-    vm_dirs(runtime_root)
-        .iter()
-        .flat_map(|d| {
-            std::fs::read_to_string(d.join("pids"))
-                .unwrap_or_default()
-                .lines()
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    cli_support::root("hostile", name)
 }
 
 /// Waits for `child` to exit within `limit`; kills it and fails otherwise.

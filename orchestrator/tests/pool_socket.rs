@@ -18,17 +18,12 @@ const NOGROUP: u32 = 65534;
 /// A uid and gid with no account and no group entry.
 const STRANGER: u32 = 65533;
 
-fn root(name: &str) -> PathBuf {
-    let p = PathBuf::from(format!(
-        "/tmp/ironclaw-pool-socket-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&p);
-    p
-}
+mod cli_support;
 
-fn s(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+use cli_support::s;
+
+fn root(name: &str) -> PathBuf {
+    cli_support::root("pool-socket", name)
 }
 
 fn assert_root() {

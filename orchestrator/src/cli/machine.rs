@@ -279,8 +279,9 @@ async fn from_flags(
         Some(k) => k.clone(),
         None => boot::kernel::default_kernel()?,
     };
-    // The initramfs is generated last (it can take seconds): a placeholder
-    // (any existing file passes) stands for it until then.
+    // The initramfs is generated last (it can take seconds), after the flags
+    // were checked: for that first check the initramfs field names the kernel
+    // (an existing file); the generated initramfs replaces it below.
     let mut config = VmConfig::new(id, &kernel, m.initramfs.as_ref().unwrap_or(&kernel));
     if let Some(b) = m.backend {
         config.backend = b.into();

@@ -1,0 +1,91 @@
+//! Shared by the test binaries that run the `ironclaw` command as a user
+//! does: a private runtime root per test, the command, and what a VM leaves
+//! in the runtime root.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A fresh runtime root `/tmp/ironclaw-<binary>-<pid>-<name>`, removed first.
+pub fn root(binary: &str, name: &str) -> PathBuf {
+    let p = PathBuf::from(format!(
+        "/tmp/ironclaw-{binary}-{}-{name}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&p);
+    p
+}
+
+/// `ironclaw` with its runtime root set and no stdin.
+pub fn ironclaw(runtime_root: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ironclaw"));
+    c.env("IRONCLAW_RUNTIME_DIR", runtime_root)
+        .stdin(Stdio::null());
+    c
+}
+
+pub fn run(runtime_root: &Path, args: &[&str]) -> Output {
+    ironclaw(runtime_root).args(args).output().unwrap()
+}
+
+pub fn s(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn entries(runtime_root: &Path, records: bool) -> Vec<PathBuf> {
+    std::fs::read_dir(runtime_root)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with('.') == records)
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The VMs' runtime directories (their records, `.<id>`, are not listed:
+/// they go with them).
+pub fn vm_dirs(runtime_root: &Path) -> Vec<PathBuf> {
+    entries(runtime_root, false)
+}
+
+/// Records directories of VMs.
+pub fn records_dirs(runtime_root: &Path) -> Vec<PathBuf> {
+    entries(runtime_root, true)
+}
+
+/// Everything in the runtime root: VM directories and their records.
+pub fn leftovers(runtime_root: &Path) -> Vec<PathBuf> {
+    let mut all = vm_dirs(runtime_root);
+    all.extend(records_dirs(runtime_root));
+    all
+}
+
+/// The pids the VMs under `runtime_root` recorded.
+pub fn recorded_pids(runtime_root: &Path) -> Vec<u32> {
+    records_dirs(runtime_root)
+        .iter()
+        .flat_map(|d| {
+            std::fs::read_to_string(d.join("pids"))
+                .unwrap_or_default()
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Whether a process with this pid exists (zombies count as gone).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
