@@ -14,5 +14,6 @@ pub mod boot;
 pub mod cache;
 pub mod doctor;
 pub mod listen;
+pub mod service;
 pub mod userland;
 pub mod vm;

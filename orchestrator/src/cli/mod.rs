@@ -13,6 +13,7 @@ pub mod pool;
 pub mod pool_daemon;
 pub mod prototype;
 pub mod run;
+pub mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +62,10 @@ pub enum Command {
     /// Build and list root file system images (the guest's userland, e.g. python3).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Serve sandboxes an agent can hold: REST API and MCP on a unix socket (and TCP with --listen).
+    ///
+    /// Example: ironclaw serve & id=$(ironclaw sandbox create); ironclaw sandbox exec $id -- uname -a
+    Serve(Box<serve::ServeArgs>),
 }
 
 impl Command {
@@ -71,6 +76,7 @@ impl Command {
             Command::Pool(pool::PoolCmd::Serve(args)) => &args.machine,
             Command::Prototype(prototype::PrototypeCmd::Build { machine, .. }) => machine,
             Command::Bench(args) => &args.machine,
+            Command::Serve(args) => &args.machine,
             _ => return false,
         };
         machine.config.is_some()
@@ -85,6 +91,7 @@ impl Command {
             Command::Pool(cmd) => pool::pool_command(cmd).await,
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Image(cmd) => image::image_command(cmd, verbose).await,
+            Command::Serve(args) => serve::serve(*args).await,
         }
     }
 }

@@ -1,0 +1,1 @@
+//! The MCP server of the sandbox service (rmcp): not written yet.
