@@ -55,6 +55,13 @@ impl Server {
 
     /// The same on an existing runtime root (a restart after a crash).
     pub fn start_in(root: PathBuf, tcp: bool, extra: &[&str]) -> Server {
+        let tokens = if tcp { vec![new_token()] } else { Vec::new() };
+        Server::start_with_tokens(root, tokens, extra)
+    }
+
+    /// On TCP with these tokens (one tenant each; the first is `token`),
+    /// or on the unix socket only when `tokens` is empty.
+    pub fn start_with_tokens(root: PathBuf, tokens: Vec<String>, extra: &[&str]) -> Server {
         std::fs::create_dir_all(&root).unwrap();
         std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).unwrap();
         let socket = root.join("ironclaw.sock");
@@ -68,10 +75,10 @@ impl Server {
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::fs::File::options().append(true).open(&log).unwrap());
         let (mut tcp_addr, mut token, mut token_file) = (None, None, None);
-        if tcp {
-            let t = new_token();
+        if !tokens.is_empty() {
+            let t = tokens[0].clone();
             let f = PathBuf::from(format!("{}.token", root.display()));
-            std::fs::write(&f, format!("{t}\n")).unwrap();
+            std::fs::write(&f, tokens.join("\n") + "\n").unwrap();
             std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
             let addr = format!("127.0.0.1:{}", free_port());
             cmd.arg("--listen").arg(&addr).arg("--token-file").arg(&f);
