@@ -142,8 +142,15 @@ pub async fn check(
 ) -> Response {
     match owner_of(&caller, req.headers(), &tokens) {
         Ok(owner) => {
-            req.extensions_mut().insert(owner);
-            next.run(req).await
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            let t0 = std::time::Instant::now();
+            req.extensions_mut().insert(owner.clone());
+            let response = next.run(req).await;
+            tracing::info!(
+                owner = %owner.0, %method, %path, status = response.status().as_u16(),
+                ms = t0.elapsed().as_millis() as u64, "request"
+            );
+            response
         }
         Err(e) => {
             tracing::warn!(?caller, path = %req.uri().path(), "refused: {}", e.message);
