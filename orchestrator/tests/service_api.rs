@@ -125,6 +125,51 @@ fn commands_keep_state_stream_take_stdin_time_out_and_take_signals() {
             "first chunk at {first:?}, end at {total:?}"
         );
 
+        // A streamed exec whose reader is slow loses nothing: the command
+        // waits for it (8 MiB through a 1 MiB ring).
+        let stream = tokio::net::UnixStream::connect(&server.socket)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = hyper::Request::post(format!("/v1/sandboxes/{id}/exec/stream"))
+            .header("host", "x")
+            .body(http_body_util::Full::new(Bytes::from(
+                json!({"cmd": "head -c 8388608 /dev/zero | tr '\\0' a"}).to_string(),
+            )))
+            .unwrap();
+        let mut body = sender.send_request(req).await.unwrap().into_body();
+        let mut raw = Vec::new();
+        let mut slept = false;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                raw.extend_from_slice(&data);
+                if !slept {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    slept = true;
+                }
+            }
+        }
+        let events: Vec<Value> = String::from_utf8(raw)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(
+            events.iter().all(|e| e["type"] != "dropped"),
+            "output was dropped"
+        );
+        let bytes: usize = events
+            .iter()
+            .filter(|e| e["type"] == "stdout")
+            .map(|e| e["data"].as_str().unwrap().len())
+            .sum();
+        assert_eq!(bytes, 8 << 20);
+        assert_eq!(events.last().unwrap()["exit_code"], 0);
+
         // A background command with interactive stdin, read from a cursor.
         let base = format!("/v1/sandboxes/{id}/commands");
         let (status, cmd) = server
@@ -572,7 +617,10 @@ fn bad_input_is_refused_naming_the_field() {
         // The document it serves is the committed one.
         let (status, _, doc) = server.raw("GET", "/openapi.json", None).await;
         assert_eq!(status, 200);
-        assert_eq!(String::from_utf8_lossy(&doc), committed_openapi());
+        assert!(
+            String::from_utf8_lossy(&doc) == committed_openapi(),
+            "/openapi.json is not docs/api/openapi.json"
+        );
         // Metrics in Prometheus text format.
         let (status, _, text) = server.raw("GET", "/metrics", None).await;
         let text = String::from_utf8_lossy(&text);

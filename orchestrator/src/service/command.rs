@@ -3,6 +3,7 @@
 //! read from a cursor (poll, or follow as a stream), its stdin and signals
 //! are forwarded from any request, and its end is kept for `wait`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -72,6 +73,12 @@ pub struct Command {
     changes: watch::Sender<u64>,
     stdin: mpsc::Sender<StdinOp>,
     signals: mpsc::UnboundedSender<i32>,
+    /// Paced: a follower reads everything, so output waits for it instead
+    /// of being dropped (the guest's writes block, by the credit windows).
+    paced: AtomicBool,
+    /// The offset the follower has read up to.
+    acked: watch::Sender<u64>,
+    ring_bytes: usize,
 }
 
 impl Command {
@@ -82,6 +89,7 @@ impl Command {
         argv: Vec<String>,
         session: ExecSession,
         ring_bytes: usize,
+        paced: bool,
     ) -> Arc<Command> {
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let (signal_tx, signal_rx) = mpsc::unbounded_channel();
@@ -97,6 +105,9 @@ impl Command {
             changes: watch::channel(0).0,
             stdin: stdin_tx,
             signals: signal_tx,
+            paced: AtomicBool::new(paced),
+            acked: watch::channel(0).0,
+            ring_bytes,
         });
         tokio::spawn(feed_stdin(session.stdin_writer(), stdin_rx));
         tokio::spawn(drive(command.clone(), session, signal_rx));
@@ -112,6 +123,40 @@ impl Command {
     pub fn read(&self, cursor: u64, max: usize) -> (Read, Option<CommandEnd>) {
         let state = self.state.lock().expect("command lock");
         (state.ring.read(cursor, max), state.end.clone())
+    }
+
+    /// The follower has read everything before `cursor`.
+    pub fn ack(&self, cursor: u64) {
+        self.acked.send_if_modified(|a| {
+            let moved = cursor > *a;
+            *a = (*a).max(cursor);
+            moved
+        });
+    }
+
+    /// The follower went away: output is no longer held for it.
+    pub fn unpace(&self) {
+        self.paced.store(false, Ordering::SeqCst);
+        self.acked.send_modify(|_| {});
+    }
+
+    /// While paced, waits until `more` bytes fit in the ring without
+    /// dropping anything the follower has not read.
+    async fn room_for(&self, more: usize) {
+        let mut acked = self.acked.subscribe();
+        loop {
+            if !self.paced.load(Ordering::SeqCst) {
+                return;
+            }
+            let end = self.output_end();
+            let read = *acked.borrow_and_update();
+            if (end.saturating_sub(read) as usize).saturating_add(more) <= self.ring_bytes {
+                return;
+            }
+            if acked.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -228,8 +273,14 @@ async fn drive(
         tokio::select! {
             event = session.next_event() => match event {
                 Ok(ExecEvent::Started { pid }) => command.update(|s| s.pid = Some(pid)),
-                Ok(ExecEvent::Stdout(b)) => command.update(|s| s.ring.push(OutputStream::Stdout, b)),
-                Ok(ExecEvent::Stderr(b)) => command.update(|s| s.ring.push(OutputStream::Stderr, b)),
+                Ok(ExecEvent::Stdout(b)) => {
+                    command.room_for(b.len()).await;
+                    command.update(|s| s.ring.push(OutputStream::Stdout, b));
+                }
+                Ok(ExecEvent::Stderr(b)) => {
+                    command.room_for(b.len()).await;
+                    command.update(|s| s.ring.push(OutputStream::Stderr, b));
+                }
                 Ok(ExecEvent::Exit(status)) => break CommandEnd::of(status),
                 Err(e) => break CommandEnd::failed(e.to_string()),
             },

@@ -177,11 +177,15 @@ impl Service {
     }
 
     /// Starts a command in the background; read it with [`Service::command_output`].
+    /// `paced`: one follower will read all its output (a streamed exec), so
+    /// the command waits for it instead of dropping output; the follower
+    /// acknowledges with [`Command::ack`] and calls [`Command::unpace`] when it goes.
     pub async fn start_command(
         &self,
         owner: &Owner,
         id: &str,
         body: ExecBody,
+        paced: bool,
     ) -> Result<Arc<Command>, ServiceError> {
         let sandbox = self.get(owner, id)?;
         let _busy = sandbox.busy();
@@ -198,7 +202,7 @@ impl Service {
             Ok(s) => s,
             Err(e) => return Err(self.failed(&sandbox, e.into()).await),
         };
-        let command = Command::start(cid, argv, session, DEFAULT_RING_BYTES);
+        let command = Command::start(cid, argv, session, DEFAULT_RING_BYTES, paced);
         sandbox.add_command(command.clone());
         if let Some(data) = stdin {
             command.write_stdin(Bytes::from(data)).await?;

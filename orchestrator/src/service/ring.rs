@@ -9,8 +9,10 @@ use std::collections::VecDeque;
 use bytes::Bytes;
 use serde::Serialize;
 
-/// Bytes kept per command (stdout and stderr together): 4 MiB.
-pub const DEFAULT_RING_BYTES: usize = 4 << 20;
+/// Bytes kept per command (stdout and stderr together): 1 MiB. With 32
+/// running and 16 ended commands per sandbox kept, a sandbox holds at most
+/// 48 MiB of output on the host.
+pub const DEFAULT_RING_BYTES: usize = 1 << 20;
 /// The most bytes one read returns.
 pub const MAX_READ_BYTES: usize = 1 << 20;
 

@@ -30,6 +30,7 @@ use crate::service::Owner;
 const STREAM_READ: usize = 64 << 10;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct OutputQuery {
     /// Offset in the command's output to read from (0: the start).
@@ -40,6 +41,7 @@ pub struct OutputQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WaitQuery {
     /// Wait up to this many milliseconds (at most 60000).
@@ -73,14 +75,14 @@ pub async fn exec_stream(
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<Response, ServiceError> {
     let encoding = body.encoding;
-    let command = s.service.start_command(&owner, &id, body).await?;
+    let command = s.service.start_command(&owner, &id, body, true).await?;
     let started = StreamEvent::Started {
         command_id: command.id.clone(),
     };
     Ok(ndjson(command, 0, encoding, Some(started)))
 }
 
-/// Start a command in the background; its output is kept in a ring of 4 MiB.
+/// Start a command in the background; its output is kept in a ring of 1 MiB.
 #[utoipa::path(post, path = "/v1/sandboxes/{id}/commands", tag = "commands", params(("id" = String, Path)),
     request_body = ExecBody,
     responses((status = 201, body = CommandInfo), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
@@ -90,7 +92,7 @@ pub async fn start(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ExecBody>,
 ) -> Result<(StatusCode, Json<CommandInfo>), ServiceError> {
-    let command = s.service.start_command(&owner, &id, body).await?;
+    let command = s.service.start_command(&owner, &id, body, false).await?;
     Ok((StatusCode::CREATED, Json(command_info(&command))))
 }
 
@@ -229,6 +231,13 @@ struct Follow {
     done: bool,
 }
 
+impl Drop for Follow {
+    /// The client went away (or read the end): stop holding output for it.
+    fn drop(&mut self) {
+        self.command.unpace();
+    }
+}
+
 /// The command's events from `cursor` on, one JSON object per line, ending with `exit`.
 fn ndjson(
     command: Arc<Command>,
@@ -267,6 +276,7 @@ fn ndjson(
                 });
             }
             f.cursor = read.next;
+            f.command.ack(f.cursor);
             if let Some(end) = end.filter(|_| f.cursor >= f.command.output_end()) {
                 out += &line(&StreamEvent::Exit { end });
                 f.done = true;

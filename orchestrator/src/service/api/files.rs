@@ -18,6 +18,7 @@ use crate::service::types::{DirListing, FileInfo, MkdirBody, Written};
 use crate::service::Owner;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
     /// Absolute path in the sandbox.
@@ -25,6 +26,7 @@ pub struct PathQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UploadQuery {
     /// Absolute path of the file to write (replaced when it exists).
@@ -34,6 +36,7 @@ pub struct UploadQuery {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
     pub path: String,

@@ -18,7 +18,7 @@ use super::{commands, files, sandboxes};
         files::upload, files::download, files::stat, files::list, files::mkdir, files::remove,
         files::tar_out, files::tar_in,
     ),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &UniqueOperationIds),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
@@ -39,6 +39,31 @@ impl Modify for BearerToken {
                     .build(),
             ),
         );
+    }
+}
+
+/// Operation ids are the handlers' names, which repeat across tags
+/// (`list`); OpenAPI wants them unique: `<tag>_<name>`.
+struct UniqueOperationIds;
+
+impl Modify for UniqueOperationIds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let tag = op.tags.as_ref().and_then(|t| t.first()).cloned();
+                if let (Some(tag), Some(id)) = (tag, op.operation_id.as_mut()) {
+                    *id = format!("{tag}_{id}");
+                }
+            }
+        }
     }
 }
 
