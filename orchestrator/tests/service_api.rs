@@ -33,6 +33,48 @@ async fn exec(server: &Server, id: &str, body: Value) -> Value {
     out
 }
 
+/// A streamed exec read frame by frame (pausing `pause` after the first):
+/// its events, and when the first stdout event arrived.
+async fn stream_exec(
+    server: &Server,
+    id: &str,
+    body: Value,
+    pause: Option<Duration>,
+) -> (Vec<Value>, Option<Instant>) {
+    let stream = tokio::net::UnixStream::connect(&server.socket)
+        .await
+        .unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("/v1/sandboxes/{id}/exec/stream"))
+        .header("host", "x")
+        .body(http_body_util::Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let mut body = sender.send_request(req).await.unwrap().into_body();
+    let (mut raw, mut first_stdout, mut paused) = (Vec::new(), None, false);
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            raw.extend_from_slice(&data);
+            if first_stdout.is_none() && String::from_utf8_lossy(&raw).contains("\"stdout\"") {
+                first_stdout = Some(Instant::now());
+            }
+            if let (Some(p), false) = (pause, paused) {
+                tokio::time::sleep(p).await;
+                paused = true;
+            }
+        }
+    }
+    let events = String::from_utf8(raw)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (events, first_stdout)
+}
+
 #[test]
 fn commands_keep_state_stream_take_stdin_time_out_and_take_signals() {
     let server = Server::start("api-cmd", false, &["--pool-size", "1"]);
@@ -86,40 +128,18 @@ fn commands_keep_state_stream_take_stdin_time_out_and_take_signals() {
 
         // A streamed exec: the first chunk comes before the command ends.
         let t0 = Instant::now();
-        let stream = tokio::net::UnixStream::connect(&server.socket)
-            .await
-            .unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::post(format!("/v1/sandboxes/{id}/exec/stream"))
-            .header("host", "x")
-            .body(http_body_util::Full::new(Bytes::from(
-                json!({"cmd": "echo first; sleep 3; echo second"}).to_string(),
-            )))
-            .unwrap();
-        let mut body = sender.send_request(req).await.unwrap().into_body();
-        let mut text = String::new();
-        let mut first_stdout = None;
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                text += &String::from_utf8_lossy(&data);
-                if first_stdout.is_none() && text.contains("\"stdout\"") {
-                    first_stdout = Some(t0.elapsed());
-                }
-            }
-        }
+        let (events, first) = stream_exec(
+            &server,
+            &id,
+            json!({"cmd": "echo first; sleep 3; echo second"}),
+            None,
+        )
+        .await;
         let total = t0.elapsed();
-        let events: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(events.first().unwrap()["type"], "started", "{text}");
-        assert_eq!(events.last().unwrap()["type"], "exit", "{text}");
-        assert_eq!(events.last().unwrap()["exit_code"], 0, "{text}");
-        let first = first_stdout.expect("a stdout event");
+        assert_eq!(events.first().unwrap()["type"], "started", "{events:?}");
+        assert_eq!(events.last().unwrap()["type"], "exit", "{events:?}");
+        assert_eq!(events.last().unwrap()["exit_code"], 0, "{events:?}");
+        let first = first.unwrap() - t0;
         assert!(
             total - first >= Duration::from_secs(2),
             "first chunk at {first:?}, end at {total:?}"
@@ -127,37 +147,13 @@ fn commands_keep_state_stream_take_stdin_time_out_and_take_signals() {
 
         // A streamed exec whose reader is slow loses nothing: the command
         // waits for it (8 MiB through a 1 MiB ring).
-        let stream = tokio::net::UnixStream::connect(&server.socket)
-            .await
-            .unwrap();
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = hyper::Request::post(format!("/v1/sandboxes/{id}/exec/stream"))
-            .header("host", "x")
-            .body(http_body_util::Full::new(Bytes::from(
-                json!({"cmd": "head -c 8388608 /dev/zero | tr '\\0' a"}).to_string(),
-            )))
-            .unwrap();
-        let mut body = sender.send_request(req).await.unwrap().into_body();
-        let mut raw = Vec::new();
-        let mut slept = false;
-        while let Some(frame) = body.frame().await {
-            if let Ok(data) = frame.unwrap().into_data() {
-                raw.extend_from_slice(&data);
-                if !slept {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
-                    slept = true;
-                }
-            }
-        }
-        let events: Vec<Value> = String::from_utf8(raw)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let (events, _) = stream_exec(
+            &server,
+            &id,
+            json!({"cmd": "head -c 8388608 /dev/zero | tr '\\0' a"}),
+            Some(Duration::from_secs(3)),
+        )
+        .await;
         assert!(
             events.iter().all(|e| e["type"] != "dropped"),
             "output was dropped"
