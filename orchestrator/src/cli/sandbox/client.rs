@@ -11,7 +11,7 @@ use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use hyper::body::{Body as _, Frame, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -94,7 +94,8 @@ impl Client {
     }
 
     async fn connect(&self) -> anyhow::Result<SendRequest<Body>> {
-        let no_service = |e: std::io::Error| match e.kind() {
+        let no_service = |e: std::io::Error| {
+            match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => anyhow!(
                 "no service at {}: start one with `ironclaw serve`",
                 self.location()
@@ -104,6 +105,7 @@ impl Client {
                 self.location()
             ),
             _ => anyhow!("connecting to the service at {}: {e}", self.location()),
+        }
         };
         let connect = async {
             match &self.target {
@@ -124,13 +126,7 @@ impl Client {
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connect)
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "the service at {} did not answer within {}s",
-                    self.location(),
-                    CONNECT_TIMEOUT.as_secs()
-                )
-            })?
+            .map_err(|_| self.no_answer(CONNECT_TIMEOUT))?
     }
 
     /// Sends a request and returns the answer once its headers arrived; an
@@ -157,11 +153,18 @@ impl Client {
         if let Some(token) = &self.token {
             req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
         }
+        // A body of known size is sent at once, so its answer is due soon;
+        // a streamed one (an upload) is answered once it all went through.
+        let deadline = body.size_hint().exact().map(|_| CALL_TIMEOUT);
         let req = req.body(body).context("building the request")?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| anyhow!("the service at {}: {e}", self.location()))?;
+        let answer = sender.send_request(req);
+        let resp = match deadline {
+            Some(d) => tokio::time::timeout(d, answer)
+                .await
+                .map_err(|_| self.no_answer(d))?,
+            None => answer.await,
+        }
+        .map_err(|e| anyhow!("the service at {}: {e}", self.location()))?;
         if resp.status().is_success() {
             return Ok(resp);
         }
@@ -197,13 +200,15 @@ impl Client {
         };
         tokio::time::timeout(CALL_TIMEOUT, call)
             .await
-            .map_err(|_| {
-                anyhow!(
-                    "the service at {} did not answer within {}s",
-                    self.location(),
-                    CALL_TIMEOUT.as_secs()
-                )
-            })?
+            .map_err(|_| self.no_answer(CALL_TIMEOUT))?
+    }
+
+    fn no_answer(&self, after: Duration) -> anyhow::Error {
+        anyhow!(
+            "the service at {} did not answer within {}s",
+            self.location(),
+            after.as_secs()
+        )
     }
 }
 
@@ -264,7 +269,10 @@ fn env_nonempty(name: &str) -> Option<String> {
 }
 
 fn parse_host(h: &str) -> anyhow::Result<Target> {
-    if let Some(path) = h.strip_prefix("unix://").or_else(|| h.strip_prefix("unix:")) {
+    if let Some(path) = h
+        .strip_prefix("unix://")
+        .or_else(|| h.strip_prefix("unix:"))
+    {
         return Ok(Target::Unix(PathBuf::from(path)));
     }
     if h.starts_with("https://") {
@@ -365,7 +373,10 @@ pub fn query_escape(s: &str) -> String {
 
 /// `/v1/sandboxes/{id}` and what follows, with `id` escaped.
 pub fn sandbox_path(id: &str, rest: &str) -> String {
-    format!("/v1/sandboxes/{}{rest}", query_escape(id).replace('/', "%2F"))
+    format!(
+        "/v1/sandboxes/{}{rest}",
+        query_escape(id).replace('/', "%2F")
+    )
 }
 
 #[cfg(test)]
@@ -374,9 +385,13 @@ mod tests {
 
     #[test]
     fn hosts() {
-        assert!(matches!(parse_host("http://127.0.0.1:8080/").unwrap(), Target::Tcp(a) if a == "127.0.0.1:8080"));
+        assert!(
+            matches!(parse_host("http://127.0.0.1:8080/").unwrap(), Target::Tcp(a) if a == "127.0.0.1:8080")
+        );
         assert!(matches!(parse_host("localhost:1").unwrap(), Target::Tcp(a) if a == "localhost:1"));
-        assert!(matches!(parse_host("unix:/run/x.sock").unwrap(), Target::Unix(p) if p == Path::new("/run/x.sock")));
+        assert!(
+            matches!(parse_host("unix:/run/x.sock").unwrap(), Target::Unix(p) if p == Path::new("/run/x.sock"))
+        );
         for bad in ["http://host", "https://h:1", "http://h:1/api", ":80"] {
             assert!(parse_host(bad).is_err(), "{bad}");
         }

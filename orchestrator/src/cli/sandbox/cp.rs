@@ -29,7 +29,10 @@ enum Side {
     /// `-`: stdin as a source, stdout as a destination.
     Std,
     Local(PathBuf),
-    Remote { id: String, path: String },
+    Remote {
+        id: String,
+        path: String,
+    },
 }
 
 fn side(s: &str) -> Side {
@@ -178,9 +181,15 @@ async fn download(
         format!("/files?path={}", query_escape(path))
     };
     // The answer's status comes before anything is made here.
-    let resp = client
+    let resp = match client
         .send(Method::GET, &sandbox_path(id, &url), None, client::empty())
-        .await?;
+        .await
+    {
+        Err(e) if !recursive && status_of(&e).map(|s| s.as_u16()) == Some(400) => {
+            bail!("{e:#}; copy a directory with `cp -r`")
+        }
+        other => other?,
+    };
     let mut body = resp.into_body();
     let local = match to {
         Side::Local(p) => p,

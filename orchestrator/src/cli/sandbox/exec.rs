@@ -213,13 +213,35 @@ async fn follow(
                 }
                 command = Some(command_id);
             }
-            Event::Stdout { data } => emit(&mut out, &data).await?,
-            Event::Stderr { data } => emit(&mut err, &data).await?,
+            Event::Stdout { data } => {
+                written(client, id, &command, emit(&mut out, &data).await).await?
+            }
+            Event::Stderr { data } => {
+                written(client, id, &command, emit(&mut err, &data).await).await?
+            }
             Event::Dropped { bytes } => dropped(bytes),
             Event::Exit(end) => return Ok(end.code()),
             Event::Unknown => {}
         }
     }
+}
+
+/// A failed local write ends the command (nobody reads it any more): a
+/// closed pipe quietly, as SIGPIPE would (exit code 141), anything else as an error.
+async fn written(
+    client: &Client,
+    id: &str,
+    command: &Option<String>,
+    wrote: std::io::Result<()>,
+) -> anyhow::Result<()> {
+    let Err(e) = wrote else { return Ok(()) };
+    if let Some(cid) = command {
+        send_signal(client, id, cid, "KILL").await;
+    }
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(128 + libc::SIGPIPE);
+    }
+    Err(e.into())
 }
 
 async fn next_signal(signals: &mut Option<Signals>) -> i32 {
@@ -292,13 +314,14 @@ async fn post_stdin(client: &Client, path: &str, body: &serde_json::Value) -> bo
 }
 
 /// Writes base64 `data` to `w` now.
-async fn emit<W: AsyncWrite + Unpin>(w: &mut W, data: &str) -> anyhow::Result<()> {
+async fn emit<W: AsyncWrite + Unpin>(w: &mut W, data: &str) -> std::io::Result<()> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(data)
-        .context("output from the service is not valid base64")?;
+        .map_err(|e| {
+            std::io::Error::other(format!("output from the service is not base64: {e}"))
+        })?;
     w.write_all(&bytes).await?;
-    w.flush().await?;
-    Ok(())
+    w.flush().await
 }
 
 fn dropped(bytes: u64) {
@@ -313,11 +336,19 @@ mod tests {
 
     #[test]
     fn events_and_exit_codes() {
-        let e: Event = serde_json::from_str(r#"{"type":"exit","exit_code":3,"signal":null,"timed_out":false,"error":null}"#).unwrap();
+        let e: Event = serde_json::from_str(
+            r#"{"type":"exit","exit_code":3,"signal":null,"timed_out":false,"error":null}"#,
+        )
+        .unwrap();
         assert!(matches!(e, Event::Exit(ref end) if end.code() == 3));
-        let e: Event = serde_json::from_str(r#"{"type":"exit","exit_code":null,"signal":9,"timed_out":false}"#).unwrap();
+        let e: Event = serde_json::from_str(
+            r#"{"type":"exit","exit_code":null,"signal":9,"timed_out":false}"#,
+        )
+        .unwrap();
         assert!(matches!(e, Event::Exit(ref end) if end.code() == 137));
-        let e: Event = serde_json::from_str(r#"{"type":"exit","exit_code":null,"signal":9,"timed_out":true}"#).unwrap();
+        let e: Event =
+            serde_json::from_str(r#"{"type":"exit","exit_code":null,"signal":9,"timed_out":true}"#)
+                .unwrap();
         assert!(matches!(e, Event::Exit(ref end) if end.code() == 124));
         let e: Event = serde_json::from_str(r#"{"type":"exit","error":"gone"}"#).unwrap();
         assert!(matches!(e, Event::Exit(ref end) if end.code() == 125));

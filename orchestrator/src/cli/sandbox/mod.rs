@@ -236,7 +236,11 @@ pub fn parse_duration(s: &str) -> Result<f64, String> {
         "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
-        _ => return Err(format!("{s:?}: the unit must be s, m or h (e.g. 90s, 10m, 1h)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: the unit must be s, m or h (e.g. 90s, 10m, 1h)"
+            ))
+        }
     };
     match num.parse::<f64>() {
         Ok(n) if n.is_finite() && n > 0.0 => Ok(n * scale),

@@ -76,10 +76,16 @@ mod tests {
     fn a_table_and_ids() {
         let s = json!({"id": "sb-1", "image": "default", "age_s": 75, "idle_s": 3,
             "memory_mib": 512, "host_rss_mib": 101, "state": "running", "running_commands": 2});
-        let t = table(&[s.clone()], false);
+        let t = table(std::slice::from_ref(&s), false);
         let lines: Vec<&str> = t.lines().collect();
-        assert!(lines[0].starts_with("ID     IMAGE    AGE  IDLE  MEMORY"), "{t}");
-        assert!(lines[1].starts_with("sb-1   default  1m   3s    512M (101M rss)  running"), "{t}");
+        assert!(
+            lines[0].starts_with("ID    IMAGE    AGE  IDLE  MEMORY"),
+            "{t}"
+        );
+        assert!(
+            lines[1].starts_with("sb-1  default  1m   3s    512M (101M rss)  running"),
+            "{t}"
+        );
         assert!(lines[1].ends_with(" 2"), "{t}");
         assert_eq!(table(&[s], true), "sb-1\n");
         assert_eq!(table(&[], true), "");
