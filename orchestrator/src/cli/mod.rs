@@ -13,6 +13,7 @@ pub mod pool;
 pub mod pool_daemon;
 pub mod prototype;
 pub mod run;
+pub mod sandbox;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -25,7 +26,7 @@ pub const EXIT_IRONCLAW_ERROR: u8 = 125;
     name = "ironclaw",
     version,
     about = "Run commands in just-in-time microVMs: no network, vsock only, destroyed afterwards.",
-    after_help = "Exit status of `run`: the command's own, 128+N when it was killed by signal N, \
+    after_help = "Exit status of `run` and `sandbox exec`: the command's own, 128+N when it was killed by signal N, \
                   124 when --timeout killed it, 125 when IronClaw itself failed."
 )]
 pub struct Cli {
@@ -66,6 +67,10 @@ pub enum Command {
     ///
     /// Example: ironclaw serve & id=$(ironclaw sandbox create); ironclaw sandbox exec $id -- uname -a
     Serve(Box<serve::ServeArgs>),
+    /// Create and use sandboxes of a running `ironclaw serve`: create, exec, cp, ls, inspect, rm, logs, timeout.
+    ///
+    /// Example: id=$(ironclaw sandbox create --timeout 10m); ironclaw sandbox exec $id -- uname -a
+    Sandbox(sandbox::SandboxArgs),
 }
 
 impl Command {
@@ -92,6 +97,7 @@ impl Command {
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Image(cmd) => image::image_command(cmd, verbose).await,
             Command::Serve(args) => serve::serve(*args).await,
+            Command::Sandbox(args) => sandbox::sandbox_command(args).await,
         }
     }
 }
