@@ -166,6 +166,38 @@ fn commands_keep_state_stream_take_stdin_time_out_and_take_signals() {
         assert_eq!(bytes, 8 << 20);
         assert_eq!(events.last().unwrap()["exit_code"], 0);
 
+        // A streamed exec whose client goes away is killed, like a command
+        // whose terminal closed.
+        let stream = tokio::net::UnixStream::connect(&server.socket)
+            .await
+            .unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        let conn = tokio::spawn(conn);
+        let req = hyper::Request::post(format!("/v1/sandboxes/{id}/exec/stream"))
+            .header("host", "x")
+            .body(http_body_util::Full::new(Bytes::from(
+                json!({"cmd": "sleep 300"}).to_string(),
+            )))
+            .unwrap();
+        let mut body = sender.send_request(req).await.unwrap().into_body();
+        let started = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        let started: Value = serde_json::from_slice(&started).unwrap();
+        let cid = started["command_id"].as_str().unwrap().to_string();
+        drop(body);
+        drop(sender);
+        conn.abort();
+        let (_, done) = server
+            .call(
+                "POST",
+                &format!("/v1/sandboxes/{id}/commands/{cid}/wait?timeout_ms=20000"),
+                None,
+            )
+            .await;
+        assert_eq!(done["end"]["signal"], 9, "{done}");
+
         // A background command with interactive stdin, read from a cursor.
         let base = format!("/v1/sandboxes/{id}/commands");
         let (status, cmd) = server

@@ -289,7 +289,7 @@ impl Service {
                 e.why
             ))),
             None => Err(ServiceError::not_found(format!(
-                "no sandbox {id} (list yours with GET /v1/sandboxes)"
+                "no sandbox {id} (list yours with `ironclaw sandbox ls` or GET /v1/sandboxes)"
             ))),
         }
     }

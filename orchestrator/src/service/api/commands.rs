@@ -79,7 +79,7 @@ pub async fn exec_stream(
     let started = StreamEvent::Started {
         command_id: command.id.clone(),
     };
-    Ok(ndjson(command, 0, encoding, Some(started)))
+    Ok(ndjson(command, 0, encoding, Some(started), true))
 }
 
 /// Start a command in the background; its output is kept in a ring of 1 MiB.
@@ -167,6 +167,7 @@ pub async fn stream(
         q.cursor.unwrap_or(0),
         q.encoding.unwrap_or_default(),
         None,
+        false,
     ))
 }
 
@@ -229,12 +230,19 @@ struct Follow {
     encoding: Encoding,
     first: Option<StreamEvent>,
     done: bool,
+    /// The stream is the command's only reader (a streamed exec): if the
+    /// client goes away before the end, the command is killed, as a command
+    /// whose terminal closed.
+    owns_command: bool,
 }
 
 impl Drop for Follow {
     /// The client went away (or read the end): stop holding output for it.
     fn drop(&mut self) {
         self.command.unpace();
+        if self.owns_command && !self.done {
+            let _ = self.command.signal(libc::SIGKILL);
+        }
     }
 }
 
@@ -244,6 +252,7 @@ fn ndjson(
     cursor: u64,
     encoding: Encoding,
     first: Option<StreamEvent>,
+    owns_command: bool,
 ) -> Response {
     let follow = Follow {
         command,
@@ -251,6 +260,7 @@ fn ndjson(
         encoding,
         first,
         done: false,
+        owns_command,
     };
     let events = futures::stream::unfold(follow, |mut f| async move {
         if f.done {
