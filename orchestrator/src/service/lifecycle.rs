@@ -237,7 +237,13 @@ impl Service {
         })?;
         let id = new_id()?;
         let cwd = req.cwd.clone().unwrap_or_else(|| DEFAULT_CWD.to_string());
-        if let Err(e) = vm.agent().mkdir(&cwd, 0o755, true).await {
+        // The pool made the default one in every clone.
+        let made = if cwd == DEFAULT_CWD {
+            Ok(())
+        } else {
+            vm.agent().mkdir(&cwd, 0o755, true).await
+        };
+        if let Err(e) = made {
             let _ = pool.release(vm).await;
             return Err(ServiceError::bad_request(format!("cwd {cwd}: {e}")));
         }

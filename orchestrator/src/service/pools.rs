@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use super::error::ServiceError;
+use super::lifecycle::DEFAULT_CWD;
 use crate::vm::pool::{Pool, PoolConfig, PoolStats};
 use crate::vm::VmConfig;
 
@@ -77,12 +78,15 @@ impl Pools {
             .clone();
         let pool = cell
             .get_or_try_init(|| async {
-                let pool = Pool::start(
+                // Each clone gets the default working directory before it is
+                // offered, so `create` need not make it.
+                let pool = Pool::start_prepared(
                     &config,
                     PoolConfig {
                         size: self.size,
                         max_memory_mib: u64::from(config.memory_mib) * self.size.max(1) as u64,
                     },
+                    ["mkdir", "-p", DEFAULT_CWD].map(String::from).to_vec(),
                 )
                 .await
                 .map_err(|e| {

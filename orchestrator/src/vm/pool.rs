@@ -56,6 +56,8 @@ pub struct PoolStats {
 
 struct Inner {
     proto: Prototype,
+    /// Run in each clone before it is offered (see [`warm_up`]).
+    warm_up: Vec<String>,
     config: VmConfig,
     target: usize,
     prefix: String,
@@ -80,6 +82,17 @@ pub struct Pool {
 impl Pool {
     /// Starts a pool of clones of the prototype for `config` (built if needed).
     pub async fn start(config: &VmConfig, pool: PoolConfig) -> Result<Pool, VmError> {
+        Pool::start_prepared(config, pool, vec!["true".into()]).await
+    }
+
+    /// [`Pool::start`], running `warm_up` (an argv that must exit 0) in each
+    /// clone before it is offered: it pays for the first exec of a restored
+    /// clone, and can prepare what every user of the pool needs (a directory).
+    pub async fn start_prepared(
+        config: &VmConfig,
+        pool: PoolConfig,
+        warm_up: Vec<String>,
+    ) -> Result<Pool, VmError> {
         let proto = prototype::ensure(config, &|m| tracing::info!("{m}")).await?;
         let by_memory = (pool.max_memory_mib / u64::from(proto.meta.memory_mib).max(1)) as usize;
         let target = pool.size.min(by_memory).min(MAX_POOL_SIZE);
@@ -87,6 +100,7 @@ impl Pool {
         getrandom::getrandom(&mut rnd).map_err(|e| VmError::Randomness(e.to_string()))?;
         let inner = Arc::new(Inner {
             proto,
+            warm_up,
             config: config.clone(),
             target,
             prefix: format!("pool-{}", hex::encode(rnd)),
@@ -273,12 +287,15 @@ async fn restore_one(inner: &Inner) -> Result<VmHandle, VmError> {
 /// starts with an empty translation cache (TCG) and cold host page mappings,
 /// which makes the first exec in a clone several times slower than the next;
 /// the pool pays that in the background instead of at `acquire`.
-async fn warm_up(vm: &VmHandle) -> Result<(), VmError> {
-    let out = vm.agent().run(super::exec_request(["true"]), None).await?;
+async fn warm_up(vm: &VmHandle, argv: &[String]) -> Result<(), VmError> {
+    let out = vm
+        .agent()
+        .run(super::exec_request(argv.iter().cloned()), None)
+        .await?;
     if out.status.code != Some(0) {
         return Err(VmError::GuestCheckFailed {
             vm: vm.id.clone(),
-            command: "true (warm-up)".into(),
+            command: format!("{} (warm-up)", argv.join(" ")),
             status: format!("{:?}", out.status),
         });
     }
@@ -299,7 +316,7 @@ async fn refill_loop(inner: Arc<Inner>) {
         let t0 = Instant::now();
         let restored = async {
             let vm = restore_one(&inner).await?;
-            warm_up(&vm).await?;
+            warm_up(&vm, &inner.warm_up).await?;
             Ok::<_, VmError>(vm)
         };
         match restored.await {

@@ -18,6 +18,7 @@ use ironclaw_orchestrator::vm::{self, accel, qemu, VmConfig};
 use super::machine::{self, MachineArgs};
 use stats::{median, ms};
 
+mod service;
 mod stats;
 mod userland;
 
@@ -455,6 +456,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         execs.len(),
     );
     let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
+    let report = report + &service::section(&config, args.execs.max(20)).await?;
     print!("{report}");
     if let Some(path) = args.output {
         std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;

@@ -21,13 +21,22 @@ use super::stats::{median, ms};
 pub const CONCURRENT: usize = 20;
 
 async fn rest_create(client: &Client) -> anyhow::Result<String> {
-    let sb = client.json(Method::POST, "/v1/sandboxes", Some(&json!({}))).await?;
-    sb["id"].as_str().map(String::from).context("no id in the answer")
+    let sb = client
+        .json(Method::POST, "/v1/sandboxes", Some(&json!({})))
+        .await?;
+    sb["id"]
+        .as_str()
+        .map(String::from)
+        .context("no id in the answer")
 }
 
 async fn rest_exec_true(client: &Client, id: &str) -> anyhow::Result<()> {
     let out = client
-        .json(Method::POST, &format!("/v1/sandboxes/{id}/exec"), Some(&json!({"argv": ["true"]})))
+        .json(
+            Method::POST,
+            &format!("/v1/sandboxes/{id}/exec"),
+            Some(&json!({"argv": ["true"]})),
+        )
         .await?;
     if out["exit_code"] != json!(0) {
         bail!("`true` failed through the API: {out}");
@@ -36,15 +45,26 @@ async fn rest_exec_true(client: &Client, id: &str) -> anyhow::Result<()> {
 }
 
 async fn rest_destroy(client: &Client, id: &str) -> anyhow::Result<Value> {
-    client.json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None).await
+    client
+        .json(Method::DELETE, &format!("/v1/sandboxes/{id}"), None)
+        .await
 }
 
 /// Waits until the service's pools have `n` clones ready.
 async fn service_ready(service: &Service, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while service.pool_stats().iter().map(|(_, s)| s.ready).sum::<usize>() < n {
+    while service
+        .pool_stats()
+        .iter()
+        .map(|(_, s)| s.ready)
+        .sum::<usize>()
+        < n
+    {
         if Instant::now() > deadline {
-            bail!("the service's pool did not fill: {:?}", service.pool_stats());
+            bail!(
+                "the service's pool did not fill: {:?}",
+                service.pool_stats()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -63,7 +83,11 @@ pub async fn section(base: &VmConfig, runs: usize) -> anyhow::Result<String> {
     let listener = PrivateListener::bind(&socket, Access::default())?;
     let app = api::router(service.clone(), Tokens::default());
     let server = tokio::spawn(async move {
-        axum::serve(UnixCallers(listener), app.into_make_service_with_connect_info::<Caller>()).await
+        axum::serve(
+            UnixCallers(listener),
+            app.into_make_service_with_connect_info::<Caller>(),
+        )
+        .await
     });
     let client = Client::new(Some(format!("unix:{}", socket.display())), None)?;
     let result = measure(&service, &client, base, runs).await;
@@ -74,11 +98,23 @@ pub async fn section(base: &VmConfig, runs: usize) -> anyhow::Result<String> {
     result
 }
 
-async fn measure(service: &Service, client: &Client, base: &VmConfig, runs: usize) -> anyhow::Result<String> {
+async fn measure(
+    service: &Service,
+    client: &Client,
+    base: &VmConfig,
+    runs: usize,
+) -> anyhow::Result<String> {
     // The library's side: a pool of the same shape as the service's default.
     let mut lib_config = base.clone();
     lib_config.rootfs = ironclaw_orchestrator::userland::default_image();
-    let pool = Pool::start(&lib_config, PoolConfig { size: 2, max_memory_mib: 8192 }).await?;
+    let pool = Pool::start(
+        &lib_config,
+        PoolConfig {
+            size: 2,
+            max_memory_mib: 8192,
+        },
+    )
+    .await?;
     // The first create starts the service's pool of this shape.
     let first = rest_create(client).await?;
     rest_destroy(client, &first).await?;
@@ -119,7 +155,11 @@ async fn measure(service: &Service, client: &Client, base: &VmConfig, runs: usiz
     // Exec round trips on one sandbox: through the API and the library call it wraps.
     let id = rest_create(client).await?;
     let owner = Owner::uid(nix::unistd::geteuid().as_raw());
-    let agent = service.get(&owner, &id).map_err(|e| anyhow::anyhow!("{e}"))?.agent().clone();
+    let agent = service
+        .get(&owner, &id)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .agent()
+        .clone();
     let (mut lib_exec, mut rest_exec) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let t0 = Instant::now();

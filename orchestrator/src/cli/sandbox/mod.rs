@@ -3,7 +3,7 @@
 //! TCP with `--host` and `--token-file`); errors of the service are printed
 //! as `ironclaw: <message> (<code>)` with exit code 125.
 
-mod client;
+pub mod client;
 mod cp;
 mod exec;
 mod show;
