@@ -149,7 +149,10 @@ impl Pool {
             }
             None => {
                 self.inner.misses.fetch_add(1, Ordering::Relaxed);
-                restore_one(&self.inner).await?
+                // Every VM handed out ran the warm-up (users rely on what it prepares).
+                let vm = restore_one(&self.inner).await?;
+                warm_up(&vm, &self.inner.warm_up).await?;
+                vm
             }
         };
         slot.keep();
