@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod field_flags;
 pub mod image;
 pub mod machine;
+pub mod mcp;
 pub mod pool;
 pub mod pool_daemon;
 pub mod prototype;
@@ -66,6 +67,10 @@ pub enum Command {
     ///
     /// Example: ironclaw serve & id=$(ironclaw sandbox create); ironclaw sandbox exec $id -- uname -a
     Serve(Box<serve::ServeArgs>),
+    /// Serve the sandbox tools over MCP on stdin/stdout (for desktop agents); its sandboxes end with it.
+    ///
+    /// Example (an agent's MCP config): {"command": "ironclaw", "args": ["mcp"]}
+    Mcp(Box<mcp::McpArgs>),
 }
 
 impl Command {
@@ -77,6 +82,7 @@ impl Command {
             Command::Prototype(prototype::PrototypeCmd::Build { machine, .. }) => machine,
             Command::Bench(args) => &args.machine,
             Command::Serve(args) => &args.machine,
+            Command::Mcp(args) => &args.machine,
             _ => return false,
         };
         machine.config.is_some()
@@ -92,6 +98,7 @@ impl Command {
             Command::Bench(args) => bench::run(args).await.map(|()| 0),
             Command::Image(cmd) => image::image_command(cmd, verbose).await,
             Command::Serve(args) => serve::serve(*args).await,
+            Command::Mcp(args) => mcp::mcp(*args).await,
         }
     }
 }
