@@ -12,6 +12,7 @@
 //! first (`sandbox_expired: sandbox sb-… expired: …`), so a model reads and
 //! handles them; only malformed calls are protocol errors.
 
+mod ops;
 pub mod params;
 mod tools;
 
@@ -100,12 +101,23 @@ impl ServerHandler for SandboxMcp {
     }
 }
 
-/// A successful tool result: the value as JSON text and as structured content.
+/// A successful tool result: the value as JSON text and as structured
+/// content; refused when that JSON is too big for one MCP message (the
+/// caps of the tools make this rare: text full of escaped control bytes).
 fn ok(value: impl Serialize) -> CallToolResult {
-    match serde_json::to_value(value) {
-        Ok(v) => CallToolResult::structured(v),
-        Err(e) => failed(ServiceError::internal(format!("encoding the result: {e}"))),
+    let value = match serde_json::to_value(value) {
+        Ok(v) => v,
+        Err(e) => return failed(ServiceError::internal(format!("encoding the result: {e}"))),
+    };
+    let len = value.to_string().len();
+    if len > ops::MAX_ANSWER_JSON {
+        return failed(ServiceError::bad_request(format!(
+            "the answer would be {len} bytes of JSON, more than the {} one answer may carry; \
+             ask for less (max_output_bytes, or encoding base64 for binary data)",
+            ops::MAX_ANSWER_JSON
+        )));
     }
+    CallToolResult::structured(value)
 }
 
 /// A failed tool result: `code: message` as text, `{code, message}` as

@@ -61,7 +61,7 @@ pub struct ExecParams {
     /// Absolute working directory (default: the sandbox's, `/work`).
     pub cwd: Option<String>,
     /// Bytes kept of each of stdout and stderr (default 65536, at most
-    /// 1048576); beyond it the start is kept and `*_truncated` is true.
+    /// 196608); beyond it the start is kept and `*_truncated` is true.
     pub max_output_bytes: Option<u64>,
 }
 
