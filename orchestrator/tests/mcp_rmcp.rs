@@ -130,3 +130,51 @@ async fn rmcp_client_over_stdio() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// SIGTERM while a client is connected and a sandbox runs: the server
+/// destroys it and exits; no VM outlives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_destroys_the_sandboxes() {
+    let root = cli_support::root("mcp_rmcp", "sigterm");
+    std::fs::create_dir_all(&root).unwrap();
+    let transport = TokioChildProcess::new(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_ironclaw")).configure(|c| {
+            c.arg("mcp").env("IRONCLAW_RUNTIME_DIR", &root);
+        }),
+    )
+    .unwrap();
+    let pid = transport.id().expect("the server's pid");
+    let client = ().serve(transport).await.expect("initialize");
+    let created = ok(&client, "sandbox_create", json!({})).await;
+    let id = created["id"].as_str().unwrap();
+    let ran = ok(
+        &client,
+        "sandbox_exec",
+        json!({"sandbox_id": id, "cmd": "echo hi"}),
+    )
+    .await;
+    assert_eq!(ran["stdout"], "hi\n", "{ran}");
+    assert!(
+        !cli_support::leftovers(&root).is_empty(),
+        "no VM in {}",
+        root.display()
+    );
+
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while cli_support::pid_alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "ironclaw mcp (pid {pid}) still runs 30 s after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        cli_support::leftovers(&root).is_empty(),
+        "VMs left in {}: {:?}",
+        root.display(),
+        cli_support::leftovers(&root)
+    );
+    drop(client);
+    let _ = std::fs::remove_dir_all(&root);
+}
