@@ -144,4 +144,8 @@ fn python_sdk_over_streamable_http() {
     );
     assert_all_gone(&server.root);
     let _ = std::fs::remove_dir_all(&server.root);
+    let _ = std::fs::remove_file(&server.log);
+    if let Some(token_file) = &server.token_file {
+        let _ = std::fs::remove_file(token_file);
+    }
 }
