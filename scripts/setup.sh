@@ -5,7 +5,8 @@ set -euo pipefail
 
 VHOST_DEVICE_VSOCK_VERSION=0.3.0
 # iproute2: the confinement tests list the VMM's network namespace with `ip`.
-APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap e2fsprogs iproute2)
+# python3-venv: the MCP tests' client runs in a virtualenv (target/pyenv).
+APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap e2fsprogs iproute2 python3-venv)
 
 cd "$(dirname "$0")/.."
 # Routine steps are quiet under IRONCLAW_SETUP_QUIET (scripts/ironclaw runs
@@ -27,6 +28,20 @@ fi
 if ! vhost-device-vsock --version 2>/dev/null | grep -q " ${VHOST_DEVICE_VSOCK_VERSION}\$"; then
   loud "installing vhost-device-vsock ${VHOST_DEVICE_VSOCK_VERSION} (takes about a minute and a half)"
   cargo install --locked --quiet vhost-device-vsock --version "${VHOST_DEVICE_VSOCK_VERSION}"
+fi
+
+# The official Python MCP SDK, pinned, for the MCP tests (a real client
+# against `ironclaw mcp` and `/mcp`): a virtualenv of Debian's python3 in
+# target/pyenv, remade only when the pins or the interpreter change.
+PYENV_REQUIREMENTS=orchestrator/tests/mcp/requirements.txt
+pyenv_stamp="$(/usr/bin/python3 --version 2>&1) $(sha256sum "$PYENV_REQUIREMENTS" | cut -d' ' -f1)"
+if [ "$(cat target/pyenv/.ironclaw-stamp 2>/dev/null)" != "$pyenv_stamp" ]; then
+  loud "installing the Python MCP SDK in target/pyenv (for the MCP tests)"
+  rm -rf target/pyenv
+  mkdir -p target
+  /usr/bin/python3 -m venv target/pyenv
+  target/pyenv/bin/pip install --quiet --disable-pip-version-check --no-input -r "$PYENV_REQUIREMENTS"
+  echo "$pyenv_stamp" > target/pyenv/.ironclaw-stamp
 fi
 
 # The guest agent is /init of every VM: a static executable (no musl target

@@ -9,6 +9,7 @@ pub mod doctor;
 pub mod field_flags;
 pub mod image;
 pub mod machine;
+pub mod mcp;
 pub mod pool;
 pub mod pool_daemon;
 pub mod prototype;
@@ -71,6 +72,10 @@ pub enum Command {
     ///
     /// Example: id=$(ironclaw sandbox create --timeout 10m); ironclaw sandbox exec $id -- uname -a
     Sandbox(sandbox::SandboxArgs),
+    /// Serve the sandbox tools over MCP on stdin/stdout (for desktop agents); its sandboxes end with it.
+    ///
+    /// Example (an agent's MCP config): {"command": "ironclaw", "args": ["mcp"]}
+    Mcp(Box<mcp::McpArgs>),
 }
 
 impl Command {
@@ -82,6 +87,7 @@ impl Command {
             Command::Prototype(prototype::PrototypeCmd::Build { machine, .. }) => machine,
             Command::Bench(args) => &args.machine,
             Command::Serve(args) => &args.machine,
+            Command::Mcp(args) => &args.machine,
             _ => return false,
         };
         machine.config.is_some()
@@ -98,6 +104,7 @@ impl Command {
             Command::Image(cmd) => image::image_command(cmd, verbose).await,
             Command::Serve(args) => serve::serve(*args).await,
             Command::Sandbox(args) => sandbox::sandbox_command(args).await,
+            Command::Mcp(args) => mcp::mcp(*args).await,
         }
     }
 }

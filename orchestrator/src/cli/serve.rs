@@ -60,7 +60,7 @@ pub struct ServeArgs {
 }
 
 /// The service config from the flags, refused before anything starts.
-async fn service_config(args: &ServeArgs) -> anyhow::Result<ServiceConfig> {
+pub async fn service_config(args: &ServeArgs) -> anyhow::Result<ServiceConfig> {
     if args.default_timeout > args.max_timeout {
         return Err(Refusal(format!(
             "--default-timeout {} is longer than --max-timeout {}",

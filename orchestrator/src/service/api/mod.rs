@@ -106,6 +106,7 @@ pub fn router(service: Service, tokens: Tokens) -> Router {
         .route("/openapi.json", get(openapi::serve))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .nest_service("/mcp", super::mcp::http_service(state.service.clone()))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(tokens, auth::check))
         .with_state(state)

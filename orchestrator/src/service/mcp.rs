@@ -1,1 +1,0 @@
-//! The MCP server of the sandbox service (rmcp): not written yet.

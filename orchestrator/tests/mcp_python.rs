@@ -1,0 +1,151 @@
+//! The MCP server against the official Python MCP SDK (the client most
+//! agents are built on), in `target/pyenv` (made by `scripts/setup.sh`):
+//! over stdio (`ironclaw mcp` spawned by the SDK) and over Streamable HTTP
+//! (`/mcp` of a real `ironclaw serve` with a bearer token). The scripts in
+//! `tests/mcp/` run the session (`flow.py`) and fail on the first wrong
+//! answer; afterwards no server and no VM may be left.
+
+mod cli_support;
+mod service_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use service_support::Server;
+
+/// How long one script may take (VMs under TCG on a shared machine).
+const SCRIPT_LIMIT: Duration = Duration::from_secs(600);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The virtualenv's python, with the SDK importable; a missing one fails
+/// the test (it is never skipped).
+fn python() -> PathBuf {
+    let python = workspace().join("target/pyenv/bin/python");
+    let importable = Command::new(&python)
+        .args(["-c", "import mcp.client.stdio, mcp.client.streamable_http"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        importable,
+        "{} cannot import the Python MCP SDK: run scripts/setup.sh (it makes the virtualenv target/pyenv)",
+        python.display()
+    );
+    python
+}
+
+/// Runs `tests/mcp/<script>` with `args`; panics with its output unless it passes.
+fn run_script(script: &str, args: &[&str]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
+    let out =
+        std::env::temp_dir().join(format!("ironclaw-mcp-{script}-{}.out", std::process::id()));
+    let mut child = Command::new(python())
+        .arg(dir.join(script))
+        .args(args)
+        .current_dir(&dir)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + SCRIPT_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    eprintln!("--- {script}:\n{output}");
+    match status {
+        Some(s) if s.success() && output.contains("mcp-test: PASS") => {}
+        Some(s) => panic!("{script} failed ({s}):\n{output}"),
+        None => panic!("{script} did not finish in {SCRIPT_LIMIT:?}:\n{output}"),
+    }
+}
+
+/// Processes started with `IRONCLAW_RUNTIME_DIR=root` (the server, its VMs).
+fn processes_of(root: &Path) -> Vec<String> {
+    let needle = format!("IRONCLAW_RUNTIME_DIR={}", root.display());
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes())
+            && cli_support::pid_alive(e.file_name().to_string_lossy().parse().unwrap())
+        {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    found
+}
+
+/// Nothing of `root` runs or stays: no process, no VM directory.
+fn assert_all_gone(root: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = processes_of(root);
+        let vms = service_support::vm_processes_under(root);
+        if procs.is_empty() && vms.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running for {}: {procs:?} {vms:?}",
+            root.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = cli_support::leftovers(root);
+    assert!(left.is_empty(), "left in {}: {left:?}", root.display());
+}
+
+#[test]
+fn python_sdk_over_stdio() {
+    let root = cli_support::root("mcp_python", "stdio");
+    std::fs::create_dir_all(&root).unwrap();
+    run_script(
+        "stdio_client.py",
+        &[env!("CARGO_BIN_EXE_ironclaw"), root.to_str().unwrap()],
+    );
+    // The SDK closed the server's stdin: it destroyed its sandboxes and exited.
+    assert_all_gone(&root);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn python_sdk_over_streamable_http() {
+    let mut server = Server::start("mcp-python-http", true, &[]);
+    let url = format!("http://{}/mcp", server.tcp.as_ref().unwrap());
+    run_script("http_client.py", &[&url, server.token.as_deref().unwrap()]);
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "ironclaw serve: {status}\n{}",
+        server.log_text()
+    );
+    assert_all_gone(&server.root);
+    let _ = std::fs::remove_dir_all(&server.root);
+    let _ = std::fs::remove_file(&server.log);
+    if let Some(token_file) = &server.token_file {
+        let _ = std::fs::remove_file(token_file);
+    }
+}
