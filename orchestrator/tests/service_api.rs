@@ -800,3 +800,55 @@ fn openapi_document_is_the_committed_one() {
          IRONCLAW_UPDATE_OPENAPI=1 cargo test -p ironclaw-orchestrator --test service_api openapi"
     );
 }
+
+/// TCP without a token file, or with one others can read, is refused before
+/// anything starts, naming the flag.
+#[test]
+fn tcp_needs_a_private_token_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::path::PathBuf::from(format!("/tmp/ironclaw-api-refuse-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let serve = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ironclaw"))
+            .env("IRONCLAW_RUNTIME_DIR", &root)
+            .arg("serve")
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = serve(&["--listen", "127.0.0.1:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("--listen") && err.contains("--token-file"),
+        "{err}"
+    );
+    let token = root.join("token");
+    std::fs::write(&token, format!("{}\n", new_token())).unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = serve(&[
+        "--listen",
+        "127.0.0.1:1",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(
+        err.contains("--token-file") && err.contains("chmod 600"),
+        "{err}"
+    );
+    std::fs::write(&token, "short\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = serve(&[
+        "--listen",
+        "127.0.0.1:1",
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shorter than"), "{err}");
+    assert!(!root.join("ironclaw.sock").exists(), "nothing was started");
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -78,9 +78,16 @@ impl Service {
         let busy = sandbox.busy();
         let path = path.to_string();
         tokio::spawn(async move {
-            if let Err(e) = busy.agent().get(&path, &mut tx).await {
+            match busy.agent().get(&path, &mut tx).await {
+                Ok(_) => {}
+                // The reader stopped early (a client gone, a capped read): not a failure.
+                Err(FileError::Local { source, .. })
+                    if source.kind() == std::io::ErrorKind::BrokenPipe =>
+                {
+                    tracing::debug!(sandbox = %busy.id, %path, "download ended by its reader");
+                }
                 // The body ends early; the client sees a short read.
-                tracing::warn!(sandbox = %busy.id, %path, "download failed: {e}");
+                Err(e) => tracing::warn!(sandbox = %busy.id, %path, "download failed: {e}"),
             }
             let _ = tx.shutdown().await;
         });

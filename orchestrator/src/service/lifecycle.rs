@@ -295,7 +295,7 @@ impl Service {
                 e.why
             ))),
             None => Err(ServiceError::not_found(format!(
-                "no sandbox {id} (list yours with `ironclaw sandbox ls` or GET /v1/sandboxes)"
+                "no sandbox {id} (list yours: `ironclaw sandbox ls`, GET /v1/sandboxes or the sandbox_list tool)"
             ))),
         }
     }

@@ -14,6 +14,10 @@ use ironclaw_orchestrator::service::{Owner, Service, ServiceConfig};
 use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
 use ironclaw_orchestrator::vm::{self, VmConfig};
 
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
+use rmcp::ServiceExt;
+
 use super::super::sandbox::client::Client;
 use super::stats::{median, ms};
 
@@ -69,6 +73,40 @@ async fn service_ready(service: &Service, n: usize) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// Exec round trips of `true` through MCP: `ironclaw mcp` (this binary) as
+/// a child over stdio, driven by rmcp's client, as a desktop agent does.
+async fn mcp_exec_round_trips(runs: usize) -> anyhow::Result<Vec<Duration>> {
+    let exe = std::env::current_exe().context("the ironclaw binary")?;
+    let transport = TokioChildProcess::new(tokio::process::Command::new(exe).configure(|c| {
+        c.args(["mcp", "--pool-size", "1"])
+            .stderr(std::process::Stdio::null());
+    }))?;
+    let client = ().serve(transport).await.context("MCP initialize")?;
+    let call = |name: &'static str, args: Value| {
+        let args = args.as_object().cloned().unwrap_or_default();
+        client.call_tool(CallToolRequestParams::new(name).with_arguments(args))
+    };
+    let created = call("sandbox_create", json!({})).await?;
+    let id = created
+        .structured_content
+        .as_ref()
+        .and_then(|c| c["id"].as_str())
+        .map(String::from)
+        .with_context(|| format!("sandbox_create answered {created:?}"))?;
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        let out = call("sandbox_exec", json!({"sandbox_id": id, "argv": ["true"]})).await?;
+        times.push(t0.elapsed());
+        if out.is_error != Some(false) {
+            bail!("`true` failed through MCP: {out:?}");
+        }
+    }
+    call("sandbox_destroy", json!({"sandbox_id": id})).await?;
+    client.cancel().await.context("closing the MCP session")?;
+    Ok(times)
 }
 
 pub async fn section(base: &VmConfig, runs: usize) -> anyhow::Result<String> {
@@ -170,6 +208,7 @@ async fn measure(
         rest_exec.push(t0.elapsed());
     }
     rest_destroy(client, &id).await?;
+    let mcp_exec = mcp_exec_round_trips(runs).await?;
 
     let (lib_m, rest_m) = (median(lib.clone()), median(rest.clone()));
     let (lib_e, rest_e) = (median(lib_exec.clone()), median(rest_exec.clone()));
@@ -182,15 +221,18 @@ async fn measure(
          | REST: `POST /v1/sandboxes` → `POST …/exec` result of `true` | {} |\n\
          | {CONCURRENT} sandboxes created at once through REST: all ready after | {} |\n\
          | library: exec round trip of `true` on a sandbox's VM | {} |\n\
-         | REST: `POST …/exec` of `true` on the same sandbox | {} |\n\n\
+         | REST: `POST …/exec` of `true` on the same sandbox | {} |\n\
+         | MCP: `sandbox_exec` of `true` (`ironclaw mcp` over stdio, rmcp's client; its own sandbox of the same shape) | {} |\n\n\
          **The API adds {} ms to create → first result** (goal: under 5 ms). \
-         **Exec through REST / library: {:.2}** (goal: at most 1.5).\n",
+         **Exec through REST / library: {:.2}; through MCP / library: {:.2}** (goal: at most 1.5 each).\n",
         ms(lib_m),
         ms(rest_m),
         ms(all_ready),
         ms(lib_e),
         ms(rest_e),
+        ms(median(mcp_exec.clone())),
         ms(rest_m.saturating_sub(lib_m)),
         rest_e.as_secs_f64() / lib_e.as_secs_f64(),
+        median(mcp_exec).as_secs_f64() / lib_e.as_secs_f64(),
     ))
 }
