@@ -273,3 +273,21 @@ fn copy_out_is_capped_in_size_and_written_0644() {
     );
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// A guest that floods its serial console fills no host RAM: the log is
+/// rotated past 1 MiB, keeping its end in `console.log.1`.
+#[test]
+fn a_flooded_console_log_stays_bounded() {
+    let vm = shared_vm();
+    let log = vm.console_log();
+    let out = sh(vm, "dd if=/dev/zero bs=65536 count=48 of=/dev/ttyS0 2>&1");
+    assert_eq!(out.status.code, Some(0), "{}", text(&out.stdout));
+    std::thread::sleep(vm::console::CHECK_EVERY * 3);
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(
+        len <= vm::console::MAX_BYTES,
+        "console.log is {len} bytes after 3 MiB of output"
+    );
+    let kept = std::fs::metadata(vm::console::rotated(&log)).unwrap().len();
+    assert_eq!(kept, vm::console::KEEP_BYTES);
+}

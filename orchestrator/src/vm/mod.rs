@@ -16,6 +16,7 @@ pub mod channel;
 pub mod cmdline;
 pub mod config;
 pub mod confine;
+pub mod console;
 mod error;
 pub mod firecracker;
 pub mod host;

@@ -140,6 +140,7 @@ pub(crate) async fn start_vm(
         }
     };
     let launched = t0.elapsed();
+    super::console::watch(instance.console_log());
     let agent = match connect_agent(instance.as_mut(), config.boot_timeout_ms).await {
         Ok(agent) => agent,
         Err(e) => {

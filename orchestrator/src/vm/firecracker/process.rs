@@ -2,7 +2,6 @@
 //! [`spawn_in`] (directly or through the jailer), stopped, killed, and seen by
 //! the rest of the orchestrator as a [`VmInstance`].
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
@@ -233,7 +232,8 @@ pub(super) async fn spawn_in(
     let (api_socket, log, mut cmd) = placement.command(opts, dir)?;
     let jail = placement.jail();
     let console = dir.file(CONSOLE_LOG);
-    let console_file = File::create(&console)
+    // Appended to, so the orchestrator can empty it (vm::console keeps it bounded).
+    let console_file = crate::vm::console::create_for_append(&console)
         .map_err(|e| FirecrackerError::io(format!("creating {}", console.display()), e))?;
     let stderr = console_file
         .try_clone()

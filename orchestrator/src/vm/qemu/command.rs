@@ -71,8 +71,12 @@ impl QemuBackend {
             "-sandbox",
             "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
         ]);
-        cmd.arg("-serial")
-            .arg(format!("file:{}", dir.file("console.log").display()));
+        // Appended to, so the orchestrator can empty it (vm::console keeps it bounded).
+        cmd.arg("-chardev").arg(format!(
+            "file,id=console,path={},append=on",
+            dir.file("console.log").display()
+        ));
+        cmd.args(["-serial", "chardev:console"]);
         cmd.arg("-qmp").arg(format!(
             "unix:{},server=on,wait=off",
             dir.file("qmp.sock").display()
