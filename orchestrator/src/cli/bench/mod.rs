@@ -19,6 +19,7 @@ use super::machine::{self, MachineArgs};
 use stats::{median, ms};
 
 mod service;
+mod soak;
 mod stats;
 mod userland;
 
@@ -38,6 +39,11 @@ pub struct BenchArgs {
     /// Write the markdown report here as well as to stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Instead of the latencies: N sandboxes created, used and destroyed in
+    /// a row through the library and the service, sampling what a leak
+    /// would grow (`make soak` writes docs/reliability.md).
+    #[arg(long, value_name = "N")]
+    pub soak: Option<usize>,
 }
 
 /// The line the guest prints first thing in `/init`.
@@ -234,6 +240,10 @@ async fn idle_cpu_shares(vms: &[Vec<u32>], window: Duration) -> Vec<f64> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
     let config = machine::vm_config("bench", &args.machine, None, None).await?;
+    if let Some(n) = args.soak {
+        let report = soak::report(&config, n.max(1)).await?;
+        return write_report(&report, args.output.as_deref());
+    }
     let (accel, reason) = accel::choose(config.accel);
     eprintln!("bench: {runs} runs each, accel {accel} ({reason})");
     let mut bare = Vec::new();
@@ -457,9 +467,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     let report = report + &service::section(&config, args.execs.max(20)).await?;
+    write_report(&report, args.output.as_deref())
+}
+
+fn write_report(report: &str, output: Option<&std::path::Path>) -> anyhow::Result<()> {
     print!("{report}");
-    if let Some(path) = args.output {
-        std::fs::write(&path, &report).with_context(|| format!("writing {}", path.display()))?;
+    if let Some(path) = output {
+        std::fs::write(path, report).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("bench: wrote {}", path.display());
     }
     Ok(())

@@ -109,30 +109,56 @@ async fn mcp_exec_round_trips(runs: usize) -> anyhow::Result<Vec<Duration>> {
     Ok(times)
 }
 
+/// A real service in this process on a private unix socket, and a client
+/// of it, as `ironclaw serve` and `ironclaw sandbox` would be.
+pub struct LocalService {
+    pub service: Service,
+    pub client: Client,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    dir: std::path::PathBuf,
+}
+
+impl LocalService {
+    pub fn start(config: ServiceConfig, name: &str) -> anyhow::Result<LocalService> {
+        let dir = vm::runtime::runtime_root().join(format!("{name}-{}", std::process::id()));
+        let socket = dir.join("ironclaw.sock");
+        let service = Service::new(config);
+        let listener = PrivateListener::bind(&socket, Access::default())?;
+        let app = api::router(service.clone(), Tokens::default());
+        let server = tokio::spawn(async move {
+            axum::serve(
+                UnixCallers(listener),
+                app.into_make_service_with_connect_info::<Caller>(),
+            )
+            .await
+        });
+        let client = Client::new(Some(format!("unix:{}", socket.display())), None)?;
+        Ok(LocalService {
+            service,
+            client,
+            server,
+            dir,
+        })
+    }
+
+    /// Destroys every sandbox and the pools, stops serving, removes the socket.
+    pub async fn stop(self) {
+        self.service.shutdown().await;
+        self.server.abort();
+        let _ = self.server.await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 pub async fn section(base: &VmConfig, runs: usize) -> anyhow::Result<String> {
     let runs = runs.max(20);
-    let dir = vm::runtime::runtime_root().join(format!("bench-serve-{}", std::process::id()));
-    let socket = dir.join("ironclaw.sock");
     let mut config = ServiceConfig::new(base.clone());
     config.pool_size = 2;
     config.max_sandboxes = CONCURRENT + 4;
     config.max_memory_mib = (CONCURRENT as u64 + 4) * u64::from(base.memory_mib);
-    let service = Service::new(config);
-    let listener = PrivateListener::bind(&socket, Access::default())?;
-    let app = api::router(service.clone(), Tokens::default());
-    let server = tokio::spawn(async move {
-        axum::serve(
-            UnixCallers(listener),
-            app.into_make_service_with_connect_info::<Caller>(),
-        )
-        .await
-    });
-    let client = Client::new(Some(format!("unix:{}", socket.display())), None)?;
-    let result = measure(&service, &client, base, runs).await;
-    service.shutdown().await;
-    server.abort();
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let local = LocalService::start(config, "bench-serve")?;
+    let result = measure(&local.service, &local.client, base, runs).await;
+    local.stop().await;
     result
 }
 
