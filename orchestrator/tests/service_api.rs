@@ -852,3 +852,141 @@ fn tcp_needs_a_private_token_file() {
     assert!(!root.join("ironclaw.sock").exists(), "nothing was started");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// Pids of the processes whose command line names the VM's runtime directory.
+fn vm_pids(root: &std::path::Path, vm_id: &str, what: &str) -> Vec<i32> {
+    let needle = format!("{}/{vm_id}/", root.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmd = String::from_utf8_lossy(&std::fs::read(e.path().join("cmdline")).ok()?)
+                .replace('\0', " ");
+            (cmd.contains(&needle) && cmd.contains(what)).then_some(pid)
+        })
+        .collect()
+}
+
+/// A VMM killed outright, mid-exec and mid-upload: the caller gets a clear
+/// error, the sandbox is destroyed and cleaned up, the service goes on
+/// serving the others.
+#[test]
+fn a_killed_vmm_fails_its_sandbox_only() {
+    let server = Server::start("api-fault", false, &["--pool-size", "1"]);
+    rt().block_on(async {
+        let bystander = create(&server, json!({})).await;
+        for mid in ["exec", "upload"] {
+            let (_, sb) = server.call("POST", "/v1/sandboxes", Some(json!({}))).await;
+            let (id, vm_id) = (
+                sb["id"].as_str().unwrap().to_string(),
+                sb["vm_id"].as_str().unwrap().to_string(),
+            );
+            // The upload's body comes from a channel: some data, then the
+            // kill, then more (the request is mid-transfer when QEMU dies).
+            let (tx, rx) =
+                tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, std::io::Error>>(2);
+            let request = {
+                let socket = server.socket.clone();
+                let id = id.clone();
+                tokio::spawn(async move {
+                    if mid == "exec" {
+                        let body = json!({"cmd": "sleep 60"}).to_string();
+                        return service_support::unix_request(
+                            &socket,
+                            "POST",
+                            &format!("/v1/sandboxes/{id}/exec"),
+                            Some(Bytes::from(body)),
+                            &[],
+                        )
+                        .await;
+                    }
+                    let stream = tokio::net::UnixStream::connect(&socket).await?;
+                    let (mut sender, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                            .await
+                            .map_err(std::io::Error::other)?;
+                    tokio::spawn(conn);
+                    let frames = futures::stream::unfold(rx, |mut rx| async move {
+                        rx.recv().await.map(|f| (f, rx))
+                    });
+                    let req =
+                        hyper::Request::put(format!("/v1/sandboxes/{id}/files?path=/work/big"))
+                            .header("host", "x")
+                            .body(http_body_util::StreamBody::new(frames))
+                            .unwrap();
+                    let resp = sender
+                        .send_request(req)
+                        .await
+                        .map_err(std::io::Error::other)?;
+                    let status = resp.status().as_u16();
+                    let body = resp
+                        .into_body()
+                        .collect()
+                        .await
+                        .map_err(std::io::Error::other)?
+                        .to_bytes();
+                    Ok((status, Vec::new(), body))
+                })
+            };
+            let chunk = Bytes::from(vec![7u8; 1 << 20]);
+            if mid == "upload" {
+                for _ in 0..4 {
+                    tx.send(Ok(hyper::body::Frame::data(chunk.clone())))
+                        .await
+                        .unwrap();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let qemu = vm_pids(&server.root, &vm_id, "qemu-system");
+            assert_eq!(qemu.len(), 1, "one QEMU for {vm_id}");
+            unsafe { libc::kill(qemu[0], libc::SIGKILL) };
+            let t0 = Instant::now();
+            if mid == "upload" {
+                // More data after the kill, as long as the service takes it.
+                let feeder = tokio::spawn(async move {
+                    for _ in 0..64 {
+                        if tx
+                            .send(Ok(hyper::body::Frame::data(chunk.clone())))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                drop(feeder);
+            }
+            let (status, _, body) = tokio::time::timeout(Duration::from_secs(30), request)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "{mid}: the error took {:?}",
+                t0.elapsed()
+            );
+            assert_eq!(status / 100, 5, "{mid}: {err}");
+            assert!(
+                err["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{mid}: {err}"
+            );
+            // The sandbox is gone, saying why, and so is everything of its VM.
+            let (status, gone) = server
+                .call("GET", &format!("/v1/sandboxes/{id}"), None)
+                .await;
+            assert_eq!(status, 404, "{mid}: {gone}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while server.root.join(&vm_id).exists() || !vm_pids(&server.root, &vm_id, "").is_empty()
+            {
+                assert!(Instant::now() < deadline, "{mid}: {vm_id} left behind");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // The others are served as before.
+            let out = exec(&server, &bystander, json!({"argv": ["echo", "still here"]})).await;
+            assert_eq!(out["stdout"], "still here\n");
+        }
+    });
+}

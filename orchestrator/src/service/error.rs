@@ -150,7 +150,16 @@ impl From<crate::agent::FileError> for ServiceError {
 }
 
 impl From<crate::agent::AgentError> for ServiceError {
+    /// The guest refusing a request is the caller's error; a broken or
+    /// silent channel is the sandbox's failure (it is then destroyed).
     fn from(e: crate::agent::AgentError) -> ServiceError {
-        ServiceError::new(ErrorCode::SandboxFailed, e.to_string())
+        use crate::agent::AgentError;
+        match e {
+            AgentError::Remote(m) => ServiceError::bad_request(format!("in the sandbox: {m}")),
+            AgentError::StreamEnded => ServiceError::conflict(
+                "the sandbox ended the request before all its input was sent",
+            ),
+            other => ServiceError::new(ErrorCode::SandboxFailed, other.to_string()),
+        }
     }
 }

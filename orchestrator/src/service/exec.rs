@@ -134,7 +134,7 @@ impl Service {
     }
 
     /// A failure of the guest ends the sandbox (it cannot be trusted to answer again).
-    async fn failed(&self, sandbox: &Sandbox, e: ServiceError) -> ServiceError {
+    pub(super) async fn failed(&self, sandbox: &Sandbox, e: ServiceError) -> ServiceError {
         if e.code == ErrorCode::SandboxFailed {
             self.fail(&sandbox.id, &e.message).await;
         }

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncWriteExt, DuplexStream};
 
 use super::error::ServiceError;
 use super::lifecycle::check_guest_path;
-use super::sandbox::Owner;
+use super::sandbox::{Owner, Sandbox};
 use super::types::{DirListing, FileInfo, FileKind, Written};
 use super::Service;
 use crate::agent::{ExecEvent, FileError};
@@ -29,6 +29,19 @@ fn name_of(path: &str) -> String {
 }
 
 impl Service {
+    /// `r`, and if the sandbox failed (its guest stopped answering), the
+    /// sandbox destroyed.
+    async fn guard<T, E: Into<ServiceError>>(
+        &self,
+        sandbox: &Sandbox,
+        r: Result<T, E>,
+    ) -> Result<T, ServiceError> {
+        match r {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.failed(sandbox, e.into()).await),
+        }
+    }
+
     /// Writes everything `reader` yields to `path` in the sandbox (mode 0644
     /// unless given); the file appears only when complete.
     pub async fn upload(
@@ -42,7 +55,7 @@ impl Service {
         check_guest_path("path", path)?;
         let sandbox = self.get(owner, id)?;
         let busy = sandbox.busy();
-        let bytes = busy
+        let put = busy
             .agent()
             .put(reader, path, mode.unwrap_or(0o644) & 0o7777)
             .await
@@ -51,7 +64,11 @@ impl Service {
                     ServiceError::bad_request(format!("reading the upload body: {source}"))
                 }
                 other => other.into(),
-            })?;
+            });
+        let bytes = match put {
+            Ok(b) => b,
+            Err(e) => return Err(self.failed(&sandbox, e).await),
+        };
         Ok(Written {
             path: path.into(),
             bytes,
@@ -77,6 +94,7 @@ impl Service {
         let (mut tx, rx) = tokio::io::duplex(PIPE_BYTES);
         let busy = sandbox.busy();
         let path = path.to_string();
+        let service = self.clone();
         tokio::spawn(async move {
             match busy.agent().get(&path, &mut tx).await {
                 Ok(_) => {}
@@ -87,7 +105,13 @@ impl Service {
                     tracing::debug!(sandbox = %busy.id, %path, "download ended by its reader");
                 }
                 // The body ends early; the client sees a short read.
-                Err(e) => tracing::warn!(sandbox = %busy.id, %path, "download failed: {e}"),
+                Err(e) => {
+                    tracing::warn!(sandbox = %busy.id, %path, "download failed: {e}");
+                    let e = ServiceError::from(e);
+                    if e.code == super::ErrorCode::SandboxFailed {
+                        service.fail(&busy.id, &e.message).await;
+                    }
+                }
             }
             let _ = tx.shutdown().await;
         });
@@ -103,7 +127,7 @@ impl Service {
         check_guest_path("path", path)?;
         let sandbox = self.get(owner, id)?;
         let busy = sandbox.busy();
-        let stat = busy.agent().stat(path).await?;
+        let stat = self.guard(&sandbox, busy.agent().stat(path).await).await?;
         Ok(FileInfo::of(name_of(path), stat))
     }
 
@@ -116,7 +140,9 @@ impl Service {
         check_guest_path("path", path)?;
         let sandbox = self.get(owner, id)?;
         let busy = sandbox.busy();
-        let entries = busy.agent().list_dir(path).await?;
+        let entries = self
+            .guard(&sandbox, busy.agent().list_dir(path).await)
+            .await?;
         Ok(DirListing {
             path: path.into(),
             entries: entries
@@ -137,10 +163,11 @@ impl Service {
         check_guest_path("path", path)?;
         let sandbox = self.get(owner, id)?;
         let busy = sandbox.busy();
-        Ok(busy
+        let made = busy
             .agent()
             .mkdir(path, mode.unwrap_or(0o755) & 0o7777, parents)
-            .await?)
+            .await;
+        self.guard(&sandbox, made).await
     }
 
     pub async fn remove(
@@ -156,7 +183,8 @@ impl Service {
         }
         let sandbox = self.get(owner, id)?;
         let busy = sandbox.busy();
-        Ok(busy.agent().remove(path, recursive).await?)
+        self.guard(&sandbox, busy.agent().remove(path, recursive).await)
+            .await
     }
 
     /// The directory `path` as a tar stream (`tar -C path -cf - .` in the guest).
@@ -224,7 +252,7 @@ impl Service {
         let busy = sandbox.busy();
         let mut req = tar_request(["-C", path, "-xf", "-"]);
         req.stdin = true;
-        let mut session = busy.agent().exec(req).await.map_err(ServiceError::from)?;
+        let mut session = self.guard(&sandbox, busy.agent().exec(req).await).await?;
         let writer = session.stdin_writer();
         let feed = async {
             let mut buf = vec![0u8; 64 << 10];
@@ -253,7 +281,7 @@ impl Service {
             }
         };
         let (fed, status) = tokio::join!(feed, collect);
-        let status = status?;
+        let status = self.guard(&sandbox, status).await?;
         fed?;
         if status.code != Some(0) {
             return Err(ServiceError::bad_request(format!(

@@ -57,6 +57,7 @@ pub struct Sandbox {
     created_instant: Instant,
     agent: AgentClient,
     kernel_release: String,
+    vm_id: String,
     vm: Mutex<Option<(VmHandle, Arc<Pool>)>>,
     timers: Mutex<Timers>,
     /// Requests in flight (an exec, a file transfer): the sandbox is not idle.
@@ -104,6 +105,7 @@ impl Sandbox {
             created_instant: now,
             agent: vm.agent().clone(),
             kernel_release: vm.agent().kernel_release().to_string(),
+            vm_id: vm.id.clone(),
             vm: Mutex::new(Some((vm, pool))),
             timers: Mutex::new(Timers {
                 expires: now + lifetime,
@@ -245,6 +247,7 @@ impl Sandbox {
             host_rss_mib: pids.iter().map(|&p| rss_kib(p)).sum::<u64>() / 1024,
             running_commands: self.running_commands(),
             kernel_release: self.kernel_release.clone(),
+            vm_id: self.vm_id.clone(),
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct SandboxInfo {
     /// Commands that have not ended yet.
     pub running_commands: usize,
     pub kernel_release: String,
+    /// The VM's name: its runtime directory (console log, records) is
+    /// `<runtime root>/<vm_id>`.
+    pub vm_id: String,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

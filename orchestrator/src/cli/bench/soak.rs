@@ -264,7 +264,19 @@ pub async fn report(config: &VmConfig, n: usize) -> anyhow::Result<String> {
          which the runtime root and the child processes hold, beside the service's socket). \
          The VM cgroups are counted host-wide under IronClaw's cgroup parent.\n\n\
          ### Through the library (`Pool`, `AgentClient`) — {n} rounds in {} ms\n\n{}\n\
-         ### Through the service (REST over its unix socket) — {n} rounds in {} ms\n\n{}\n",
+         ### Through the service (REST over its unix socket) — {n} rounds in {} ms\n\n{}\n\
+         Threads are the runtime's workers and its blocking pool (which grows on demand and \
+         lets idle threads go); the rest stays flat.\n\n\
+         ## Faults (checked by the test suite, every `make test`)\n\n\
+         | fault | what the caller sees | test |\n|---|---|---|\n\
+         | QEMU killed (SIGKILL) mid-exec and mid-upload | a 5xx error with a message at once; the sandbox is destroyed (404 saying why), its directory and processes gone; other sandboxes served | `service_api::a_killed_vmm_fails_its_sandbox_only` |\n\
+         | the guest agent stopped (SIGSTOP from inside) | `AgentError::Deadline` / exit 125 at the host deadline (timeout + 5 s); the VM destroyed | `hostile_guest::a_stopped_agent_*` |\n\
+         | a FIFO, device or socket where a file is read | refused at once, nothing copied | `hostile_guest::copy_out_of_a_fifo_*`, `get_of_a_fifo_*` |\n\
+         | output and console floods | output capped with `*_truncated`; the console log rotated past 1 MiB | `hostile_guest::run_caps_*`, `a_flooded_console_log_stays_bounded` |\n\
+         | the service killed (SIGKILL) and restarted | the next start removes the dead service's VMs, directories and socket | `service_api::sigterm_destroys_everything_and_a_killed_service_is_cleaned_by_the_next` |\n\n\
+         Not measured yet: the load test (as many sandboxes as memory allows, each busy), \
+         vhost-device-vsock killed mid-transfer, a full disk while writing a snapshot or an image, \
+         a fork bomb and a memory hog inside the guest.\n",
         FILE_BYTES >> 10,
         ms(lib_took),
         table(&lib),
