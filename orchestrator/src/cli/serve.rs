@@ -162,7 +162,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
             "ironclaw: --e2b on the unix socket only: the E2B SDKs need TCP (--listen ADDR --token-file F)"
         );
     }
-    let e2b = if args.e2b { " with the E2B-compatible API" } else { "" };
+    let e2b = if args.e2b {
+        " with the E2B-compatible API"
+    } else {
+        ""
+    };
     eprintln!("ironclaw: serving sandboxes on {where_}{e2b} (Ctrl-C to stop)");
 
     let mut signals = Signals::new()?;

@@ -109,7 +109,8 @@ fn parse<T: DeserializeOwned + Default>(bytes: &[u8]) -> Result<T, ConnectError>
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| ConnectError::invalid(format!("invalid JSON message: {e}")))
+    serde_json::from_slice(bytes)
+        .map_err(|e| ConnectError::invalid(format!("invalid JSON message: {e}")))
 }
 
 fn content_type(headers: &HeaderMap) -> &str {
@@ -172,7 +173,9 @@ pub async fn stream_request<T: DeserializeOwned + Default>(
     refuse_compression(headers, "connect-content-encoding")?;
     let bytes = read_body(body).await?;
     if bytes.len() < 5 {
-        return Err(ConnectError::invalid("the request is not an enveloped message"));
+        return Err(ConnectError::invalid(
+            "the request is not an enveloped message",
+        ));
     }
     if bytes[0] & FLAG_COMPRESSED != 0 {
         return Err(ConnectError::unsupported("a compressed message"));
@@ -246,7 +249,10 @@ mod tests {
         let end = end_of_stream(Some(&ConnectError::not_found("gone")));
         assert_eq!(end[0], FLAG_END_STREAM);
         let v: serde_json::Value = serde_json::from_slice(&end[5..]).unwrap();
-        assert_eq!(v, json!({"error": {"code": "not_found", "message": "gone"}}));
+        assert_eq!(
+            v,
+            json!({"error": {"code": "not_found", "message": "gone"}})
+        );
         assert_eq!(&end_of_stream(None)[5..], b"{}");
     }
 
@@ -257,7 +263,10 @@ mod tests {
             pid: u32,
         }
         let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(STREAM_CONTENT_TYPE));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(STREAM_CONTENT_TYPE),
+        );
         let body = Body::from(message(&json!({"pid": 7, "extra": true})));
         let m: M = stream_request(&headers, body).await.unwrap();
         assert_eq!(m.pid, 7);

@@ -36,8 +36,8 @@ fn image_of(service: &Service, template: &str) -> Result<String, ApiError> {
     if template == NO_IMAGE {
         return Ok(template.to_string());
     }
-    let known = crate::userland::validate_name(template).is_ok()
-        && crate::userland::find(template).is_ok();
+    let known =
+        crate::userland::validate_name(template).is_ok() && crate::userland::find(template).is_ok();
     if !known {
         return Err(ApiError::new(
             404,
@@ -101,15 +101,28 @@ fn refuse_unsupported(req: &NewSandbox) -> Result<(), ApiError> {
         Some(Value::Object(m)) => !m.is_empty(),
         Some(_) => true,
     };
-    let refuse = |what: &str| Err(ApiError::new(400, format!("{what} is not supported by IronClaw (see docs/e2b.md)")));
+    let refuse = |what: &str| {
+        Err(ApiError::new(
+            400,
+            format!("{what} is not supported by IronClaw (see docs/e2b.md)"),
+        ))
+    };
     if req.auto_pause == Some(true) {
         return refuse("autoPause (pausing a sandbox)");
     }
-    if req.auto_resume.as_ref().and_then(|v| v.get("enabled")).and_then(Value::as_bool) == Some(true) {
+    if req
+        .auto_resume
+        .as_ref()
+        .and_then(|v| v.get("enabled"))
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         return refuse("autoResume (pausing a sandbox)");
     }
     if req.allow_internet_access == Some(true) {
-        return refuse("allow_internet_access: IronClaw sandboxes have no network device; internet access");
+        return refuse(
+            "allow_internet_access: IronClaw sandboxes have no network device; internet access",
+        );
     }
     if set(&req.network) {
         return refuse("network (IronClaw sandboxes have no network device)");
@@ -198,9 +211,11 @@ pub async fn connect(
     let sandbox = s.service.get(&owner, &id)?;
     let mut info = sandbox.info();
     if let Some(t) = req.timeout {
-        let left = info.expires_at.saturating_sub(crate::service::sandbox::unix_secs(
-            std::time::SystemTime::now(),
-        ));
+        let left = info
+            .expires_at
+            .saturating_sub(crate::service::sandbox::unix_secs(
+                std::time::SystemTime::now(),
+            ));
         if t > left {
             info = s.service.set_timeout(&owner, &id, t)?;
         }
@@ -219,7 +234,10 @@ fn percent_decode(s: &str) -> String {
         match b[i] {
             b'+' => out.push(b' '),
             b'%' => {
-                match (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+                match (
+                    b.get(i + 1).copied().and_then(hex),
+                    b.get(i + 2).copied().and_then(hex),
+                ) {
                     (Some(h), Some(l)) => {
                         out.push(h << 4 | l);
                         i += 2;
@@ -256,28 +274,50 @@ pub async fn list(
     let q: ListQuery = axum::extract::Query::try_from_uri(&uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::new(400, format!("invalid query: {}", e.body_text())))?;
-    let want = q.metadata.as_deref().map(metadata_filter).unwrap_or_default();
+    let want = q
+        .metadata
+        .as_deref()
+        .map(metadata_filter)
+        .unwrap_or_default();
     let running = q
         .state
         .as_deref()
         .is_none_or(|st| st.split(',').any(|x| x.trim() == "running"));
-    let all: Vec<SandboxDetail> = if running {
+    let after = match q.started_after.as_deref() {
+        None | Some("") => 0,
+        Some(t) => DateTime::parse_from_rfc3339(t)
+            .map_err(|e| ApiError::new(400, format!("startedAfter {t:?}: {e}")))?
+            .timestamp()
+            .max(0) as u64,
+    };
+    let mut all: Vec<SandboxDetail> = if running {
         s.service
             .list(&owner)
             .iter()
             .filter(|i| want.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+            .filter(|i| i.created_at >= after)
             .map(|i| detail(&s.service, i, None))
+            .filter(|d| q.template.as_ref().is_none_or(|t| &d.template_id == t))
             .collect()
     } else {
         Vec::new()
     };
+    // The service lists oldest first.
+    match q.order.as_deref() {
+        None | Some("") | Some("asc") => {}
+        Some("desc") => all.reverse(),
+        Some(o) => return Err(ApiError::new(400, format!("order {o:?}: asc or desc"))),
+    }
     let start = match q.next_token.as_deref() {
         None | Some("") => 0,
-        Some(t) => t
-            .parse::<usize>()
-            .map_err(|_| ApiError::new(400, format!("nextToken {t:?} is not one this service gave")))?,
+        Some(t) => t.parse::<usize>().map_err(|_| {
+            ApiError::new(400, format!("nextToken {t:?} is not one this service gave"))
+        })?,
     };
-    let limit = q.limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
+    let limit = q
+        .limit
+        .unwrap_or(DEFAULT_LIST_LIMIT)
+        .clamp(1, MAX_LIST_LIMIT);
     let end = (start + limit).min(all.len());
     let page: Vec<&SandboxDetail> = all.iter().skip(start).take(limit).collect();
     let mut response = Json(page).into_response();

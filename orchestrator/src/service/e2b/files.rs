@@ -45,7 +45,10 @@ pub async fn download(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| ApiError::new(400, "the path query parameter is required"))?;
     let path = guest_path(&sandbox, path);
-    let (stat, reader) = s.service.download(&sandbox.owner, &sandbox.id, &path).await?;
+    let (stat, reader) = s
+        .service
+        .download(&sandbox.owner, &sandbox.id, &path)
+        .await?;
     let disposition = format!(
         "attachment; filename=\"{}\"",
         stat.name.replace(['"', '\\', '\r', '\n'], "_")
@@ -62,7 +65,10 @@ pub async fn download(
 }
 
 fn name_of(path: &str) -> String {
-    path.rsplit('/').find(|s| !s.is_empty()).unwrap_or("/").to_string()
+    path.rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("/")
+        .to_string()
 }
 
 /// Writes `reader` to `path`, its directory made first (as envd does).
@@ -94,7 +100,10 @@ pub async fn upload(
     req: Request,
 ) -> Result<Json<Vec<WriteInfo>>, ApiError> {
     let q = query(req.uri())?;
-    let path = q.get("path").filter(|p| !p.is_empty()).map(|p| guest_path(&sandbox, p));
+    let path = q
+        .get("path")
+        .filter(|p| !p.is_empty())
+        .map(|p| guest_path(&sandbox, p));
     let headers = req.headers();
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -107,7 +116,10 @@ pub async fn upload(
         .map(|v| v.trim().to_ascii_lowercase());
     if content_type.starts_with("multipart/form-data") {
         if encoding.as_deref().is_some_and(|e| e != "identity") {
-            return Err(ApiError::new(400, "a multipart upload cannot be Content-Encoded; send application/octet-stream"));
+            return Err(ApiError::new(
+                400,
+                "a multipart upload cannot be Content-Encoded; send application/octet-stream",
+            ));
         }
         let multipart = Multipart::from_request(req, &())
             .await
@@ -115,9 +127,16 @@ pub async fn upload(
         return upload_parts(&s, &sandbox, path, multipart).await.map(Json);
     }
     let path = path.ok_or_else(|| {
-        ApiError::new(400, "the path query parameter is required for an application/octet-stream upload")
+        ApiError::new(
+            400,
+            "the path query parameter is required for an application/octet-stream upload",
+        )
     })?;
-    let body = StreamReader::new(req.into_body().into_data_stream().map_err(std::io::Error::other));
+    let body = StreamReader::new(
+        req.into_body()
+            .into_data_stream()
+            .map_err(std::io::Error::other),
+    );
     let written = match encoding.as_deref() {
         None | Some("identity") => write(&s, &sandbox, &path, &mut Box::pin(body)).await?,
         Some("gzip") => {

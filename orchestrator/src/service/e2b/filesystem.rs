@@ -119,12 +119,21 @@ fn to_value<T: serde::Serialize>(v: T) -> Value {
     serde_json::to_value(v).expect("messages serialize")
 }
 
-async fn stat_entry(s: &E2bState, sandbox: &Arc<Sandbox>, path: &str) -> Result<EntryInfo, ConnectError> {
+async fn stat_entry(
+    s: &E2bState,
+    sandbox: &Arc<Sandbox>,
+    path: &str,
+) -> Result<EntryInfo, ConnectError> {
     let info = s.service.stat(&sandbox.owner, &sandbox.id, path).await?;
     Ok(entry_info(path, &info))
 }
 
-async fn stat(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, body: Body) -> Result<Value, ConnectError> {
+async fn stat(
+    s: &E2bState,
+    sandbox: &Arc<Sandbox>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ConnectError> {
     let req: PathRequest = connect::unary_request(headers, body).await?;
     let path = guest_path(sandbox, &req.path);
     Ok(to_value(EntryMessage {
@@ -132,14 +141,22 @@ async fn stat(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, body: B
     }))
 }
 
-async fn list_dir(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, body: Body) -> Result<Value, ConnectError> {
+async fn list_dir(
+    s: &E2bState,
+    sandbox: &Arc<Sandbox>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ConnectError> {
     let req: ListDirRequest = connect::unary_request(headers, body).await?;
     let root = guest_path(sandbox, &req.path);
     let mut entries = Vec::new();
     // Breadth first, down to `depth` levels (0 means 1, as in envd).
     let mut dirs = vec![(root, req.depth.max(1))];
     while let Some((dir, depth)) = dirs.pop() {
-        let listing = s.service.list_dir(&sandbox.owner, &sandbox.id, &dir).await?;
+        let listing = s
+            .service
+            .list_dir(&sandbox.owner, &sandbox.id, &dir)
+            .await?;
         for e in &listing.entries {
             let path = join(&dir, &e.name);
             if depth > 1 && e.kind == FileKind::Dir {
@@ -157,7 +174,12 @@ async fn list_dir(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, bod
     Ok(to_value(EntryList { entries }))
 }
 
-async fn make_dir(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, body: Body) -> Result<Value, ConnectError> {
+async fn make_dir(
+    s: &E2bState,
+    sandbox: &Arc<Sandbox>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ConnectError> {
     let req: PathRequest = connect::unary_request(headers, body).await?;
     let path = guest_path(sandbox, &req.path);
     match s.service.stat(&sandbox.owner, &sandbox.id, &path).await {
@@ -178,10 +200,19 @@ async fn make_dir(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, bod
     }))
 }
 
-async fn remove(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, body: Body) -> Result<Value, ConnectError> {
+async fn remove(
+    s: &E2bState,
+    sandbox: &Arc<Sandbox>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ConnectError> {
     let req: PathRequest = connect::unary_request(headers, body).await?;
     let path = guest_path(sandbox, &req.path);
-    match s.service.remove(&sandbox.owner, &sandbox.id, &path, true).await {
+    match s
+        .service
+        .remove(&sandbox.owner, &sandbox.id, &path, true)
+        .await
+    {
         // As envd (Go's `os.RemoveAll`): removing what is not there succeeds.
         Err(e) if e.code == ErrorCode::NotFound => Ok(json!({})),
         Err(e) => Err(e.into()),
@@ -189,9 +220,17 @@ async fn remove(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, body:
     }
 }
 
-async fn rename(s: &E2bState, sandbox: &Arc<Sandbox>, headers: &HeaderMap, body: Body) -> Result<Value, ConnectError> {
+async fn rename(
+    s: &E2bState,
+    sandbox: &Arc<Sandbox>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Value, ConnectError> {
     let req: MoveRequest = connect::unary_request(headers, body).await?;
-    let (from, to) = (guest_path(sandbox, &req.source), guest_path(sandbox, &req.destination));
+    let (from, to) = (
+        guest_path(sandbox, &req.source),
+        guest_path(sandbox, &req.destination),
+    );
     let out = s
         .service
         .exec(

@@ -127,7 +127,8 @@ pub async fn json_body<T: DeserializeOwned + Default>(
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::new(400, format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(400, format!("invalid JSON body: {e}")))
 }
 
 /// The control-plane caller: the token's tenant on TCP, the uid on the
@@ -180,7 +181,10 @@ impl FromRequestParts<E2bState> for Envd {
 
     async fn from_request_parts(parts: &mut Parts, s: &E2bState) -> Result<Self, ApiError> {
         let id = header_str(&parts.headers, "e2b-sandbox-id").ok_or_else(|| {
-            ApiError::new(400, "missing the E2b-Sandbox-Id header (the E2B SDKs send it)")
+            ApiError::new(
+                400,
+                "missing the E2b-Sandbox-Id header (the E2B SDKs send it)",
+            )
         })?;
         if let Some(port) = header_str(&parts.headers, "e2b-sandbox-port") {
             if port.trim() != ENVD_PORT.to_string() {
@@ -236,7 +240,10 @@ pub fn router(service: Service, tokens: Tokens) -> Router {
         // Control plane.
         .route("/v2/sandboxes", post(control::create).get(control::list))
         .route("/sandboxes", post(control::create).get(control::list))
-        .route("/sandboxes/{id}", get(control::inspect).delete(control::kill))
+        .route(
+            "/sandboxes/{id}",
+            get(control::inspect).delete(control::kill),
+        )
         .route("/sandboxes/{id}/timeout", post(control::set_timeout))
         .route("/sandboxes/{id}/connect", post(control::connect))
         .route("/v2/sandboxes/{id}/connect", post(control::connect))

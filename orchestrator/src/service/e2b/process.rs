@@ -19,8 +19,7 @@ use serde_json::{json, Value};
 use super::connect::{self, ConnectError};
 use super::types::{
     DataEvent, EndEvent, ProcessConfigOut, ProcessEvent, ProcessEventMessage, ProcessInfo,
-    ProcessList, ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest,
-    StartRequest,
+    ProcessList, ProcessSelector, SelectRequest, SendInputRequest, SendSignalRequest, StartRequest,
 };
 use super::{filesystem::guest_path, E2bState, Envd};
 use crate::service::command::{Command, CommandEnd};
@@ -60,8 +59,11 @@ pub async fn rpc(
         "CloseStdin" => unary(close_stdin(&sandbox, &headers, body).await),
         "SendSignal" => unary(send_signal(&sandbox, &headers, body).await),
         "Update" => ConnectError::unsupported("a PTY (process.Process/Update)").into_response(),
-        other => ConnectError::new("unimplemented", format!("no method process.Process/{other}"))
-            .into_response(),
+        other => ConnectError::new(
+            "unimplemented",
+            format!("no method process.Process/{other}"),
+        )
+        .into_response(),
     }
 }
 
@@ -366,12 +368,18 @@ mod tests {
     #[test]
     fn events_have_envds_json_shape() {
         let v = |b: Bytes| serde_json::from_slice::<Value>(&b[5..]).unwrap();
-        assert_eq!(v(event(ProcessEvent::Start { pid: 7 })), json!({"event": {"start": {"pid": 7}}}));
+        assert_eq!(
+            v(event(ProcessEvent::Start { pid: 7 })),
+            json!({"event": {"start": {"pid": 7}}})
+        );
         assert_eq!(
             v(event(ProcessEvent::Data(DataEvent::Stdout("aGk=".into())))),
             json!({"event": {"data": {"stdout": "aGk="}}})
         );
-        assert_eq!(v(event(ProcessEvent::Keepalive {})), json!({"event": {"keepalive": {}}}));
+        assert_eq!(
+            v(event(ProcessEvent::Keepalive {})),
+            json!({"event": {"keepalive": {}}})
+        );
         let end = CommandEnd {
             exit_code: Some(3),
             signal: None,

@@ -116,6 +116,12 @@ pub struct ListQuery {
     pub state: Option<String>,
     pub limit: Option<usize>,
     pub next_token: Option<String>,
+    /// `asc` or `desc` by start time.
+    pub order: Option<String>,
+    /// Only sandboxes of this template.
+    pub template: Option<String>,
+    /// Only sandboxes started at or after this time (RFC 3339).
+    pub started_after: Option<String>,
 }
 
 // ---- envd: process ----
