@@ -85,11 +85,9 @@ impl E2bDriver {
 
     async fn once(&mut self) -> anyhow::Result<Duration> {
         tokio::io::AsyncWriteExt::write_all(&mut self.stdin, b"go\n").await?;
-        let line = self
-            .lines
-            .next_line()
-            .await?
-            .context("the E2B SDK driver ended (is the e2b package in target/pyenv? scripts/setup.sh)")?;
+        let line = self.lines.next_line().await?.context(
+            "the E2B SDK driver ended (is the e2b package in target/pyenv? scripts/setup.sh)",
+        )?;
         let ms: f64 = line
             .trim()
             .parse()
