@@ -30,18 +30,39 @@ if ! vhost-device-vsock --version 2>/dev/null | grep -q " ${VHOST_DEVICE_VSOCK_V
   cargo install --locked --quiet vhost-device-vsock --version "${VHOST_DEVICE_VSOCK_VERSION}"
 fi
 
-# The official Python MCP SDK, pinned, for the MCP tests (a real client
-# against `ironclaw mcp` and `/mcp`): a virtualenv of Debian's python3 in
-# target/pyenv, remade only when the pins or the interpreter change.
-PYENV_REQUIREMENTS=orchestrator/tests/mcp/requirements.txt
-pyenv_stamp="$(/usr/bin/python3 --version 2>&1) $(sha256sum "$PYENV_REQUIREMENTS" | cut -d' ' -f1)"
+# The official Python MCP SDK and E2B SDK, pinned, for the MCP and E2B tests
+# (real clients against `ironclaw mcp`, `/mcp` and `serve --e2b`): a
+# virtualenv of Debian's python3 in target/pyenv, remade only when the pins
+# or the interpreter change.
+PYENV_REQUIREMENTS=(orchestrator/tests/mcp/requirements.txt orchestrator/tests/e2b/requirements.txt)
+pyenv_stamp="$(/usr/bin/python3 --version 2>&1) $(cat "${PYENV_REQUIREMENTS[@]}" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat target/pyenv/.ironclaw-stamp 2>/dev/null)" != "$pyenv_stamp" ]; then
-  loud "installing the Python MCP SDK in target/pyenv (for the MCP tests)"
+  loud "installing the Python MCP and E2B SDKs in target/pyenv (for the MCP and E2B tests)"
   rm -rf target/pyenv
   mkdir -p target
   /usr/bin/python3 -m venv target/pyenv
-  target/pyenv/bin/pip install --quiet --disable-pip-version-check --no-input -r "$PYENV_REQUIREMENTS"
+  for r in "${PYENV_REQUIREMENTS[@]}"; do
+    target/pyenv/bin/pip install --quiet --disable-pip-version-check --no-input -r "$r"
+  done
   echo "$pyenv_stamp" > target/pyenv/.ironclaw-stamp
+fi
+
+# The official E2B JavaScript SDK, pinned by its lockfile, for the E2B test's
+# JavaScript session: `npm ci` in target/node-e2b with the machine's Node.js,
+# redone only when the lockfile or Node.js change.
+NODE_E2B=orchestrator/tests/e2b
+if command -v node >/dev/null && command -v npm >/dev/null; then
+  node_stamp="$(node --version) $(cat "$NODE_E2B/package.json" "$NODE_E2B/package-lock.json" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat target/node-e2b/.ironclaw-stamp 2>/dev/null)" != "$node_stamp" ]; then
+    loud "installing the E2B JavaScript SDK in target/node-e2b (for the E2B test)"
+    rm -rf target/node-e2b
+    mkdir -p target/node-e2b
+    cp "$NODE_E2B/package.json" "$NODE_E2B/package-lock.json" target/node-e2b/
+    (cd target/node-e2b && npm ci --silent --no-audit --no-fund)
+    echo "$node_stamp" > target/node-e2b/.ironclaw-stamp
+  fi
+else
+  echo "setup: no Node.js (node and npm): the E2B test's JavaScript session will fail" >&2
 fi
 
 # The guest agent is /init of every VM: a static executable (no musl target

@@ -43,6 +43,7 @@ pub async fn mcp(args: McpArgs) -> anyhow::Result<i32> {
         group: None,
         listen: None,
         token_file: None,
+        e2b: false,
         pool_size: args.pool_size,
         max_sandboxes: args.max_sandboxes,
         max_memory: args.max_memory,

@@ -40,6 +40,12 @@ pub struct ServeArgs {
     /// that sees only its own sandboxes). The file must be mode 0600.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Also serve the E2B-compatible API (the official E2B SDKs, unchanged,
+    /// with E2B_API_URL and E2B_SANDBOX_URL set to this service; they need
+    /// TCP, see docs/e2b.md). Control-plane calls send a token of
+    /// --token-file as X-API-KEY.
+    #[arg(long)]
+    pub e2b: bool,
     /// Clones kept ready per sandbox shape.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub pool_size: u32,
@@ -80,9 +86,18 @@ pub async fn service_config(args: &ServeArgs) -> anyhow::Result<ServiceConfig> {
     Ok(config)
 }
 
-/// The router of everything the service serves.
-pub fn app(service: &Service, tokens: Tokens) -> Router {
-    api::router(service.clone(), tokens)
+/// The router of everything the service serves: the native API, and with
+/// `e2b` the E2B-compatible one beside it (its own caller checks).
+pub fn app(service: &Service, tokens: Tokens, e2b: bool) -> Router {
+    let native = api::router(service.clone(), tokens.clone());
+    if e2b {
+        native.merge(ironclaw_orchestrator::service::e2b::router(
+            service.clone(),
+            tokens,
+        ))
+    } else {
+        native
+    }
 }
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
@@ -121,7 +136,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
 
     let service = Service::new(config);
     service.warm_default();
-    let app = app(&service, tokens);
+    let app = app(&service, tokens, args.e2b);
     let stop = CancellationToken::new();
     let mut servers = Vec::new();
     let unix_app = app.clone().into_make_service_with_connect_info::<Caller>();
@@ -142,7 +157,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
                 .await
         }));
     }
-    eprintln!("ironclaw: serving sandboxes on {where_} (Ctrl-C to stop)");
+    if args.e2b && args.listen.is_none() {
+        eprintln!(
+            "ironclaw: --e2b on the unix socket only: the E2B SDKs need TCP (--listen ADDR --token-file F)"
+        );
+    }
+    let e2b = if args.e2b {
+        " with the E2B-compatible API"
+    } else {
+        ""
+    };
+    eprintln!("ironclaw: serving sandboxes on {where_}{e2b} (Ctrl-C to stop)");
 
     let mut signals = Signals::new()?;
     let signal = signals.recv().await;

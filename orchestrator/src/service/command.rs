@@ -189,6 +189,25 @@ impl Command {
         .await;
     }
 
+    /// Waits until the guest said the process started (its pid) or the
+    /// command ended, at most `timeout`; the pid if it started.
+    pub async fn wait_started(&self, timeout: Duration) -> Option<u32> {
+        let mut changes = self.changes.subscribe();
+        let started = || {
+            let s = self.state.lock().expect("command lock");
+            s.pid.is_some() || s.end.is_some()
+        };
+        let _ = tokio::time::timeout(timeout, async {
+            while !started() {
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        self.pid()
+    }
+
     /// Waits for the end (at most `timeout`).
     pub async fn wait(&self, timeout: Duration) -> Option<CommandEnd> {
         let mut changes = self.changes.subscribe();

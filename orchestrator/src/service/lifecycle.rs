@@ -138,6 +138,11 @@ impl Service {
         &self.inner.config
     }
 
+    /// The image of a sandbox created without one.
+    pub fn default_image(&self) -> &str {
+        &self.inner.default_image
+    }
+
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
     }
@@ -229,13 +234,13 @@ impl Service {
             .shape(Some(image), req.vcpus, req.memory_mib);
         // Checked before anything is reserved or started.
         self.inner.pools.config_for(&shape)?;
+        let (id, access_token) = (new_id()?, new_secret()?);
         let reservation = self.reserve(u64::from(shape.memory_mib))?;
         let pool = self.inner.pools.get(&shape).await?;
         let vm = pool.acquire().await.map_err(|e| match e {
             PoolError::Limit { .. } => ServiceError::limit(e.to_string()),
             PoolError::Vm(e) => ServiceError::unavailable(format!("no VM for the sandbox: {e}")),
         })?;
-        let id = new_id()?;
         let cwd = req.cwd.clone().unwrap_or_else(|| DEFAULT_CWD.to_string());
         // The pool made the default one in every clone.
         let made = if cwd == DEFAULT_CWD {
@@ -260,6 +265,7 @@ impl Service {
             id.clone(),
             owner.clone(),
             spec,
+            access_token,
             lifetime,
             vm,
             pool,
@@ -297,6 +303,33 @@ impl Service {
             None => Err(ServiceError::not_found(format!(
                 "no sandbox {id} (list yours: `ironclaw sandbox ls`, GET /v1/sandboxes or the sandbox_list tool)"
             ))),
+        }
+    }
+
+    /// The live sandbox `id` for a caller that proves access with the
+    /// sandbox's own access token (the E2B API's envd calls) instead of
+    /// being its owner. Not found when it is not live; unauthorized when
+    /// the token is missing or wrong (compared in constant time).
+    pub fn get_with_access_token(
+        &self,
+        id: &str,
+        token: Option<&[u8]>,
+    ) -> Result<Arc<Sandbox>, ServiceError> {
+        let sandbox = self
+            .inner
+            .table
+            .lock()
+            .expect("table")
+            .live
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::not_found(format!("sandbox {id} was not found")))?;
+        match token {
+            Some(t) if sandbox.check_access_token(t) => Ok(sandbox),
+            _ => Err(ServiceError::new(
+                ErrorCode::Unauthorized,
+                format!("missing or wrong access token for sandbox {id}"),
+            )),
         }
     }
 
@@ -409,6 +442,14 @@ impl Service {
         futures::future::join_all(ends).await;
         self.inner.pools.shutdown().await;
     }
+}
+
+/// 256 random bits in hex: a sandbox's access token.
+fn new_secret() -> Result<String, ServiceError> {
+    let mut b = [0u8; 32];
+    getrandom::getrandom(&mut b)
+        .map_err(|e| ServiceError::internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(b))
 }
 
 fn new_id() -> Result<String, ServiceError> {

@@ -1,6 +1,6 @@
 //! The sandbox service: sandboxes an agent creates, holds for many commands
 //! and file transfers, and throws away — what `ironclaw serve` serves over
-//! REST ([`api`]) and MCP ([`mcp`]).
+//! REST ([`api`]), MCP ([`mcp`]) and an E2B-compatible API ([`e2b`]).
 //!
 //! [`Service`] owns the sandboxes of this host: each is a clone acquired
 //! from a warm pool of its shape ([`pools`]), with a lifetime and an
@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod command;
+pub mod e2b;
 pub mod error;
 pub mod exec;
 pub mod files;

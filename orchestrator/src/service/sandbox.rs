@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use subtle::ConstantTimeEq;
+
 use super::command::Command;
 use super::error::ServiceError;
 use super::types::{SandboxInfo, SandboxState};
@@ -53,6 +55,9 @@ pub struct Sandbox {
     pub id: String,
     pub owner: Owner,
     pub spec: SandboxSpec,
+    /// A secret of this sandbox alone (the E2B API's `envdAccessToken`):
+    /// whoever holds it may run commands and move files in it.
+    access_token: String,
     created: SystemTime,
     created_instant: Instant,
     agent: AgentClient,
@@ -92,6 +97,7 @@ impl Sandbox {
         id: String,
         owner: Owner,
         spec: SandboxSpec,
+        access_token: String,
         lifetime: Duration,
         vm: VmHandle,
         pool: Arc<Pool>,
@@ -101,6 +107,7 @@ impl Sandbox {
             id,
             owner,
             spec,
+            access_token,
             created: SystemTime::now(),
             created_instant: now,
             agent: vm.agent().clone(),
@@ -115,6 +122,15 @@ impl Sandbox {
             commands: Mutex::new(VecDeque::new()),
             next_command: AtomicUsize::new(1),
         }
+    }
+
+    pub fn access_token(&self) -> &str {
+        &self.access_token
+    }
+
+    /// Whether `given` is this sandbox's access token (constant time).
+    pub fn check_access_token(&self, given: &[u8]) -> bool {
+        bool::from(self.access_token.as_bytes().ct_eq(given))
     }
 
     pub fn agent(&self) -> &AgentClient {
@@ -203,6 +219,18 @@ impl Sandbox {
                     self.id
                 ))
             })
+    }
+
+    /// The kept command whose process in the guest has `pid` (the newest
+    /// one, should the guest have reused the pid).
+    pub fn command_by_pid(&self, pid: u32) -> Option<Arc<Command>> {
+        self.commands
+            .lock()
+            .expect("commands")
+            .iter()
+            .rev()
+            .find(|c| c.pid() == Some(pid))
+            .cloned()
     }
 
     pub fn commands(&self) -> Vec<Arc<Command>> {

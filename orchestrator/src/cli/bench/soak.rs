@@ -167,7 +167,7 @@ async fn through_library(config: &VmConfig, n: usize) -> anyhow::Result<(Vec<Sam
 async fn through_service(config: &VmConfig, n: usize) -> anyhow::Result<(Vec<Sample>, Duration)> {
     let mut sc = ServiceConfig::new(config.clone());
     sc.pool_size = 2;
-    let local = LocalService::start(sc, "soak-serve")?;
+    let local = LocalService::start(sc, "soak-serve", false).await?;
     local.service.warm_default();
     let c = &local.client;
     let ready = || {

@@ -94,7 +94,7 @@ impl Tokens {
     }
 
     /// The index of the token `given` is, checking every token in constant time.
-    fn find(&self, given: &[u8]) -> Option<usize> {
+    pub fn find(&self, given: &[u8]) -> Option<usize> {
         let mut found = None;
         for (i, t) in self.0.iter().enumerate() {
             if bool::from(t.as_slice().ct_eq(given)) {

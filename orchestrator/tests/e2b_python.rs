@@ -1,0 +1,203 @@
+//! The E2B-compatible API (`ironclaw serve --e2b`) against the official
+//! E2B SDKs, unchanged: the Python SDK (PyPI `e2b`, sync and async) from
+//! `target/pyenv` and the JavaScript SDK (npm `e2b`) from
+//! `target/node-e2b`, both pinned and installed by `scripts/setup.sh`. The
+//! scripts in `tests/e2b/` run the sessions and fail on the first wrong
+//! answer; afterwards no server, no VM and nothing in the runtime root may
+//! be left.
+
+mod cli_support;
+mod service_support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use service_support::Server;
+
+/// How long one script may take (VMs under TCG on a shared machine).
+const SCRIPT_LIMIT: Duration = Duration::from_secs(600);
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// The virtualenv's python, with the E2B SDK importable; a missing one
+/// fails the test (it is never skipped).
+fn python() -> PathBuf {
+    let python = workspace().join("target/pyenv/bin/python");
+    let importable = Command::new(&python)
+        .args(["-c", "import e2b, httpx"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        importable,
+        "{} cannot import the E2B Python SDK: run scripts/setup.sh (it installs tests/e2b/requirements.txt in target/pyenv)",
+        python.display()
+    );
+    python
+}
+
+/// The JavaScript SDK's ESM entry in `target/node-e2b`; missing fails the test.
+fn js_sdk() -> PathBuf {
+    let entry = workspace().join("target/node-e2b/node_modules/e2b/dist/index.mjs");
+    let node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        node && entry.is_file(),
+        "no Node.js or no {}: run scripts/setup.sh (it installs the pinned npm e2b in target/node-e2b)",
+        entry.display()
+    );
+    entry
+}
+
+/// Runs `program tests/e2b/<script>` with the E2B variables pointing at
+/// `server`; panics with its output unless it passes.
+fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str, &str)]) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b");
+    let url = format!("http://{}", server.tcp.as_ref().expect("a TCP server"));
+    let out =
+        std::env::temp_dir().join(format!("ironclaw-e2b-{script}-{}.out", std::process::id()));
+    let mut cmd = Command::new(program);
+    cmd.arg(dir.join(script))
+        .current_dir(&dir)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env("E2B_API_KEY", server.token.as_deref().unwrap())
+        .env_remove("E2B_DEBUG")
+        .env_remove("E2B_DOMAIN")
+        .env_remove("E2B_ACCESS_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&out).unwrap());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + SCRIPT_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    eprintln!("--- {script}:\n{output}");
+    match status {
+        Some(s) if s.success() && output.contains("e2b-test: PASS") => {}
+        Some(s) => panic!(
+            "{script} failed ({s}):\n{output}\n--- server log:\n{}",
+            server.log_text()
+        ),
+        None => panic!("{script} did not finish in {SCRIPT_LIMIT:?}:\n{output}"),
+    }
+}
+
+/// Processes started with `IRONCLAW_RUNTIME_DIR=root` (the server, its VMs).
+fn processes_of(root: &Path) -> Vec<String> {
+    let needle = format!("IRONCLAW_RUNTIME_DIR={}", root.display());
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes())
+            && cli_support::pid_alive(e.file_name().to_string_lossy().parse().unwrap())
+        {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    found
+}
+
+/// Stops the server; nothing of it runs or stays: no process, no VM, no
+/// file in its runtime root.
+fn stop_and_check(mut server: Server) {
+    // The SDK sessions destroyed their sandboxes: none is left before the stop.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = server.token.clone();
+    let (_, tenant) = rt.block_on(server.call_tcp(token.as_deref(), "GET", "/v1/sandboxes", None));
+    assert_eq!(
+        tenant["sandboxes"],
+        serde_json::json!([]),
+        "the SDK session left sandboxes"
+    );
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "ironclaw serve: {status}\n{}",
+        server.log_text()
+    );
+    let root = server.root.clone();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let procs = processes_of(&root);
+        let vms = service_support::vm_processes_under(&root);
+        if procs.is_empty() && vms.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running for {}: {procs:?} {vms:?}",
+            root.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = cli_support::leftovers(&root);
+    assert!(left.is_empty(), "left in {}: {left:?}", root.display());
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_file(&server.log);
+    if let Some(token_file) = &server.token_file {
+        let _ = std::fs::remove_file(token_file);
+    }
+}
+
+#[test]
+fn python_sdk_sync_and_async_session() {
+    let python = python();
+    let server = Server::start("e2b-python", true, &["--e2b"]);
+    run_script(&python, "session.py", &server, &[]);
+    stop_and_check(server);
+}
+
+#[test]
+fn python_sdk_auth_and_limits() {
+    let python = python();
+    let server = Server::start("e2b-limits", true, &["--e2b", "--max-sandboxes", "1"]);
+    run_script(&python, "limits.py", &server, &[]);
+    stop_and_check(server);
+}
+
+#[test]
+fn javascript_sdk_session() {
+    let sdk = js_sdk();
+    let server = Server::start("e2b-js", true, &["--e2b"]);
+    run_script(
+        Path::new("node"),
+        "session.mjs",
+        &server,
+        &[("E2B_JS_SDK", sdk.to_str().unwrap())],
+    );
+    stop_and_check(server);
+}
