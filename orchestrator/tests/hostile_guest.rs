@@ -291,3 +291,73 @@ fn a_flooded_console_log_stays_bounded() {
     let kept = std::fs::metadata(vm::console::rotated(&log)).unwrap().len();
     assert_eq!(kept, vm::console::KEEP_BYTES);
 }
+
+/// A fork bomb and a memory hog in one guest are that guest's problem: the
+/// command ends (timed out, or killed by the guest's OOM killer while the
+/// agent, shielded, keeps answering), and another VM is served meanwhile.
+#[test]
+fn a_fork_bomb_and_a_memory_hog_stay_in_their_vm() {
+    let bystander = shared_vm();
+    runtime().block_on(async {
+        let vm = vm::spawn_vm("bomb").await.expect("booting a VM");
+        // Memory: a string doubling until the guest's memory is gone.
+        let mut hog = exec_request(["sh", "-c", "awk 'BEGIN { s = \"x\"; while (1) s = s s }'"]);
+        hog.timeout_ms = Some(60_000);
+        let out = tokio::time::timeout(Duration::from_secs(90), vm.agent().run(hog, None))
+            .await
+            .expect("the memory hog's exec never returned")
+            .expect("the agent survives the guest's OOM killer");
+        assert_eq!(
+            out.status.signal,
+            Some(9),
+            "{:?} {}",
+            out.status,
+            text(&out.stderr)
+        );
+        let out = vm
+            .agent()
+            .run(exec_request(["echo", "alive"]), None)
+            .await
+            .unwrap();
+        assert_eq!(text(&out.stdout), "alive\n");
+
+        // Processes: a fork bomb, ended by its timeout (or the host deadline).
+        let mut bomb = exec_request(["sh", "-c", "b() { b | b & }; b; sleep 100"]);
+        bomb.timeout_ms = Some(5_000);
+        let t0 = Instant::now();
+        let bombed = tokio::spawn({
+            let agent = vm.agent().clone();
+            async move { agent.run(bomb, None).await }
+        });
+        // Meanwhile the other VM answers.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let t1 = Instant::now();
+        let out = bystander
+            .agent()
+            .run(exec_request(["echo", "fine"]), None)
+            .await
+            .unwrap();
+        assert_eq!(text(&out.stdout), "fine\n");
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "the bystander took {:?}",
+            t1.elapsed()
+        );
+        let ran = tokio::time::timeout(Duration::from_secs(60), bombed)
+            .await
+            .expect("the fork bomb's exec never returned")
+            .unwrap();
+        match ran {
+            Ok(out) => assert!(
+                out.status.timed_out || out.status.signal.is_some(),
+                "{:?}",
+                out.status
+            ),
+            Err(e) => assert!(matches!(e, AgentError::Deadline { .. }), "{e}"),
+        }
+        assert!(t0.elapsed() < Duration::from_secs(40), "{:?}", t0.elapsed());
+        let pids = vm.pids();
+        vm::destroy_vm(vm).await.unwrap();
+        assert!(pids.iter().all(|p| !common::pid_alive(*p)));
+    });
+}
