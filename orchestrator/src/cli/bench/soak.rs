@@ -111,7 +111,7 @@ fn payload(i: usize) -> Bytes {
 
 /// Whether round `i` is sampled: every `every` rounds, and before the first.
 fn sampled(i: usize, every: usize) -> bool {
-    i % every == 0
+    i.is_multiple_of(every)
 }
 
 /// Waits until the pools are full again (the refill after the last round
