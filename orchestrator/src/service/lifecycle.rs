@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::error::{ErrorCode, ServiceError};
 use super::metrics::Metrics;
-use super::pools::{Pools, NO_IMAGE};
+use super::pools::{Pools, DEFAULT_CWD, NO_IMAGE};
 use super::sandbox::{Owner, Sandbox, SandboxSpec};
 use super::types::{CreateSandbox, SandboxInfo};
 use super::ServiceConfig;
@@ -19,8 +19,6 @@ use crate::vm::pool::PoolError;
 const REMEMBERED_ENDED: usize = 4096;
 /// How often the reaper looks for expired sandboxes.
 const REAP_EVERY: Duration = Duration::from_millis(500);
-/// Working directory of commands when the sandbox sets none; created at start.
-pub const DEFAULT_CWD: &str = "/work";
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_LEN: usize = 256;
 

@@ -9,9 +9,12 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use super::error::ServiceError;
-use super::lifecycle::DEFAULT_CWD;
 use crate::vm::pool::{Pool, PoolConfig, PoolStats};
 use crate::vm::VmConfig;
+
+/// Working directory of commands when the sandbox sets none: every clone
+/// gets it before it is offered.
+pub const DEFAULT_CWD: &str = "/work";
 
 /// The image name meaning "no image: the busybox initramfs only".
 pub const NO_IMAGE: &str = "none";

@@ -15,7 +15,7 @@ use super::connect::{self, ConnectError};
 use super::types::{EntryInfo, EntryList, EntryMessage, ListDirRequest, MoveRequest, PathRequest};
 use super::{E2bState, Envd};
 use crate::service::error::ErrorCode;
-use crate::service::lifecycle::DEFAULT_CWD;
+use crate::service::pools::DEFAULT_CWD;
 use crate::service::sandbox::Sandbox;
 use crate::service::types::{ExecBody, FileInfo, FileKind};
 

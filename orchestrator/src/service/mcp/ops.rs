@@ -17,7 +17,7 @@ use super::params::*;
 use super::SandboxMcp;
 use crate::service::command::CommandEnd;
 use crate::service::error::{ErrorCode, ServiceError};
-use crate::service::lifecycle::DEFAULT_CWD;
+use crate::service::pools::DEFAULT_CWD;
 use crate::service::ring::OutputStream;
 use crate::service::types::{CreateSandbox, Encoding, ExecBody, ExecResult, Written};
 use crate::service::{Owner, Service};
