@@ -107,27 +107,6 @@ fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str,
     }
 }
 
-/// Processes started with `IRONCLAW_RUNTIME_DIR=root` (the server, its VMs).
-fn processes_of(root: &Path) -> Vec<String> {
-    let needle = format!("IRONCLAW_RUNTIME_DIR={}", root.display());
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
-            continue;
-        }
-        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes())
-            && cli_support::pid_alive(e.file_name().to_string_lossy().parse().unwrap())
-        {
-            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
-        }
-    }
-    found
-}
-
 /// Stops the server; nothing of it runs or stays: no process, no VM, no
 /// file in its runtime root.
 fn stop_and_check(mut server: Server) {
@@ -152,7 +131,7 @@ fn stop_and_check(mut server: Server) {
     let root = server.root.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let procs = processes_of(&root);
+        let procs = cli_support::processes_of(&root);
         let vms = service_support::vm_processes_under(&root);
         if procs.is_empty() && vms.is_empty() {
             break;

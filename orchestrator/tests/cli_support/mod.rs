@@ -89,3 +89,24 @@ pub fn pid_alive(pid: u32) -> bool {
         Err(_) => false,
     }
 }
+
+/// Processes started with `IRONCLAW_RUNTIME_DIR=root` (the server, its VMs).
+pub fn processes_of(root: &Path) -> Vec<String> {
+    let needle = format!("IRONCLAW_RUNTIME_DIR={}", root.display());
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<u32>().is_err() {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes())
+            && pid_alive(e.file_name().to_string_lossy().parse().unwrap())
+        {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            found.push(String::from_utf8_lossy(&cmd).replace('\0', " "));
+        }
+    }
+    found
+}
