@@ -18,6 +18,7 @@ use ironclaw_orchestrator::vm::{self, accel, qemu, VmConfig};
 use super::machine::{self, MachineArgs};
 use stats::{median, ms};
 
+mod load;
 mod service;
 mod soak;
 mod stats;
@@ -241,7 +242,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let runs = args.runs.max(1);
     let config = machine::vm_config("bench", &args.machine, None, None).await?;
     if let Some(n) = args.soak {
-        let report = soak::report(&config, n.max(1)).await?;
+        let report = soak::report(&config, n.max(1)).await? + &load::section(&config).await?;
         return write_report(&report, args.output.as_deref());
     }
     let (accel, reason) = accel::choose(config.accel);

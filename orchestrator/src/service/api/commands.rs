@@ -239,9 +239,11 @@ struct Follow {
 impl Drop for Follow {
     /// The client went away (or read the end): stop holding output for it.
     fn drop(&mut self) {
-        self.command.unpace();
-        if self.owns_command && !self.done {
-            let _ = self.command.signal(libc::SIGKILL);
+        if self.owns_command {
+            self.command.unpace();
+            if !self.done {
+                let _ = self.command.signal(libc::SIGKILL);
+            }
         }
     }
 }
@@ -286,7 +288,10 @@ fn ndjson(
                 });
             }
             f.cursor = read.next;
-            f.command.ack(f.cursor);
+            if f.owns_command {
+                // Only the command's own reader paces it.
+                f.command.ack(f.cursor);
+            }
             if let Some(end) = end.filter(|_| f.cursor >= f.command.output_end()) {
                 out += &line(&StreamEvent::Exit { end });
                 f.done = true;
