@@ -105,6 +105,10 @@ impl Service {
                     tracing::debug!(sandbox = %busy.id, %path, "download ended by its reader");
                 }
                 // The body ends early; the client sees a short read.
+                // The sandbox was destroyed while the last reply was on its way.
+                Err(e) if !service.is_live(&busy.id) => {
+                    tracing::debug!(sandbox = %busy.id, %path, "download ended with its sandbox: {e}");
+                }
                 Err(e) => {
                     tracing::warn!(sandbox = %busy.id, %path, "download failed: {e}");
                     let e = ServiceError::from(e);

@@ -345,6 +345,16 @@ impl Service {
         infos
     }
 
+    /// Whether the sandbox `id` is live (any owner).
+    pub fn is_live(&self, id: &str) -> bool {
+        self.inner
+            .table
+            .lock()
+            .expect("table")
+            .live
+            .contains_key(id)
+    }
+
     /// Number of live sandboxes (all owners).
     pub fn live_count(&self) -> usize {
         self.inner.table.lock().expect("table").live.len()

@@ -275,8 +275,8 @@ pub async fn report(config: &VmConfig, n: usize) -> anyhow::Result<String> {
          | output and console floods | output capped with `*_truncated`; the console log rotated past 1 MiB | `hostile_guest::run_caps_*`, `a_flooded_console_log_stays_bounded` |\n\
          | the service killed (SIGKILL) and restarted | the next start removes the dead service's VMs, directories and socket | `service_api::sigterm_destroys_everything_and_a_killed_service_is_cleaned_by_the_next` |\n\
          | a memory hog and a fork bomb in the guest | the hog is killed by the guest's OOM killer (signal 9) while the agent, shielded, answers; the bomb ends at its timeout; another VM is served meanwhile | `hostile_guest::a_fork_bomb_and_a_memory_hog_stay_in_their_vm` |\n\n\
-         Not measured yet: the load test (as many sandboxes as memory allows, each busy), \
-         vhost-device-vsock killed mid-transfer, a full disk while writing a snapshot or an image.\n",
+         Not measured yet: vhost-device-vsock killed mid-transfer, a full disk while writing a \
+         snapshot or an image.\n",
         FILE_BYTES >> 10,
         ms(lib_took),
         table(&lib),
