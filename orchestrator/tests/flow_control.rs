@@ -160,9 +160,15 @@ fn unread_stdin_does_not_stall_other_streams() {
             matches!(exit, ExecEvent::Exit(st) if st.signal == Some(libc::SIGKILL)),
             "{exit:?}"
         );
-        let written = tokio::time::timeout(PROMPT, write).await.unwrap().unwrap();
+        // Released promptly: with `StreamEnded`, or with Ok when the guest
+        // took (and dropped) the rest of the input while the killed process
+        // was being reaped, before it reported the end (seen under load).
+        let written = tokio::time::timeout(PROMPT, write)
+            .await
+            .expect("the stdin writer is released when the process ends")
+            .unwrap();
         assert!(
-            matches!(written, Err(AgentError::StreamEnded)),
+            matches!(written, Ok(()) | Err(AgentError::StreamEnded)),
             "{written:?}"
         );
     });
