@@ -187,8 +187,13 @@ fn a_process_under_the_filter_is_killed_on_denied_calls_and_allowed_the_rest() {
             assert_eq!(sig, Some(libc::SIGSYS), "{kind:?} {call}: {out}");
             assert_eq!(out, "", "{kind:?} {call} returned");
         }
-        // Anything else unlisted is refused with EPERM.
+        // Anything else unlisted is refused with EPERM, namespaces included.
         assert_eq!(run("getppid"), ("err 1".to_string(), None), "{kind:?}");
+        assert_eq!(
+            run("clone-newuser"),
+            ("err 1".to_string(), None),
+            "{kind:?}"
+        );
     }
     // The same under the whole jail (namespaces, uid change, no_new_privs),
     // as a jail uid leased for a VM directory of a scratch runtime root.
@@ -251,6 +256,10 @@ fn audit_level_logs_instead_of_killing_but_still_refuses_the_never_set() {
     let last = log.entries().last().unwrap().clone();
     assert_eq!((last.syscall.as_str(), last.refused), ("socket", true));
     assert_eq!(run("ptrace"), ("err 1".to_string(), None));
+    // So is a clone that makes namespaces (a new user namespace here).
+    assert_eq!(run("clone-newuser"), ("err 1".to_string(), None));
+    let last = log.entries().last().unwrap().clone();
+    assert_eq!((last.syscall.as_str(), last.refused), ("clone", true));
 
     // A flood stays within the bounds: 64 entries in memory, 100 lines on disk.
     let before = log.total();

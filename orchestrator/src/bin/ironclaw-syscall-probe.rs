@@ -5,7 +5,8 @@
 //!
 //! CALLs: `getpid` (allowed everywhere), `socket-unix`, `socket-inet`,
 //! `socket-inet6`, `ptrace`, `mount`, `getppid` (not in any allowlist, not
-//! in the never set), `flood N` (N × `getppid`).
+//! in the never set), `flood N` (N × `getppid`), `clone-newuser` (a child
+//! in a new user namespace, which exits at once).
 
 fn result(rc: libc::c_long) -> String {
     if rc < 0 {
@@ -42,6 +43,23 @@ fn main() {
                 0,
                 std::ptr::null::<libc::c_void>(),
             ),
+            "clone-newuser" => {
+                let rc = libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                    0,
+                );
+                if rc == 0 {
+                    libc::_exit(0);
+                }
+                if rc > 0 {
+                    libc::waitpid(rc as libc::pid_t, std::ptr::null_mut(), 0);
+                }
+                rc
+            }
             "flood" => {
                 let n: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
                 let mut last = 0;

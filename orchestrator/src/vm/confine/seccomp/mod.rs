@@ -22,8 +22,8 @@
 //! Audit level uses `SECCOMP_RET_USER_NOTIF`: the filter hands a listener fd
 //! to the orchestrator, whose supervisor thread records each unlisted call in
 //! an [`AuditLog`] (a bounded ring plus a capped file in the VM's runtime
-//! directory) and lets it continue, except the *never* set, which is refused
-//! with `EPERM` even when auditing. Chosen over `SECCOMP_RET_LOG` because that
+//! directory) and lets it continue, except the *never* set (and a `clone`
+//! with namespace flags), which is refused with `EPERM` even when auditing. Chosen over `SECCOMP_RET_LOG` because that
 //! writes to the kernel log, which we can neither bound nor attribute to a VM.
 
 //!

@@ -127,10 +127,13 @@ pub const ENOSYS: &[(i64, &str)] = &[
     (libc::SYS_io_uring_setup, "io_uring_setup"),
 ];
 
-/// Whether a call is in the *never* set (a `socket` for a non-unix family included).
+/// Whether a call is in the *never* set (a `socket` for a non-unix family
+/// and a `clone` that makes namespaces included): refused at every level,
+/// also when auditing.
 pub fn is_never(nr: i64, arg0: u64) -> bool {
     NEVER.iter().any(|(n, _)| *n == nr)
         || (nr == libc::SYS_socket && (arg0 as u32) != libc::AF_UNIX as u32)
+        || (nr == libc::SYS_clone && arg0 & NAMESPACE_FLAGS != 0)
 }
 
 /// A syscall's name for log lines.
