@@ -18,17 +18,10 @@ use service_support::Server;
 /// How long one script may take (VMs under TCG on a shared machine).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(600);
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// The virtualenv's python, with the E2B SDK importable; a missing one
 /// fails the test (it is never skipped).
 fn python() -> PathBuf {
-    let python = workspace().join("target/pyenv/bin/python");
+    let python = cli_support::workspace().join("target/pyenv/bin/python");
     let importable = Command::new(&python)
         .args(["-c", "import e2b, httpx"])
         .stderr(Stdio::null())
@@ -44,7 +37,7 @@ fn python() -> PathBuf {
 
 /// The JavaScript SDK's ESM entry in `target/node-e2b`; missing fails the test.
 fn js_sdk() -> PathBuf {
-    let entry = workspace().join("target/node-e2b/node_modules/e2b/dist/index.mjs");
+    let entry = cli_support::workspace().join("target/node-e2b/node_modules/e2b/dist/index.mjs");
     let node = Command::new("node")
         .arg("--version")
         .stdout(Stdio::null())
@@ -63,8 +56,6 @@ fn js_sdk() -> PathBuf {
 fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str, &str)]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b");
     let url = format!("http://{}", server.tcp.as_ref().expect("a TCP server"));
-    let out =
-        std::env::temp_dir().join(format!("ironclaw-e2b-{script}-{}.out", std::process::id()));
     let mut cmd = Command::new(program);
     cmd.arg(dir.join(script))
         .current_dir(&dir)
@@ -74,28 +65,11 @@ fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str,
         .env("E2B_API_KEY", server.token.as_deref().unwrap())
         .env_remove("E2B_DEBUG")
         .env_remove("E2B_DOMAIN")
-        .env_remove("E2B_ACCESS_TOKEN")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&out).unwrap());
+        .env_remove("E2B_ACCESS_TOKEN");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = std::fs::read_to_string(&out).unwrap_or_default();
-    let _ = std::fs::remove_file(&out);
+    let (status, output) = cli_support::run_with_limit(cmd, &format!("e2b-{script}"), SCRIPT_LIMIT);
     eprintln!("--- {script}:\n{output}");
     match status {
         Some(s) if s.success() && output.contains("e2b-test: PASS") => {}

@@ -9,7 +9,7 @@ mod cli_support;
 mod service_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use service_support::Server;
@@ -17,17 +17,10 @@ use service_support::Server;
 /// How long one script may take (VMs under TCG on a shared machine).
 const SCRIPT_LIMIT: Duration = Duration::from_secs(600);
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
 /// The virtualenv's python, with the SDK importable; a missing one fails
 /// the test (it is never skipped).
 fn python() -> PathBuf {
-    let python = workspace().join("target/pyenv/bin/python");
+    let python = cli_support::workspace().join("target/pyenv/bin/python");
     let importable = Command::new(&python)
         .args(["-c", "import mcp.client.stdio, mcp.client.streamable_http"])
         .status()
@@ -43,32 +36,12 @@ fn python() -> PathBuf {
 /// Runs `tests/mcp/<script>` with `args`; panics with its output unless it passes.
 fn run_script(script: &str, args: &[&str]) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp");
-    let out =
-        std::env::temp_dir().join(format!("ironclaw-mcp-{script}-{}.out", std::process::id()));
-    let mut child = Command::new(python())
-        .arg(dir.join(script))
+    let mut cmd = Command::new(python());
+    cmd.arg(dir.join(script))
         .args(args)
         .current_dir(&dir)
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + SCRIPT_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = std::fs::read_to_string(&out).unwrap_or_default();
-    let _ = std::fs::remove_file(&out);
+        .env("PYTHONUNBUFFERED", "1");
+    let (status, output) = cli_support::run_with_limit(cmd, &format!("mcp-{script}"), SCRIPT_LIMIT);
     eprintln!("--- {script}:\n{output}");
     match status {
         Some(s) if s.success() && output.contains("mcp-test: PASS") => {}

@@ -71,7 +71,6 @@ impl Pools {
 
     /// The pool of `shape`, started (its prototype built) on first use.
     pub async fn get(&self, shape: &Shape) -> Result<Arc<Pool>, ServiceError> {
-        let config = self.config_for(shape)?;
         let cell = self
             .pools
             .lock()
@@ -81,6 +80,8 @@ impl Pools {
             .clone();
         let pool = cell
             .get_or_try_init(|| async {
+                // Resolved and checked once, when the shape's pool starts.
+                let config = self.config_for(shape)?;
                 // Each clone gets the default working directory before it is
                 // offered, so `create` need not make it.
                 let pool = Pool::start_prepared(

@@ -110,3 +110,43 @@ pub fn processes_of(root: &Path) -> Vec<String> {
     }
     found
 }
+
+/// The workspace root (the repository).
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Runs `cmd` with stdout and stderr together in a scratch file, for at
+/// most `limit`: its exit status (None when it was killed at the limit) and
+/// its output.
+pub fn run_with_limit(
+    mut cmd: Command,
+    name: &str,
+    limit: std::time::Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let out = std::env::temp_dir().join(format!("ironclaw-{name}-{}.out", std::process::id()));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::options().append(true).open(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let output = std::fs::read_to_string(&out).unwrap_or_default();
+    let _ = std::fs::remove_file(&out);
+    (status, output)
+}
