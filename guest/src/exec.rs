@@ -100,6 +100,7 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let timeout = req.timeout_ms.map(Duration::from_millis);
+    let keep_background = req.keep_background;
 
     tokio::spawn(async move {
         // The stream's first charged frame: the window always has room for it.
@@ -122,11 +123,15 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
             None => child.wait().await,
         };
         // The command is over: whatever it left running in its group goes too,
-        // so its output pipes close and nothing outlives the request. All its
+        // so its output pipes close and nothing outlives the request (unless
+        // the host asked to keep it: a held sandbox's `server &`). All its
         // output is delivered, however long the host takes to read it (the
         // pumps wait for credit), but pipes that stay open and silent (held
-        // by a process that left the group) are given up after a while.
-        handle.kill();
+        // by a process that left the group, or was kept) are given up after
+        // a while.
+        if timed_out || !keep_background {
+            handle.kill();
+        }
         exited.cancel();
         let _ = pump_out.await;
         let _ = pump_err.await;

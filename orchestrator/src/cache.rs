@@ -74,7 +74,7 @@ pub(crate) fn existing_trusted_dir_in(
     Ok(Some(dir))
 }
 
-pub(crate) fn trusted_dir_in(root: &Path, sub: &str) -> Result<PathBuf, CacheError> {
+pub fn trusted_dir_in(root: &Path, sub: &str) -> Result<PathBuf, CacheError> {
     // The root is checked before anything is created in it.
     create_private(root)?;
     check_owned(root)?;

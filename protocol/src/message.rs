@@ -111,6 +111,12 @@ pub struct ExecRequest {
     /// Kill the process group after this many milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// When the command exits, leave what it started in the background
+    /// running (a sandbox held for many commands: `server &` keeps serving).
+    /// By default the command's whole process group is killed when it exits,
+    /// so nothing outlives the request. A timeout kills the group either way.
+    #[serde(default)]
+    pub keep_background: bool,
 }
 
 /// How a process ended.

@@ -49,13 +49,21 @@ pub async fn mcp(args: McpArgs) -> anyhow::Result<i32> {
         max_memory: args.max_memory,
         default_timeout: args.default_timeout,
         max_timeout: args.max_timeout,
+        snapshot_dir: None,
+        max_snapshot_storage: 16384,
+        snapshot_retention: 86400,
+        paused_retention: 86400,
         machine: args.machine,
     };
-    let config = serve::service_config(&serve_args).await?;
+    let mut config = serve::service_config(&serve_args).await?;
+    // Snapshots last as long as this MCP session (its sandboxes do too):
+    // `ironclaw serve` keeps them across restarts.
+    config.snapshots.dir = ironclaw_orchestrator::service::snapshots::process_dir("mcp");
+    let snapshot_dir = config.snapshots.dir.clone();
     // What a killed service left behind goes before anything new starts.
     ironclaw_orchestrator::vm::runtime::reap_stale_once();
     let mut signals = Signals::new()?;
-    let service = Service::new(config);
+    let service = Service::new(config)?;
     service.warm_default();
     let owner = Owner::uid(nix::unistd::geteuid().as_raw());
     let tools = SandboxMcp::for_owner(service.clone(), owner);
@@ -81,6 +89,8 @@ pub async fn mcp(args: McpArgs) -> anyhow::Result<i32> {
         eprintln!("ironclaw mcp: destroying {live} sandboxes");
     }
     service.shutdown().await;
+    drop(service);
+    let _ = std::fs::remove_dir_all(&snapshot_dir);
     match outcome {
         Ok(why) => {
             tracing::info!("ironclaw mcp: stopped ({why})");

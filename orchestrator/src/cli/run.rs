@@ -134,6 +134,7 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         cwd: args.workdir,
         stdin: forward_stdin,
         timeout_ms: Some(config.exec_timeout_ms),
+        keep_background: false,
     };
     let work = async {
         for (local, guest) in &copy_in {
@@ -256,6 +257,7 @@ async fn run_in_pool(
         cwd: args.workdir,
         stdin: forward_stdin,
         timeout_ms,
+        keep_background: false,
     };
     let mut signals = Signals::new()?;
     let outcome = tokio::select! {

@@ -61,6 +61,19 @@ pub struct ServeArgs {
     /// The longest lifetime a client may ask for, in seconds.
     #[arg(long, default_value_t = 86400, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_timeout: u64,
+    /// Where snapshots and paused sandboxes are kept (one service per
+    /// directory) [default: <cache>/snapshots].
+    #[arg(long, value_name = "DIR")]
+    pub snapshot_dir: Option<PathBuf>,
+    /// Snapshots and paused sandboxes together, at most, in MiB.
+    #[arg(long, default_value_t = 16384, value_name = "MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_snapshot_storage: u64,
+    /// Snapshots are removed this many seconds after they were taken.
+    #[arg(long, default_value_t = 7 * 86400, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_retention: u64,
+    /// Paused sandboxes not resumed within this many seconds are removed.
+    #[arg(long, default_value_t = 7 * 86400, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub paused_retention: u64,
     #[command(flatten)]
     pub machine: MachineArgs,
 }
@@ -83,6 +96,19 @@ pub async fn service_config(args: &ServeArgs) -> anyhow::Result<ServiceConfig> {
     }
     config.default_timeout = Duration::from_secs(args.default_timeout);
     config.max_timeout = Duration::from_secs(args.max_timeout);
+    if let Some(dir) = &args.snapshot_dir {
+        if !dir.is_absolute() {
+            return Err(Refusal(format!(
+                "--snapshot-dir {}: give an absolute path",
+                dir.display()
+            ))
+            .into());
+        }
+        config.snapshots.dir = dir.clone();
+    }
+    config.snapshots.max_bytes = args.max_snapshot_storage << 20;
+    config.snapshots.retention = Duration::from_secs(args.snapshot_retention);
+    config.snapshots.paused_retention = Duration::from_secs(args.paused_retention);
     Ok(config)
 }
 
@@ -134,7 +160,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<i32> {
         None => None,
     };
 
-    let service = Service::new(config);
+    let service = Service::new(config).map_err(|e| Refusal(e.message))?;
     service.warm_default();
     let app = app(&service, tokens, args.e2b);
     let stop = CancellationToken::new();

@@ -25,6 +25,14 @@ pub enum ErrorCode {
     LimitReached,
     /// The service is starting or stopping, or a VM could not be made.
     Unavailable,
+    /// The sandbox is paused: resume it before running commands or moving files.
+    SandboxPaused,
+    /// The snapshot cannot be restored: damaged, truncated, or made with
+    /// another kernel, image or VMM than the service runs now.
+    SnapshotInvalid,
+    /// The snapshot storage limit (`--max-snapshot-storage`) would be passed;
+    /// remove snapshots or paused sandboxes.
+    StorageFull,
     /// The guest stopped answering or broke the protocol; the sandbox is destroyed.
     SandboxFailed,
     /// A bug or an unexpected host failure.
@@ -41,6 +49,9 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::LimitReached => 429,
             ErrorCode::Unavailable => 503,
+            ErrorCode::SandboxPaused => 409,
+            ErrorCode::SnapshotInvalid => 422,
+            ErrorCode::StorageFull => 507,
             ErrorCode::SandboxFailed => 502,
             ErrorCode::Internal => 500,
         }
@@ -55,6 +66,9 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::LimitReached => "limit_reached",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::SandboxPaused => "sandbox_paused",
+            ErrorCode::SnapshotInvalid => "snapshot_invalid",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::SandboxFailed => "sandbox_failed",
             ErrorCode::Internal => "internal",
         }

@@ -129,6 +129,9 @@ impl Service {
             cwd: body.cwd.clone().or_else(|| sandbox.spec.cwd.clone()),
             stdin: stdin.is_some() || body.interactive_stdin,
             timeout_ms: Some(timeout.as_millis() as u64),
+            // A held sandbox: `server &` keeps running after its command
+            // (and into snapshots, forks and resumed sandboxes).
+            keep_background: true,
         };
         Ok((req, stdin))
     }

@@ -11,6 +11,7 @@ use super::error::{ErrorCode, ServiceError};
 use super::metrics::Metrics;
 use super::pools::{Pools, DEFAULT_CWD, NO_IMAGE};
 use super::sandbox::{Owner, Sandbox, SandboxSpec};
+use super::snapshots::SnapshotStore;
 use super::types::{CreateSandbox, SandboxInfo};
 use super::ServiceConfig;
 use crate::vm::pool::PoolError;
@@ -31,8 +32,11 @@ struct Ended {
 }
 
 #[derive(Default)]
-struct Table {
-    live: HashMap<String, Arc<Sandbox>>,
+pub(super) struct Table {
+    pub(super) live: HashMap<String, Arc<Sandbox>>,
+    /// Sandboxes being paused or resumed (with their owners): neither live
+    /// nor paused yet.
+    pub(super) moving: HashMap<String, Owner>,
     ended: HashMap<String, Ended>,
     ended_order: VecDeque<String>,
     /// Creations between the limit check and the table entry.
@@ -41,6 +45,10 @@ struct Table {
 }
 
 impl Table {
+    pub(super) fn remember_ended(&mut self, id: String, owner: Owner, expired: bool, why: String) {
+        self.remember(id, Ended { owner, expired, why });
+    }
+
     fn remember(&mut self, id: String, ended: Ended) {
         if self.ended.insert(id.clone(), ended).is_none() {
             self.ended_order.push_back(id);
@@ -65,8 +73,9 @@ pub(super) struct Inner {
     pub(super) config: ServiceConfig,
     pub(super) pools: Pools,
     pub(super) metrics: Metrics,
+    pub(super) snapshots: SnapshotStore,
     default_image: String,
-    table: Mutex<Table>,
+    pub(super) table: Mutex<Table>,
     stopping: AtomicBool,
 }
 
@@ -77,7 +86,7 @@ pub struct Service {
 }
 
 /// A place reserved under the limits while a sandbox is being made.
-struct Reservation<'a> {
+pub(super) struct Reservation<'a> {
     service: &'a Service,
     mib: u64,
     settled: bool,
@@ -103,8 +112,11 @@ impl Drop for Reservation<'_> {
 }
 
 impl Service {
-    /// A service; its reaper runs until [`Service::shutdown`].
-    pub fn new(config: ServiceConfig) -> Service {
+    /// A service; its reaper runs until [`Service::shutdown`]. Fails when
+    /// its snapshot directory cannot be used (another service holds it, or
+    /// it is not the user's own).
+    pub fn new(config: ServiceConfig) -> Result<Service, ServiceError> {
+        let snapshots = SnapshotStore::open(config.snapshots.clone())?;
         let default_image = if crate::userland::default_image().is_some() {
             crate::userland::DEFAULT_IMAGE.to_string()
         } else {
@@ -116,6 +128,7 @@ impl Service {
                 config,
                 pools,
                 metrics: Metrics::new(),
+                snapshots,
                 default_image,
                 table: Mutex::new(Table::default()),
                 stopping: AtomicBool::new(false),
@@ -129,7 +142,7 @@ impl Service {
                 Service { inner }.reap_expired().await;
             }
         });
-        service
+        Ok(service)
     }
 
     pub fn config(&self) -> &ServiceConfig {
@@ -165,7 +178,7 @@ impl Service {
         self.inner.pools.stats()
     }
 
-    fn reserve(&self, mib: u64) -> Result<Reservation<'_>, ServiceError> {
+    pub(super) fn reserve(&self, mib: u64) -> Result<Reservation<'_>, ServiceError> {
         let c = &self.inner.config;
         let mut t = self.inner.table.lock().expect("table");
         if self.inner.stopping.load(Ordering::SeqCst) {
@@ -196,34 +209,17 @@ impl Service {
     }
 
     /// Creates a sandbox for `owner`: checks the request, reserves its place
-    /// under the limits, takes a VM from the pool of its shape.
+    /// under the limits, takes a VM from the pool of its shape (or restores
+    /// the snapshot the request names).
     pub async fn create(
         &self,
         owner: &Owner,
         req: CreateSandbox,
     ) -> Result<SandboxInfo, ServiceError> {
         let t0 = Instant::now();
-        let c = &self.inner.config;
-        let lifetime = match req.timeout_s {
-            None => c.default_timeout,
-            Some(0) => return Err(ServiceError::bad_request("timeout_s must be at least 1")),
-            Some(s) if Duration::from_secs(s) > c.max_timeout => {
-                return Err(ServiceError::bad_request(format!(
-                    "timeout_s {s} is longer than the service allows ({}s)",
-                    c.max_timeout.as_secs()
-                )))
-            }
-            Some(s) => Duration::from_secs(s),
-        };
-        if req.idle_timeout_s == Some(0) {
-            return Err(ServiceError::bad_request(
-                "idle_timeout_s must be at least 1",
-            ));
-        }
-        check_env("env", &req.env)?;
-        check_labels(&req.labels)?;
-        if let Some(cwd) = &req.cwd {
-            check_guest_path("cwd", cwd)?;
+        let lifetime = self.check_create(&req)?;
+        if let Some(from) = req.from_snapshot.clone() {
+            return self.create_from_snapshot(owner, req, &from, lifetime).await;
         }
         let image = req.image.as_deref().unwrap_or(&self.inner.default_image);
         let shape = self
@@ -232,7 +228,6 @@ impl Service {
             .shape(Some(image), req.vcpus, req.memory_mib);
         // Checked before anything is reserved or started.
         self.inner.pools.config_for(&shape)?;
-        let (id, access_token) = (new_id()?, new_secret()?);
         let reservation = self.reserve(u64::from(shape.memory_mib))?;
         let pool = self.inner.pools.get(&shape).await?;
         let vm = pool.acquire().await.map_err(|e| match e {
@@ -259,18 +254,65 @@ impl Service {
             labels: req.labels,
             idle_timeout: req.idle_timeout_s.map(Duration::from_secs),
         };
-        let sandbox = Arc::new(Sandbox::new(
-            id.clone(),
+        let sandbox = Sandbox::new(
+            new_id()?,
             owner.clone(),
             spec,
-            access_token,
+            new_secret()?,
             lifetime,
             vm,
-            pool,
-        ));
+            Some(pool),
+        );
+        let info = self.admit(owner, sandbox, reservation).await?;
+        self.inner.metrics.created(t0.elapsed());
+        tracing::info!(sandbox = %info.id, owner = %owner.0, image = %shape.image, ms = t0.elapsed().as_millis() as u64, "sandbox created");
+        Ok(info)
+    }
+
+    /// Checks what a create request asks for; returns the lifetime.
+    pub(super) fn check_create(&self, req: &CreateSandbox) -> Result<Duration, ServiceError> {
+        let lifetime = self.lifetime(req.timeout_s)?;
+        if req.idle_timeout_s == Some(0) {
+            return Err(ServiceError::bad_request(
+                "idle_timeout_s must be at least 1",
+            ));
+        }
+        check_env("env", &req.env)?;
+        check_labels(&req.labels)?;
+        if let Some(cwd) = &req.cwd {
+            check_guest_path("cwd", cwd)?;
+        }
+        Ok(lifetime)
+    }
+
+    /// The lifetime a request's `timeout_s` asks for, within the service's.
+    pub(super) fn lifetime(&self, timeout_s: Option<u64>) -> Result<Duration, ServiceError> {
+        let c = &self.inner.config;
+        match timeout_s {
+            None => Ok(c.default_timeout),
+            Some(0) => Err(ServiceError::bad_request("timeout_s must be at least 1")),
+            Some(s) if Duration::from_secs(s) > c.max_timeout => Err(ServiceError::bad_request(format!(
+                "timeout_s {s} is longer than the service allows ({}s)",
+                c.max_timeout.as_secs()
+            ))),
+            Some(s) => Ok(Duration::from_secs(s)),
+        }
+    }
+
+    /// Makes a new sandbox live (its reservation settled); a service that
+    /// began stopping meanwhile destroys it again.
+    pub(super) async fn admit(
+        &self,
+        owner: &Owner,
+        sandbox: Sandbox,
+        reservation: Reservation<'_>,
+    ) -> Result<SandboxInfo, ServiceError> {
+        let sandbox = Arc::new(sandbox);
         let info = sandbox.info();
+        let id = sandbox.id.clone();
         {
             let mut t = self.inner.table.lock().expect("table");
+            t.moving.remove(&id);
             t.live.insert(id.clone(), sandbox);
             reservation.settle(&mut t);
         }
@@ -278,8 +320,6 @@ impl Service {
             let _ = self.destroy(owner, &id).await;
             return Err(ServiceError::unavailable("the service is shutting down"));
         }
-        self.inner.metrics.created(t0.elapsed());
-        tracing::info!(sandbox = %id, owner = %owner.0, image = %shape.image, ms = t0.elapsed().as_millis() as u64, "sandbox created");
         Ok(info)
     }
 
@@ -288,6 +328,20 @@ impl Service {
         let t = self.inner.table.lock().expect("table");
         if let Some(s) = t.live.get(id).filter(|s| &s.owner == owner) {
             return Ok(s.clone());
+        }
+        let paused = self
+            .inner
+            .snapshots
+            .paused(id)
+            .filter(|m| m.sandbox.owner == owner.0);
+        if paused.is_some() || t.moving.get(id) == Some(owner) {
+            return Err(ServiceError::new(
+                ErrorCode::SandboxPaused,
+                format!(
+                    "sandbox {id} is paused (or being paused or resumed): resume it first \
+                     (`ironclaw sandbox resume {id}`, POST /v1/sandboxes/{id}/resume or the sandbox_resume tool)"
+                ),
+            ));
         }
         match t.ended.get(id).filter(|e| &e.owner == owner) {
             Some(e) if e.expired => Err(ServiceError::new(
@@ -341,6 +395,13 @@ impl Service {
                 .collect()
         };
         let mut infos: Vec<SandboxInfo> = live.iter().map(|s| s.info()).collect();
+        infos.extend(
+            self.inner
+                .snapshots
+                .list(&owner.0, true)
+                .iter()
+                .map(|m| self.paused_info(m)),
+        );
         infos.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
         infos
     }
@@ -379,8 +440,20 @@ impl Service {
         Ok(sandbox.info())
     }
 
-    /// Destroys the sandbox `id` of `owner`.
+    /// Destroys the sandbox `id` of `owner` (a paused one: its snapshot).
     pub async fn destroy(&self, owner: &Owner, id: &str) -> Result<(), ServiceError> {
+        if let Some(paused) = self.inner.snapshots.paused(id) {
+            if paused.sandbox.owner == owner.0 && !self.is_live(id) {
+                self.inner.snapshots.remove(&paused.id)?;
+                self.inner.table.lock().expect("table").remember_ended(
+                    id.to_string(),
+                    owner.clone(),
+                    false,
+                    "destroyed by request while paused".into(),
+                );
+                return Ok(());
+            }
+        }
         self.get(owner, id)?;
         self.end(id, false, "destroyed by request".into()).await;
         Ok(())
@@ -392,7 +465,7 @@ impl Service {
             .await;
     }
 
-    async fn end(&self, id: &str, expired: bool, why: String) {
+    pub(super) async fn end(&self, id: &str, expired: bool, why: String) {
         let sandbox = {
             let mut t = self.inner.table.lock().expect("table");
             let Some(s) = t.live.remove(id) else { return };
@@ -410,10 +483,13 @@ impl Service {
         self.inner
             .metrics
             .ended(if expired { "expired" } else { "destroyed" });
-        if let Some((vm, pool)) = sandbox.take_vm() {
-            if let Err(e) = pool.release(vm).await {
-                tracing::warn!(sandbox = %id, "destroying its VM: {e}");
-            }
+        let released = match sandbox.take_vm().await {
+            Some((vm, Some(pool))) => pool.release(vm).await,
+            Some((vm, None)) => crate::vm::destroy_vm(vm).await,
+            None => Ok(()),
+        };
+        if let Err(e) = released {
+            tracing::warn!(sandbox = %id, "destroying its VM: {e}");
         }
     }
 
@@ -429,6 +505,17 @@ impl Service {
         for (id, why) in expired {
             let service = self.clone();
             tokio::spawn(async move { service.end(&id, true, why).await });
+        }
+        for gone in self.inner.snapshots.remove_expired() {
+            tracing::info!(snapshot = %gone.id, paused = gone.paused, "snapshot removed: retention passed");
+            if gone.paused {
+                self.inner.table.lock().expect("table").remember_ended(
+                    gone.sandbox.id.clone(),
+                    Owner(gone.sandbox.owner.clone()),
+                    true,
+                    "it stayed paused longer than the service keeps paused sandboxes (--paused-retention)".into(),
+                );
+            }
         }
     }
 
@@ -453,14 +540,14 @@ impl Service {
 }
 
 /// 256 random bits in hex: a sandbox's access token.
-fn new_secret() -> Result<String, ServiceError> {
+pub(super) fn new_secret() -> Result<String, ServiceError> {
     let mut b = [0u8; 32];
     getrandom::getrandom(&mut b)
         .map_err(|e| ServiceError::internal(format!("no randomness: {e}")))?;
     Ok(hex::encode(b))
 }
 
-fn new_id() -> Result<String, ServiceError> {
+pub(super) fn new_id() -> Result<String, ServiceError> {
     let mut b = [0u8; 8];
     getrandom::getrandom(&mut b)
         .map_err(|e| ServiceError::internal(format!("no randomness: {e}")))?;

@@ -10,7 +10,8 @@
 //! completion or in the background ([`command`], output in a bounded
 //! [`ring`]); files go through the guest agent, streamed.
 //!
-//! Module map: [`lifecycle`] create/list/destroy/expiry, [`exec`] commands,
+//! Module map: [`lifecycle`] create/list/destroy/expiry, `branching`
+//! snapshot/fork/pause/resume (stored by [`snapshots`]), [`exec`] commands,
 //! [`files`] file operations, [`metrics`] Prometheus metrics, [`types`] the
 //! bodies both front ends share, [`error`] stable error codes.
 
@@ -26,7 +27,10 @@ pub mod metrics;
 pub mod pools;
 pub mod ring;
 pub mod sandbox;
+pub mod snapshots;
 pub mod types;
+
+mod branching;
 
 use std::time::Duration;
 
@@ -35,6 +39,7 @@ pub use lifecycle::Service;
 pub use sandbox::Owner;
 
 use crate::vm::VmConfig;
+use snapshots::SnapshotLimits;
 
 /// What a [`Service`] is allowed to do.
 #[derive(Debug, Clone)]
@@ -56,6 +61,8 @@ pub struct ServiceConfig {
     pub default_exec_timeout: Duration,
     /// The longest command timeout a request may ask for.
     pub max_exec_timeout: Duration,
+    /// Where snapshots and paused sandboxes are kept, and how much.
+    pub snapshots: SnapshotLimits,
 }
 
 impl ServiceConfig {
@@ -69,6 +76,12 @@ impl ServiceConfig {
             max_timeout: Duration::from_secs(24 * 3600),
             default_exec_timeout: Duration::from_secs(300),
             max_exec_timeout: Duration::from_secs(3600),
+            snapshots: SnapshotLimits {
+                dir: crate::cache::root().join("snapshots"),
+                max_bytes: 16 << 30,
+                retention: Duration::from_secs(7 * 24 * 3600),
+                paused_retention: Duration::from_secs(7 * 24 * 3600),
+            },
         }
     }
 }

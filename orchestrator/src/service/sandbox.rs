@@ -63,7 +63,13 @@ pub struct Sandbox {
     agent: AgentClient,
     kernel_release: String,
     vm_id: String,
-    vm: Mutex<Option<(VmHandle, Arc<Pool>)>>,
+    /// Host pids of the VM's processes (fixed for its life).
+    vm_pids: Vec<u32>,
+    /// The VM, and the pool to give it back to (none for a VM restored from
+    /// a snapshot: it is destroyed directly). Async: a snapshot holds it.
+    vm: tokio::sync::Mutex<Option<(VmHandle, Option<Arc<Pool>>)>>,
+    /// The snapshot it was created from.
+    from_snapshot: Option<String>,
     timers: Mutex<Timers>,
     /// Requests in flight (an exec, a file transfer): the sandbox is not idle.
     busy: AtomicUsize,
@@ -100,7 +106,7 @@ impl Sandbox {
         access_token: String,
         lifetime: Duration,
         vm: VmHandle,
-        pool: Arc<Pool>,
+        pool: Option<Arc<Pool>>,
     ) -> Sandbox {
         let now = Instant::now();
         Sandbox {
@@ -113,7 +119,9 @@ impl Sandbox {
             agent: vm.agent().clone(),
             kernel_release: vm.agent().kernel_release().to_string(),
             vm_id: vm.id.clone(),
-            vm: Mutex::new(Some((vm, pool))),
+            vm_pids: vm.pids(),
+            vm: tokio::sync::Mutex::new(Some((vm, pool))),
+            from_snapshot: None,
             timers: Mutex::new(Timers {
                 expires: now + lifetime,
                 last_active: now,
@@ -122,6 +130,33 @@ impl Sandbox {
             commands: Mutex::new(VecDeque::new()),
             next_command: AtomicUsize::new(1),
         }
+    }
+
+    /// Marks it as made from `snapshot`; `created` is when the sandbox was
+    /// first created (a resumed one keeps its creation time).
+    pub fn with_origin(mut self, created: SystemTime, snapshot: Option<String>) -> Sandbox {
+        self.created = created;
+        self.from_snapshot = snapshot;
+        self
+    }
+
+    /// The lifetime left now.
+    pub fn lifetime_left(&self) -> Duration {
+        self.timers
+            .lock()
+            .expect("timers")
+            .expires
+            .saturating_duration_since(Instant::now())
+    }
+
+    pub fn created(&self) -> SystemTime {
+        self.created
+    }
+
+    /// The VM, held (for a snapshot) until the guard is dropped; `None` once
+    /// the sandbox ended.
+    pub async fn vm(&self) -> tokio::sync::MutexGuard<'_, Option<(VmHandle, Option<Arc<Pool>>)>> {
+        self.vm.lock().await
     }
 
     pub fn access_token(&self) -> &str {
@@ -242,22 +277,16 @@ impl Sandbox {
             .collect()
     }
 
-    /// Takes the VM out (once); the caller destroys it.
-    pub fn take_vm(&self) -> Option<(VmHandle, Arc<Pool>)> {
-        self.vm.lock().expect("vm").take()
+    /// Takes the VM out (once; after a snapshot in progress); the caller
+    /// destroys it.
+    pub async fn take_vm(&self) -> Option<(VmHandle, Option<Arc<Pool>>)> {
+        self.vm.lock().await.take()
     }
 
     pub fn info(&self) -> SandboxInfo {
         let now = Instant::now();
         let t = self.timers.lock().expect("timers");
         let expires_in = t.expires.saturating_duration_since(now);
-        let pids = self
-            .vm
-            .lock()
-            .expect("vm")
-            .as_ref()
-            .map(|(vm, _)| vm.pids())
-            .unwrap_or_default();
         SandboxInfo {
             id: self.id.clone(),
             state: SandboxState::Running,
@@ -272,10 +301,12 @@ impl Sandbox {
             age_s: now.duration_since(self.created_instant).as_secs(),
             idle_s: now.duration_since(t.last_active).as_secs(),
             idle_timeout_s: self.spec.idle_timeout.map(|d| d.as_secs()),
-            host_rss_mib: pids.iter().map(|&p| rss_kib(p)).sum::<u64>() / 1024,
+            host_rss_mib: self.vm_pids.iter().map(|&p| rss_kib(p)).sum::<u64>() / 1024,
             running_commands: self.running_commands(),
             kernel_release: self.kernel_release.clone(),
             vm_id: self.vm_id.clone(),
+            from_snapshot: self.from_snapshot.clone(),
+            paused_bytes: None,
         }
     }
 }

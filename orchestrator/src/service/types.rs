@@ -32,12 +32,19 @@ pub struct CreateSandbox {
     pub timeout_s: Option<u64>,
     /// Destroy the sandbox after this many seconds without a request.
     pub idle_timeout_s: Option<u64>,
+    /// Start from this snapshot (id or name) instead of a fresh clone: its
+    /// files, memory and running processes. Its image, vCPUs and memory are
+    /// the snapshot's (do not set them); `env` and `cwd` default to the
+    /// snapshotted sandbox's.
+    pub from_snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     Running,
+    /// Memory and files on disk, no VM: `resume` brings it back.
+    Paused,
 }
 
 /// A sandbox as inspect and list show it.
@@ -64,8 +71,71 @@ pub struct SandboxInfo {
     pub running_commands: usize,
     pub kernel_release: String,
     /// The VM's name: its runtime directory (console log, records) is
-    /// `<runtime root>/<vm_id>`.
+    /// `<runtime root>/<vm_id>` (empty while paused).
     pub vm_id: String,
+    /// The snapshot it was created from, if any.
+    pub from_snapshot: Option<String>,
+    /// While paused: the size of its snapshot on disk.
+    pub paused_bytes: Option<u64>,
+}
+
+/// `POST /v1/sandboxes/{id}/snapshots`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// A name to create sandboxes from it by (`from_snapshot`), besides its id.
+    pub name: Option<String>,
+}
+
+/// `POST /v1/sandboxes/{id}/fork`.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkSandbox {
+    /// How many sandboxes to make from the snapshot (1 to 16, default 1).
+    pub count: Option<u32>,
+    /// Lifetime of each new sandbox in seconds (default: the service's).
+    pub timeout_s: Option<u64>,
+    /// Idle timeout of each new sandbox.
+    pub idle_timeout_s: Option<u64>,
+    /// Labels of each new sandbox.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A snapshot of a sandbox, as stored.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: Option<String>,
+    /// The sandbox it was taken of.
+    pub source_sandbox: String,
+    pub image: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub backend: String,
+    pub kernel: String,
+    /// Size on disk.
+    pub bytes: u64,
+    /// Seconds since the epoch.
+    pub created_at: u64,
+    /// When retention removes it (seconds since the epoch).
+    pub expires_at: u64,
+    /// How long the sandbox was paused while its state was written.
+    pub pause_ms: u64,
+    /// Writing, checksumming and storing it.
+    pub total_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// What a fork made.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ForkResult {
+    pub snapshot: SnapshotInfo,
+    pub sandboxes: Vec<SandboxInfo>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -101,6 +101,11 @@ pub trait VmInstance: Send + Sync {
     /// exists and is empty); returns the names of the files written, main
     /// file first. The VM stays paused: the caller destroys it.
     async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError>;
+    /// Like [`VmInstance::snapshot`], but the VM runs on afterwards: it is
+    /// paused only while its state is written (also when writing fails).
+    /// The VM must have been started for snapshots (a restored clone, or
+    /// launched with [`LaunchPurpose::Snapshot`]).
+    async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError>;
     /// The accelerator the VM runs on.
     fn accel(&self) -> Accel;
     /// The transport to the guest agent.

@@ -27,6 +27,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod runtime;
 pub mod select;
+pub mod snapshot_files;
 mod spawn;
 pub mod vsock;
 
@@ -39,7 +40,9 @@ pub use config::{ConfigError, VmConfig};
 pub use confine::{cgroup, jail, seccomp};
 pub use error::VmError;
 pub use ironclaw_protocol::{ExecRequest, ExitStatus};
-pub use spawn::{destroy_vm, spawn_vm, spawn_vm_with_config, SpawnTimings, VmHandle};
+pub use spawn::{
+    destroy_vm, restore_vm, spawn_vm, spawn_vm_with_config, LiveSnapshot, SpawnTimings, VmHandle,
+};
 
 /// An [`ExecRequest`] for `argv` with defaults for everything else.
 pub fn exec_request<I, S>(argv: I) -> ExecRequest

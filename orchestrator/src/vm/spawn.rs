@@ -64,6 +64,20 @@ impl VmHandle {
         self.instance.channel().open().await
     }
 
+    /// Writes a snapshot of the running VM into the empty directory `out`;
+    /// the VM runs on, paused only while its state is written. The agent
+    /// session stays open: a VM restored from the snapshot starts a new one
+    /// (the guest agent ends the requests of the old session then, and keeps
+    /// the processes that outlived their requests).
+    pub async fn snapshot_live(&self, out: &Path) -> Result<LiveSnapshot, VmError> {
+        let t0 = Instant::now();
+        let files = self.instance.snapshot_live(out).await?;
+        Ok(LiveSnapshot {
+            files,
+            paused: t0.elapsed(),
+        })
+    }
+
     /// Closes the agent session, pauses the VM, writes its snapshot into the
     /// empty directory `out` and destroys the VM. Returns the snapshot's file
     /// names, main file first.
@@ -88,6 +102,26 @@ impl VmHandle {
         .map_err(|e| VmError::TaskFailed(format!("destroying the VM: {e}")))?;
         files
     }
+}
+
+/// What [`VmHandle::snapshot_live`] wrote.
+#[derive(Debug, Clone)]
+pub struct LiveSnapshot {
+    /// File names in the snapshot directory, main file first.
+    pub files: Vec<String>,
+    /// How long the guest was paused.
+    pub paused: Duration,
+}
+
+/// Starts a VM named `config.id` from the snapshot `files` (main file first,
+/// checked by the caller) on the backend `config` names, with fresh entropy
+/// and the current time. `config` must describe the snapshotted machine
+/// (kernel, initramfs, rootfs, vCPUs, memory, accelerator).
+pub async fn restore_vm(config: &VmConfig, files: &[PathBuf]) -> Result<VmHandle, VmError> {
+    config.validate()?;
+    runtime::reap_stale_once();
+    let backend = super::select::select_for(config.backend, config.accel)?;
+    start_vm(backend.as_ref(), config, Start::Restore(files)).await
 }
 
 /// Spawns a VM with the default config.

@@ -192,19 +192,22 @@ pub struct LocalService {
     pub token: Option<String>,
     servers: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
     dir: std::path::PathBuf,
+    snapshot_dir: std::path::PathBuf,
 }
 
 impl LocalService {
     /// The service on a private unix socket; with `e2b` also on a local TCP
     /// port with a fresh token and the E2B routes (the E2B SDK needs TCP).
     pub async fn start(
-        config: ServiceConfig,
+        mut config: ServiceConfig,
         name: &str,
         e2b: bool,
     ) -> anyhow::Result<LocalService> {
         let dir = vm::runtime::runtime_root().join(format!("{name}-{}", std::process::id()));
         let socket = dir.join("ironclaw.sock");
-        let service = Service::new(config);
+        config.snapshots.dir = ironclaw_orchestrator::service::snapshots::process_dir(name);
+        let snapshot_dir = config.snapshots.dir.clone();
+        let service = Service::new(config)?;
         let listener = PrivateListener::bind(&socket, Access::default())?;
         let token = if e2b {
             let mut b = [0u8; 32];
@@ -249,6 +252,7 @@ impl LocalService {
             token,
             servers,
             dir,
+            snapshot_dir,
         })
     }
 
@@ -260,6 +264,7 @@ impl LocalService {
             let _ = s.await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.snapshot_dir);
     }
 }
 

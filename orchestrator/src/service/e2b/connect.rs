@@ -88,7 +88,10 @@ impl From<ServiceError> for ConnectError {
             ErrorCode::BadRequest => "invalid_argument",
             ErrorCode::Unauthorized => "unauthenticated",
             ErrorCode::NotFound | ErrorCode::SandboxExpired => "not_found",
-            ErrorCode::Conflict => "failed_precondition",
+            ErrorCode::Conflict | ErrorCode::SandboxPaused | ErrorCode::SnapshotInvalid => {
+                "failed_precondition"
+            }
+            ErrorCode::StorageFull => "resource_exhausted",
             ErrorCode::LimitReached => "resource_exhausted",
             ErrorCode::Unavailable | ErrorCode::SandboxFailed => "unavailable",
             ErrorCode::Internal => "internal",

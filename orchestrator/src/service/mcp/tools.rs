@@ -36,6 +36,7 @@ impl SandboxMcp {
                     labels: p.labels,
                     timeout_s: p.timeout_s,
                     idle_timeout_s: p.idle_timeout_s,
+                    from_snapshot: None,
                 };
                 self.service.create(&owner, req).await
             }

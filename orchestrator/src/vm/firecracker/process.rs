@@ -193,6 +193,18 @@ impl VmInstance for FirecrackerProcess {
         self.create_snapshot(&files).await?;
         Ok(vec![VMSTATE_FILE.into(), MEMORY_FILE.into()])
     }
+    async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError> {
+        self.pause().await?;
+        let files = SnapshotFiles {
+            state: out.join(VMSTATE_FILE),
+            memory: out.join(MEMORY_FILE),
+        };
+        let written = self.create_snapshot(&files).await;
+        // Runs on whether or not the snapshot was written.
+        self.resume().await?;
+        written?;
+        Ok(vec![VMSTATE_FILE.into(), MEMORY_FILE.into()])
+    }
     fn accel(&self) -> Accel {
         // Firecracker has no emulator: it always runs on KVM.
         Accel::Kvm

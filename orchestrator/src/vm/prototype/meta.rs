@@ -7,21 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::vm::accel::Accel;
 use crate::vm::backend::BackendKind;
+pub use crate::vm::snapshot_files::SnapshotFileMeta;
 
 /// Bumped whenever what a snapshot or its metadata holds changes
 /// incompatibly (2: a list of snapshot files, for Firecracker's two).
 pub(super) const FORMAT_VERSION: u32 = 2;
 pub(super) const META_FILE: &str = "meta.json";
-
-/// One file of a snapshot, as it was when the prototype was built.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SnapshotFileMeta {
-    /// File name inside the prototype directory.
-    pub name: String,
-    pub bytes: u64,
-    pub sha256: String,
-}
 
 /// What a prototype was built from, and facts about the build.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

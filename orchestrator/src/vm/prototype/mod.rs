@@ -42,7 +42,7 @@ pub use store::{list, prototypes_dir, prune, remove};
 
 use key::{key_with, snapshot_backend};
 use meta::{FORMAT_VERSION, META_FILE};
-use store::{io, key_lock_path, load_checked, sha256_file, PROTOTYPES_SUBDIR};
+use store::{io, key_lock_path, load_checked, PROTOTYPES_SUBDIR};
 
 /// The prototype for `config`, built on first use. `progress` hears about a build.
 pub async fn ensure(
@@ -141,29 +141,12 @@ async fn build_into(
     let t1 = std::time::Instant::now();
     let names = vm.into_snapshot(out).await?;
     let snapshot_ms = t1.elapsed().as_millis() as u64;
-    if names.is_empty() || names.iter().any(|n| !crate::cache::is_plain_file_name(n)) {
-        return Err(VmError::SnapshotIncompatible(format!(
-            "the {} backend wrote an unusable list of snapshot files: {names:?}",
-            backend.kind()
-        )));
-    }
-    let mut files = Vec::new();
-    for name in &names {
-        let path = out.join(name);
-        let sha = {
-            let path = path.clone();
-            tokio::task::spawn_blocking(move || sha256_file(&path))
-                .await
-                .map_err(|e| VmError::TaskFailed(format!("hashing the snapshot: {e}")))??
-        };
-        files.push(SnapshotFileMeta {
-            name: name.clone(),
-            bytes: fs::metadata(&path)
-                .map_err(io(format!("sizing {}", path.display())))?
-                .len(),
-            sha256: hex::encode(sha),
-        });
-    }
+    let files = {
+        let out = out.to_path_buf();
+        tokio::task::spawn_blocking(move || super::snapshot_files::describe(&out, &names))
+            .await
+            .map_err(|e| VmError::TaskFailed(format!("hashing the snapshot: {e}")))??
+    };
     let meta = PrototypeMeta {
         key: key.to_string(),
         format: FORMAT_VERSION,
@@ -227,10 +210,7 @@ pub async fn restore(
         backend: proto.meta.backend.into(),
         ..config.clone()
     };
-    config.validate()?;
-    super::runtime::reap_stale_once();
-    let backend = super::select::select_for(config.backend, config.accel)?;
-    let vm = start_vm(backend.as_ref(), &config, Start::Restore(&proto.files())).await?;
+    let vm = super::spawn::restore_vm(&config, &proto.files()).await?;
     tracing::info!(vm = %vm.id, prototype = %proto.meta.key, "clone ready");
     Ok(vm)
 }

@@ -3,14 +3,11 @@
 //! the per-key lock, and pruning, listing and removing prototypes.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-
-use sha2::{Digest, Sha256};
 
 use super::meta::{Prototype, PrototypeMeta, FORMAT_VERSION, META_FILE};
 use crate::vm::backend::BackendKind;
-use crate::vm::host::stat_stamp;
+use crate::vm::snapshot_files;
 use crate::vm::VmError;
 
 pub(super) const PROTOTYPES_SUBDIR: &str = "prototypes";
@@ -23,28 +20,6 @@ pub(super) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> V
     let context = context.into();
     move |e| VmError::io(context, e)
 }
-
-pub(super) fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
-    let mut f = fs::File::open(path).map_err(io(format!("opening {}", path.display())))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(io(format!("reading {}", path.display())))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().into())
-}
-
-/// Records that the snapshot, as it is on disk now (size, mtime, inode), has
-/// been checked against its SHA-256. Hashing ~100 MB on every spawn would cost
-/// more than the restore itself; any rewrite of the file changes the stamp and
-/// so forces a new check.
-const VERIFIED_FILE: &str = "verified";
 
 /// Loads the prototype in `dir` if it is complete, intact and made by
 /// `backend`.
@@ -71,31 +46,9 @@ pub(super) fn load_checked(dir: &Path, backend: BackendKind) -> Result<Option<Pr
         dir: dir.to_path_buf(),
         meta,
     };
-    // Sizes first: a truncated file is caught without reading anything.
-    let mut stamps = Vec::new();
-    for f in &proto.meta.files {
-        let path = dir.join(&f.name);
-        let Ok(m) = fs::metadata(&path) else {
-            tracing::warn!(snapshot = %path.display(), "prototype snapshot file missing");
-            return Ok(None);
-        };
-        if m.len() != f.bytes {
-            tracing::warn!(snapshot = %path.display(), size = m.len(), expected = f.bytes, "prototype snapshot file truncated or grown");
-            return Ok(None);
-        }
-        stamps.push(format!("{}={}", f.name, stat_stamp(&m)));
-    }
-    let stamp = stamps.join("\n");
-    let verified = dir.join(VERIFIED_FILE);
-    if fs::read_to_string(&verified).ok().as_deref() != Some(stamp.as_str()) {
-        for f in &proto.meta.files {
-            let path = dir.join(&f.name);
-            if hex::encode(sha256_file(&path)?) != f.sha256 {
-                tracing::warn!(snapshot = %path.display(), "prototype snapshot checksum mismatch");
-                return Ok(None);
-            }
-        }
-        crate::cache::write_file(&verified, stamp.as_bytes())?;
+    if let Err(why) = snapshot_files::check(dir, &proto.meta.files) {
+        tracing::warn!(dir = %dir.display(), "prototype unusable: {why}");
+        return Ok(None);
     }
     Ok(Some(proto))
 }
@@ -245,6 +198,7 @@ mod tests {
     use super::*;
     use crate::vm::accel::Accel;
     use crate::vm::prototype::SnapshotFileMeta;
+    use sha2::{Digest, Sha256};
 
     /// A prototype directory with two snapshot files and matching metadata.
     fn fake_prototype(backend: BackendKind) -> PathBuf {

@@ -48,40 +48,19 @@ pub struct QemuInstance {
 
 impl QemuInstance {
     /// Pauses the VM and writes its state (a QEMU migration stream) to `dest`.
-    /// The VM stays paused; the caller destroys it.
-    pub async fn snapshot_to(&mut self, dest: &Path) -> Result<(), VmError> {
+    /// The VM stays paused unless `then_resume`, in which case it runs on
+    /// (also when writing failed).
+    pub async fn snapshot_to(&self, dest: &Path, then_resume: bool) -> Result<(), VmError> {
         let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
         let mut qmp = Qmp::connect(&self.qmp).await.map_err(qmp_err)?;
         qmp.execute("stop", None).await.map_err(qmp_err)?;
-        let file = File::create(dest)
-            .map_err(|e| VmError::io(format!("creating {}", dest.display()), e))?;
-        qmp.execute_with_fd("getfd", serde_json::json!({ "fdname": "snapshot" }), &file)
-            .await
-            .map_err(qmp_err)?;
-        drop(file);
-        qmp.execute("migrate", Some(serde_json::json!({ "uri": "fd:snapshot" })))
-            .await
-            .map_err(qmp_err)?;
-        let deadline = std::time::Instant::now() + MIGRATION_WAIT;
-        loop {
-            let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
-            match info.get("status").and_then(|s| s.as_str()) {
-                Some("completed") => return Ok(()),
-                Some("failed") | Some("cancelled") => {
-                    return Err(QemuError::MigrationFailed(
-                        info.get("error-desc")
-                            .and_then(|d| d.as_str())
-                            .unwrap_or("no reason given")
-                            .to_string(),
-                    )
-                    .into())
-                }
-                _ if std::time::Instant::now() > deadline => {
-                    return Err(QemuError::MigrationTimeout(MIGRATION_WAIT).into())
-                }
-                _ => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
+        let written = migrate_to(&mut qmp, dest).await;
+        if then_resume {
+            // After a completed migration the source is in `postmigrate`;
+            // `cont` reactivates its block devices and runs it again.
+            qmp.execute("cont", None).await.map_err(qmp_err)?;
         }
+        written
     }
 
     pub(super) fn start(
@@ -159,13 +138,52 @@ impl QemuInstance {
     }
 }
 
+/// Writes the (stopped) VM's state to `dest` as a migration stream.
+async fn migrate_to(qmp: &mut Qmp, dest: &Path) -> Result<(), VmError> {
+    let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
+    let file =
+        File::create(dest).map_err(|e| VmError::io(format!("creating {}", dest.display()), e))?;
+    qmp.execute_with_fd("getfd", serde_json::json!({ "fdname": "snapshot" }), &file)
+        .await
+        .map_err(qmp_err)?;
+    drop(file);
+    qmp.execute("migrate", Some(serde_json::json!({ "uri": "fd:snapshot" })))
+        .await
+        .map_err(qmp_err)?;
+    let deadline = std::time::Instant::now() + MIGRATION_WAIT;
+    loop {
+        let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
+        match info.get("status").and_then(|s| s.as_str()) {
+            Some("completed") => return Ok(()),
+            Some("failed") | Some("cancelled") => {
+                return Err(QemuError::MigrationFailed(
+                    info.get("error-desc")
+                        .and_then(|d| d.as_str())
+                        .unwrap_or("no reason given")
+                        .to_string(),
+                )
+                .into())
+            }
+            _ if std::time::Instant::now() > deadline => {
+                let _ = qmp.execute("migrate_cancel", None).await;
+                return Err(QemuError::MigrationTimeout(MIGRATION_WAIT).into());
+            }
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
 /// The migration stream a QEMU snapshot consists of.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
 
 #[async_trait]
 impl VmInstance for QemuInstance {
     async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError> {
-        self.snapshot_to(&out.join(SNAPSHOT_FILE)).await?;
+        self.snapshot_to(&out.join(SNAPSHOT_FILE), false).await?;
+        Ok(vec![SNAPSHOT_FILE.to_string()])
+    }
+    async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError> {
+        self.snapshot_to(&out.join(SNAPSHOT_FILE), true).await?;
         Ok(vec![SNAPSHOT_FILE.to_string()])
     }
     fn accel(&self) -> Accel {
