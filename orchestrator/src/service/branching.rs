@@ -21,8 +21,7 @@ use super::pools::Shape;
 use super::sandbox::{Owner, Sandbox, SandboxSpec};
 use super::snapshots::{self, check_name, Machine, SavedSandbox, SnapshotMeta};
 use super::types::{
-    CreateSandbox, CreateSnapshot, ForkResult, ForkSandbox, SandboxInfo, SandboxState,
-    SnapshotInfo,
+    CreateSandbox, CreateSnapshot, ForkResult, ForkSandbox, SandboxInfo, SandboxState, SnapshotInfo,
 };
 use super::Service;
 use crate::vm::config::AccelChoice;
@@ -69,7 +68,10 @@ impl Service {
             cwd: spec.cwd.clone(),
             labels: spec.labels.clone(),
             idle_timeout_s: spec.idle_timeout.map(|d| d.as_secs()),
-            created_unix: sandbox.created().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            created_unix: sandbox
+                .created()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
             lifetime_left_s: sandbox.lifetime_left().as_secs().max(1),
             // Only a resume gets the sandbox's secret back.
             access_token: if paused {
@@ -113,7 +115,10 @@ impl Service {
         let invalid = |why: String| {
             ServiceError::new(
                 ErrorCode::SnapshotInvalid,
-                format!("snapshot {} cannot be restored: {why}; nothing was started", meta.id),
+                format!(
+                    "snapshot {} cannot be restored: {why}; nothing was started",
+                    meta.id
+                ),
             )
         };
         let shape = Shape {
@@ -363,6 +368,14 @@ impl Service {
         )
         .with_origin(UNIX_EPOCH + Duration::from_secs(saved.created_unix), None);
         self.admit(owner, sandbox, reservation).await
+    }
+
+    /// The sandbox `id` of `owner` as inspect shows it, running or paused.
+    pub fn inspect(&self, owner: &Owner, id: &str) -> Result<SandboxInfo, ServiceError> {
+        match self.inner.snapshots.paused(id) {
+            Some(m) if m.sandbox.owner == owner.0 && !self.is_live(id) => Ok(self.paused_info(&m)),
+            _ => Ok(self.get(owner, id)?.info()),
+        }
     }
 
     /// The snapshots of `owner` (paused sandboxes are listed as sandboxes).

@@ -46,7 +46,14 @@ pub(super) struct Table {
 
 impl Table {
     pub(super) fn remember_ended(&mut self, id: String, owner: Owner, expired: bool, why: String) {
-        self.remember(id, Ended { owner, expired, why });
+        self.remember(
+            id,
+            Ended {
+                owner,
+                expired,
+                why,
+            },
+        );
     }
 
     fn remember(&mut self, id: String, ended: Ended) {
@@ -291,10 +298,12 @@ impl Service {
         match timeout_s {
             None => Ok(c.default_timeout),
             Some(0) => Err(ServiceError::bad_request("timeout_s must be at least 1")),
-            Some(s) if Duration::from_secs(s) > c.max_timeout => Err(ServiceError::bad_request(format!(
-                "timeout_s {s} is longer than the service allows ({}s)",
-                c.max_timeout.as_secs()
-            ))),
+            Some(s) if Duration::from_secs(s) > c.max_timeout => {
+                Err(ServiceError::bad_request(format!(
+                    "timeout_s {s} is longer than the service allows ({}s)",
+                    c.max_timeout.as_secs()
+                )))
+            }
             Some(s) => Ok(Duration::from_secs(s)),
         }
     }

@@ -298,7 +298,10 @@ impl Sandbox {
             cwd: self.spec.cwd.clone(),
             created_at: unix_secs(self.created),
             expires_at: unix_secs(SystemTime::now() + expires_in),
-            age_s: now.duration_since(self.created_instant).as_secs(),
+            // From the first creation: a resumed sandbox keeps its age.
+            age_s: SystemTime::now()
+                .duration_since(self.created)
+                .map_or(0, |d| d.as_secs()),
             idle_s: now.duration_since(t.last_active).as_secs(),
             idle_timeout_s: self.spec.idle_timeout.map(|d| d.as_secs()),
             host_rss_mib: self.vm_pids.iter().map(|&p| rss_kib(p)).sum::<u64>() / 1024,

@@ -155,10 +155,7 @@ impl SnapshotStore {
     /// there; directories of unfinished writes are removed.
     pub fn open(limits: SnapshotLimits) -> Result<SnapshotStore, ServiceError> {
         crate::cache::trusted_dir_in(&limits.dir, "").map_err(|e| {
-            ServiceError::internal(format!(
-                "snapshot directory {}: {e}",
-                limits.dir.display()
-            ))
+            ServiceError::internal(format!("snapshot directory {}: {e}", limits.dir.display()))
         })?;
         let lock = crate::cache::FileLock::try_acquire(&limits.dir.join(".lock")).ok_or_else(|| {
             ServiceError::unavailable(format!(
@@ -184,7 +181,9 @@ impl SnapshotStore {
             match read_meta(&path) {
                 Ok(meta) if meta.id == name => {
                     let age = now
-                        .duration_since(SystemTime::UNIX_EPOCH + Duration::from_secs(meta.created_unix))
+                        .duration_since(
+                            SystemTime::UNIX_EPOCH + Duration::from_secs(meta.created_unix),
+                        )
                         .unwrap_or_default();
                     index.entries.insert(
                         name,
@@ -195,7 +194,9 @@ impl SnapshotStore {
                         },
                     );
                 }
-                Ok(_) => tracing::warn!(dir = %path.display(), "snapshot metadata names another id; ignored"),
+                Ok(_) => {
+                    tracing::warn!(dir = %path.display(), "snapshot metadata names another id; ignored")
+                }
                 Err(e) => tracing::warn!(dir = %path.display(), "unreadable snapshot ignored: {e}"),
             }
         }
@@ -232,7 +233,9 @@ impl SnapshotStore {
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&pending.tmp)
-            .map_err(|e| ServiceError::internal(format!("creating {}: {e}", pending.tmp.display())))?;
+            .map_err(|e| {
+                ServiceError::internal(format!("creating {}: {e}", pending.tmp.display()))
+            })?;
         Ok(pending)
     }
 
@@ -246,9 +249,10 @@ impl SnapshotStore {
         mut meta: SnapshotMeta,
     ) -> Result<SnapshotMeta, ServiceError> {
         let t0 = Instant::now();
-        let live = vm.snapshot_live(&pending.tmp).await.map_err(|e| {
-            ServiceError::unavailable(format!("writing the snapshot failed: {e}"))
-        })?;
+        let live = vm
+            .snapshot_live(&pending.tmp)
+            .await
+            .map_err(|e| ServiceError::unavailable(format!("writing the snapshot failed: {e}")))?;
         let files = {
             let dir = pending.tmp.clone();
             tokio::task::spawn_blocking(move || snapshot_files::describe(&dir, &live.files))
@@ -426,7 +430,12 @@ impl SnapshotStore {
 
 /// A snapshot's metadata as the store writes it (id and figures filled in
 /// by [`SnapshotStore::write`]).
-pub fn new_meta(name: Option<String>, paused: bool, sandbox: SavedSandbox, machine: Machine) -> SnapshotMeta {
+pub fn new_meta(
+    name: Option<String>,
+    paused: bool,
+    sandbox: SavedSandbox,
+    machine: Machine,
+) -> SnapshotMeta {
     SnapshotMeta {
         format: FORMAT,
         id: String::new(),
@@ -464,7 +473,10 @@ fn read_meta(dir: &Path) -> Result<SnapshotMeta, String> {
     let text = fs::read_to_string(dir.join(META_FILE)).map_err(|e| e.to_string())?;
     let meta: SnapshotMeta = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     if meta.format != FORMAT {
-        return Err(format!("format {} (this version reads {FORMAT})", meta.format));
+        return Err(format!(
+            "format {} (this version reads {FORMAT})",
+            meta.format
+        ));
     }
     Ok(meta)
 }

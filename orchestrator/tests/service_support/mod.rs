@@ -50,6 +50,7 @@ impl Server {
     pub fn start(name: &str, tcp: bool, extra: &[&str]) -> Server {
         let root = PathBuf::from(format!("/tmp/ironclaw-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
+        let _ = std::fs::remove_dir_all(snapshot_dir(&root));
         Server::start_in(root, tcp, extra)
     }
 
@@ -85,6 +86,11 @@ impl Server {
             tcp_addr = Some(addr);
             token = Some(t);
             token_file = Some(f);
+        }
+        // One service per snapshot directory: each server its own, beside
+        // its runtime root (kept across a restart on the same root).
+        if !extra.contains(&"--snapshot-dir") {
+            cmd.arg("--snapshot-dir").arg(snapshot_dir(&root));
         }
         let child = cmd.spawn().unwrap();
         let server = Server {
@@ -191,8 +197,18 @@ impl Server {
     }
 }
 
+/// The snapshot directory of the server on `root` (unless a test gives one).
+pub fn snapshot_dir(root: &std::path::Path) -> PathBuf {
+    PathBuf::from(format!("{}-snapshots", root.display()))
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        // A server a test stopped itself may be restarted on the same root:
+        // its snapshots stay for the next one.
+        if self.child.is_some() {
+            let _ = std::fs::remove_dir_all(snapshot_dir(&self.root));
+        }
         if let Some(mut child) = self.child.take() {
             // SIGTERM first so the service destroys its VMs; then make sure.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

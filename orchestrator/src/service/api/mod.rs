@@ -15,6 +15,7 @@ mod commands;
 mod files;
 pub mod openapi;
 mod sandboxes;
+mod snapshots;
 
 use std::time::Duration;
 
@@ -64,6 +65,15 @@ pub fn router(service: Service, tokens: Tokens) -> Router {
             get(sandboxes::inspect).delete(sandboxes::destroy),
         )
         .route("/sandboxes/{id}/timeout", post(sandboxes::set_timeout))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
+        .route("/sandboxes/{id}/pause", post(snapshots::pause))
+        .route("/sandboxes/{id}/resume", post(snapshots::resume))
+        .route("/snapshots", get(snapshots::list))
+        .route(
+            "/snapshots/{id}",
+            get(snapshots::inspect).delete(snapshots::remove),
+        )
         .route("/sandboxes/{id}/exec", post(commands::exec))
         .route("/sandboxes/{id}/exec/stream", post(commands::exec_stream))
         .route(

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{commands, files, sandboxes};
+use super::{commands, files, sandboxes, snapshots};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -17,6 +17,8 @@ use super::{commands, files, sandboxes};
         commands::output, commands::stream, commands::stdin, commands::signal, commands::wait,
         files::upload, files::download, files::stat, files::list, files::mkdir, files::remove,
         files::tar_out, files::tar_in,
+        snapshots::create, snapshots::fork, snapshots::pause, snapshots::resume,
+        snapshots::list, snapshots::inspect, snapshots::remove,
     ),
     modifiers(&BearerToken, &UniqueOperationIds),
     security(("bearer" = [])),

@@ -26,7 +26,7 @@ pub async fn create(
     ))
 }
 
-/// The caller's live sandboxes.
+/// The caller's sandboxes, running and paused.
 #[utoipa::path(get, path = "/v1/sandboxes", tag = "sandboxes", responses((status = 200, body = SandboxList)))]
 pub async fn list(
     State(s): State<AppState>,
@@ -46,7 +46,7 @@ pub async fn inspect(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxInfo>, ServiceError> {
-    Ok(Json(s.service.get(&owner, &id)?.info()))
+    Ok(Json(s.service.inspect(&owner, &id)?))
 }
 
 /// Set the remaining lifetime, counted from now.

@@ -1,7 +1,7 @@
 //! A running QEMU VM: its confined processes, snapshotting it (a migration
 //! to a file), and its [`VmInstance`] side (channel, exit, kill).
 
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -141,8 +141,14 @@ impl QemuInstance {
 /// Writes the (stopped) VM's state to `dest` as a migration stream.
 async fn migrate_to(qmp: &mut Qmp, dest: &Path) -> Result<(), VmError> {
     let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
-    let file =
-        File::create(dest).map_err(|e| VmError::io(format!("creating {}", dest.display()), e))?;
+    // Ours alone, new (never through a planted link), explicitly 0600.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dest)
+        .map_err(|e| VmError::io(format!("creating {}", dest.display()), e))?;
     qmp.execute_with_fd("getfd", serde_json::json!({ "fdname": "snapshot" }), &file)
         .await
         .map_err(qmp_err)?;
