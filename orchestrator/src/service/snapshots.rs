@@ -522,3 +522,142 @@ pub fn process_dir(label: &str) -> PathBuf {
     }
     root.join(format!("snapshots-{label}-{}", std::process::id()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(dir: &Path) -> SnapshotLimits {
+        SnapshotLimits {
+            dir: dir.to_path_buf(),
+            max_bytes: 1 << 30,
+            retention: Duration::from_secs(3600),
+            paused_retention: Duration::from_secs(60),
+        }
+    }
+
+    fn meta(id: &str, paused: bool, created_unix: u64) -> SnapshotMeta {
+        let sandbox = SavedSandbox {
+            id: "sb-1".into(),
+            owner: "uid:0".into(),
+            image: "default".into(),
+            vcpus: 1,
+            memory_mib: 256,
+            env: BTreeMap::new(),
+            cwd: None,
+            labels: BTreeMap::new(),
+            idle_timeout_s: None,
+            created_unix,
+            lifetime_left_s: 10,
+            access_token: String::new(),
+        };
+        let machine = Machine {
+            backend: BackendKind::Qemu,
+            accel: Accel::Tcg,
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            rootfs: None,
+            key: "k".into(),
+        };
+        let mut m = new_meta(Some("n".into()), paused, sandbox, machine);
+        m.id = id.into();
+        m.created_unix = created_unix;
+        m.files = vec![SnapshotFileMeta {
+            name: "snapshot.bin".into(),
+            bytes: 5,
+            sha256: String::new(),
+        }];
+        m
+    }
+
+    fn put(dir: &Path, m: &SnapshotMeta) {
+        fs::create_dir_all(dir.join(&m.id)).unwrap();
+        fs::write(
+            dir.join(&m.id).join(META_FILE),
+            serde_json::to_string(m).unwrap(),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn a_store_reloads_what_is_complete_and_drops_unfinished_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("snaps");
+        let now = unix_secs(SystemTime::now());
+        put(&dir, &meta("snap-a", false, now));
+        put(&dir, &meta("snap-b", true, now));
+        fs::create_dir_all(dir.join(".tmp-snap-c")).unwrap();
+        fs::create_dir_all(dir.join("snap-d")).unwrap(); // no metadata
+        let store = SnapshotStore::open(limits(&dir)).unwrap();
+        assert!(!dir.join(".tmp-snap-c").exists());
+        assert_eq!(store.list("uid:0", false).len(), 1);
+        assert_eq!(store.paused("sb-1").unwrap().id, "snap-b");
+        assert_eq!(store.find("uid:0", "n").unwrap().id, "snap-a");
+        // Another owner sees nothing.
+        assert!(store.find("uid:1", "snap-a").is_err());
+        assert_eq!(store.used_bytes(), 10);
+        // One service per directory.
+        let second = SnapshotStore::open(limits(&dir));
+        assert!(second.is_err());
+        assert!(second.err().unwrap().message.contains("--snapshot-dir"));
+    }
+
+    #[test]
+    fn retention_removes_old_snapshots_and_paused_sandboxes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("snaps");
+        let now = unix_secs(SystemTime::now());
+        put(&dir, &meta("snap-old", false, now - 7200));
+        put(&dir, &meta("snap-new", false, now));
+        // Older than the paused retention (60 s), younger than the other.
+        put(&dir, &meta("snap-paused", true, now - 120));
+        let store = SnapshotStore::open(limits(&dir)).unwrap();
+        let mut gone: Vec<String> = store.remove_expired().into_iter().map(|m| m.id).collect();
+        gone.sort();
+        assert_eq!(gone, ["snap-old", "snap-paused"]);
+        assert!(!dir.join("snap-old").exists() && dir.join("snap-new").exists());
+    }
+
+    #[test]
+    fn a_full_store_refuses_before_writing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("snaps");
+        put(&dir, &meta("snap-a", false, unix_secs(SystemTime::now())));
+        let mut l = limits(&dir);
+        l.max_bytes = 10;
+        let store = SnapshotStore::open(l).unwrap();
+        assert!(store.begin(100).is_ok());
+        put(&dir, &meta("snap-b", false, 0));
+        let store = {
+            drop(store);
+            let mut l = limits(&dir);
+            l.max_bytes = 10;
+            SnapshotStore::open(l).unwrap()
+        };
+        let err = store.begin(100).err().unwrap();
+        assert_eq!(err.code, ErrorCode::StorageFull);
+        assert_eq!(stored(&dir), ["snap-a", "snap-b"]);
+    }
+
+    fn stored(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn names_are_plain_and_never_ids() {
+        for ok in ["after-setup", "v1.2_b"] {
+            assert!(check_name("name", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "snap-1", ".hidden", "a/b", "a b", &"x".repeat(65)] {
+            let err = check_name("name", bad).unwrap_err();
+            assert!(err.message.starts_with("name:"), "{bad}: {}", err.message);
+        }
+    }
+}
