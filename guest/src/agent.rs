@@ -46,10 +46,13 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
                     crate::serial::find_port(ironclaw_protocol::AGENT_SERIAL_PORT_NAME).await?;
                 let port = crate::serial::SerialPort::open(&path)?;
                 eprintln!("ironclaw-guest: agent serving on {}", path.display());
+                // A host may still be connected to an agent that died: the
+                // first session tells it this one is new.
+                let mut announce = true;
                 loop {
                     port.wait_for_host().await;
                     // One session per host connection; it ends at EOF (host gone).
-                    serve_session(port.session()?).await;
+                    serve_session(port.session()?, std::mem::take(&mut announce)).await;
                 }
             }
             Listen::Vsock(port) => {
@@ -60,7 +63,7 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
                 loop {
                     match listener.accept().await {
                         Ok((stream, _)) => {
-                            tokio::spawn(serve_session(stream));
+                            tokio::spawn(serve_session(stream, false));
                         }
                         Err(e) => eprintln!("ironclaw-guest: accept: {e}"),
                     }
@@ -72,7 +75,7 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
                 loop {
                     match listener.accept().await {
                         Ok((stream, _)) => {
-                            tokio::spawn(serve_session(stream));
+                            tokio::spawn(serve_session(stream, false));
                         }
                         Err(e) => eprintln!("ironclaw-guest: accept: {e}"),
                     }
@@ -123,8 +126,9 @@ async fn bind_with_retry<T>(mut bind: impl FnMut() -> std::io::Result<T>) -> std
     Err(last.expect("loop ran"))
 }
 
-/// Serves one host connection until it closes or breaks the protocol.
-pub async fn serve_session<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S) {
+/// Serves one host connection until it closes or breaks the protocol;
+/// `announce` says first that this agent just started.
+pub async fn serve_session<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S, announce: bool) {
     let (r, w) = tokio::io::split(stream);
     let mut frames = FramedRead::new(r, FrameCodec::new());
     let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
@@ -143,6 +147,11 @@ pub async fn serve_session<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S
         streams: Arc::default(),
         epoch: CancellationToken::new(),
     };
+    if announce {
+        let _ = session
+            .send(Frame::control(SESSION_STREAM, &Message::AgentStarted))
+            .await;
+    }
     if let Err(e) = session.run(&mut frames).await {
         let _ = session
             .out

@@ -27,7 +27,7 @@ impl Host {
     /// Starts a session and says hello.
     async fn connect() -> Host {
         let (a, b) = UnixStream::pair().unwrap();
-        tokio::spawn(serve_session(b));
+        tokio::spawn(serve_session(b, false));
         let (r, w) = tokio::io::split(a);
         let mut host = Host {
             r: FramedRead::new(r, FrameCodec::new()),

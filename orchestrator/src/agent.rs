@@ -180,9 +180,14 @@ impl AgentClient {
                     },
                 ))
                 .await?;
+            // Frames of an earlier session, and a new agent's announcement,
+            // may come before the answer.
             let mut frame = reader.next().await.ok_or(AgentError::Closed)??;
             for _ in 0..HANDSHAKE_SKIP {
-                if frame.stream == SESSION_STREAM {
+                let announcement = frame.stream == SESSION_STREAM
+                    && frame.kind == FrameKind::Control
+                    && matches!(frame.message(), Ok(Message::AgentStarted));
+                if frame.stream == SESSION_STREAM && !announcement {
                     break;
                 }
                 frame = reader.next().await.ok_or(AgentError::Closed)??;

@@ -868,15 +868,21 @@ fn vm_pids(root: &std::path::Path, vm_id: &str, what: &str) -> Vec<i32> {
         .collect()
 }
 
-/// A VMM killed outright, mid-exec and mid-upload: the caller gets a clear
-/// error, the sandbox is destroyed and cleaned up, the service goes on
+/// A VMM killed outright, or the guest agent killed from inside the guest
+/// (by a command: its parent), mid-exec and mid-upload: the caller gets a
+/// clear error, the sandbox is destroyed and cleaned up, the service goes on
 /// serving the others.
 #[test]
-fn a_killed_vmm_fails_its_sandbox_only() {
+fn a_killed_vmm_or_agent_fails_its_sandbox_only() {
     let server = Server::start("api-fault", false, &["--pool-size", "1"]);
     rt().block_on(async {
         let bystander = create(&server, json!({})).await;
-        for mid in ["exec", "upload"] {
+        for (mid, killed) in [
+            ("exec", "qemu"),
+            ("upload", "qemu"),
+            ("exec", "agent"),
+            ("upload", "agent"),
+        ] {
             let (_, sb) = server.call("POST", "/v1/sandboxes", Some(json!({}))).await;
             let (id, vm_id) = (
                 sb["id"].as_str().unwrap().to_string(),
@@ -938,9 +944,21 @@ fn a_killed_vmm_fails_its_sandbox_only() {
                 }
             }
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let qemu = vm_pids(&server.root, &vm_id, "qemu-system");
-            assert_eq!(qemu.len(), 1, "one QEMU for {vm_id}");
-            unsafe { libc::kill(qemu[0], libc::SIGKILL) };
+            if killed == "qemu" {
+                let qemu = vm_pids(&server.root, &vm_id, "qemu-system");
+                assert_eq!(qemu.len(), 1, "one QEMU for {vm_id}");
+                unsafe { libc::kill(qemu[0], libc::SIGKILL) };
+            } else {
+                // Root in the guest kills the agent that runs its command.
+                let (status, out) = server
+                    .call(
+                        "POST",
+                        &format!("/v1/sandboxes/{id}/exec"),
+                        Some(json!({"cmd": "kill -9 $PPID; sleep 10"})),
+                    )
+                    .await;
+                assert_eq!(status / 100, 5, "{mid}/{killed}: the killing exec: {out}");
+            }
             let t0 = Instant::now();
             if mid == "upload" {
                 // More data after the kill, as long as the service takes it.
@@ -968,10 +986,10 @@ fn a_killed_vmm_fails_its_sandbox_only() {
                 "{mid}: the error took {:?}",
                 t0.elapsed()
             );
-            assert_eq!(status / 100, 5, "{mid}: {err}");
+            assert_eq!(status / 100, 5, "{mid}/{killed}: {err}");
             assert!(
                 err["message"].as_str().is_some_and(|m| !m.is_empty()),
-                "{mid}: {err}"
+                "{mid}/{killed}: {err}"
             );
             // The sandbox is gone, saying why, and so is everything of its VM.
             let (status, gone) = server

@@ -13,6 +13,11 @@ use crate::files::{DirEntry, FileStat};
 pub enum Message {
     /// Host → guest, first frame of a session on stream 0.
     Hello { version: u32 },
+    /// Guest → host, on stream 0, first thing a newly started agent says on
+    /// a transport without connections (virtio-serial): a host still in a
+    /// session with an agent that died (killed in the guest) learns at once
+    /// that its requests are lost. A host's handshake skips it.
+    AgentStarted,
     /// Guest → host answer to `Hello`.
     HelloAck {
         version: u32,

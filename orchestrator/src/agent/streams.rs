@@ -67,6 +67,13 @@ pub(crate) fn dispatch(streams: &Streams, frame: Frame) -> Result<(), String> {
         }
         match frame.message().map_err(|e| e.to_string())? {
             Message::Error { message } => tracing::warn!("guest agent: {message}"),
+            Message::AgentStarted => {
+                return Err(
+                    "the guest agent restarted (it was killed or crashed in the guest): \
+                            the requests of this session are lost"
+                        .into(),
+                )
+            }
             other => return Err(format!("unexpected session message {other:?}")),
         }
         return Ok(());
