@@ -244,7 +244,7 @@ mod tests {
             ],
             "{t}"
         );
-        assert_eq!(table(&[s.clone()], true, 0), "snap-1\n");
+        assert_eq!(table(std::slice::from_ref(&s), true, 0), "snap-1\n");
         assert_eq!(
             describe(&s),
             "snapshot snap-1 (after-setup) of sb-1: 121M, the sandbox paused 340 ms"
