@@ -95,6 +95,15 @@ fn python_sdk_over_streamable_http() {
         server.log_text()
     );
     assert_all_gone(&server.root);
+    // The session removed its snapshots: nothing but the directory's lock stays.
+    let snapshots = service_support::snapshot_dir(&server.root);
+    let mut left: Vec<_> = std::fs::read_dir(&snapshots)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.retain(|name| name != ".lock");
+    assert!(left.is_empty(), "left in {}: {left:?}", snapshots.display());
+    let _ = std::fs::remove_dir_all(&snapshots);
     let _ = std::fs::remove_dir_all(&server.root);
     let _ = std::fs::remove_file(&server.log);
     if let Some(token_file) = &server.token_file {

@@ -74,6 +74,12 @@ async fn rmcp_client_over_stdio() {
         "sandbox_fs_list",
         "sandbox_fs_remove",
         "run_code",
+        "sandbox_snapshot",
+        "sandbox_fork",
+        "sandbox_pause",
+        "sandbox_resume",
+        "snapshot_list",
+        "snapshot_remove",
     ] {
         assert!(names.contains(&want), "no tool {want} in {names:?}");
     }

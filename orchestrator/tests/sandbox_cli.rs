@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use service_support::{new_token, Server};
 
@@ -38,11 +39,16 @@ impl std::fmt::Debug for Out {
 /// `ironclaw sandbox ARGS` with the runtime root `root` (so the service's
 /// socket is found by default), `stdin` fed to it.
 fn cli_in(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Out {
+    ironclaw_in(root, "sandbox", args, stdin)
+}
+
+/// `ironclaw COMMAND ARGS` so.
+fn ironclaw_in(root: &Path, command: &str, args: &[&str], stdin: Option<&[u8]>) -> Out {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ironclaw"))
         .env("IRONCLAW_RUNTIME_DIR", root)
         .env_remove("IRONCLAW_HOST")
         .env_remove("IRONCLAW_TOKEN_FILE")
-        .arg("sandbox")
+        .arg(command)
         .args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -70,6 +76,21 @@ fn cli_in(root: &Path, args: &[&str], stdin: Option<&[u8]>) -> Out {
 
 fn cli(server: &Server, args: &[&str]) -> Out {
     cli_in(&server.root, args, None)
+}
+
+/// `ironclaw snapshot ARGS`.
+fn snapshots(server: &Server, args: &[&str]) -> Out {
+    ironclaw_in(&server.root, "snapshot", args, None)
+}
+
+/// The one line a successful command printed (an id).
+fn one_line(out: &Out) -> String {
+    let text = out.text();
+    assert!(
+        out.code == 0 && text.lines().count() == 1 && text.ends_with('\n'),
+        "{out:?}"
+    );
+    text.trim().to_string()
 }
 
 fn random_bytes(n: usize) -> Vec<u8> {
@@ -294,6 +315,153 @@ fn cp_logs_and_tcp() {
         out.stderr.contains("missing or wrong token") && out.stderr.contains("(unauthorized)"),
         "{out:?}"
     );
+}
+
+/// The value of the counter the scenario's background loop writes each second.
+fn counter(server: &Server, id: &str) -> u64 {
+    let out = cli(server, &["exec", id, "--", "cat", "/work/count"]);
+    assert_eq!(out.code, 0, "{id}: {out:?}");
+    out.text()
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{out:?}"))
+}
+
+/// Whether the background loop of `id` still runs: its counter grows.
+fn counting(server: &Server, id: &str) -> u64 {
+    let before = counter(server, id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let now = counter(server, id);
+        if now > before {
+            return now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: the counter stays at {before}"
+        );
+    }
+}
+
+/// Snapshots, forks, pause and resume from the command line (the issue's
+/// scenario): files and running processes carried into the copies, a
+/// paused sandbox refusing commands until it is resumed, snapshots listed
+/// and removed.
+#[test]
+fn snapshot_fork_pause_resume() {
+    let server = Server::start("cli-snap", false, &["--pool-size", "1"]);
+    let id = one_line(&cli(&server, &["create", "--timeout", "10m"]));
+    let setup = "echo state > /work/s; (i=0; while true; do i=$((i+1)); echo $i > /work/count; \
+                 sleep 1; done) >/dev/null 2>&1 &";
+    let out = cli(&server, &["exec", &id, "--", "sh", "-c", setup]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let out = cli(&server, &["snapshot", &id, "--name", "after-setup"]);
+    let snap = one_line(&out);
+    assert!(snap.starts_with("snap-"), "{out:?}");
+    assert!(
+        out.stderr
+            .contains(&format!("snapshot {snap} (after-setup) of {id}")),
+        "{out:?}"
+    );
+
+    // By id and by name: the file, and the loop running on.
+    let a = one_line(&cli(&server, &["create", "--from", &snap]));
+    let b = one_line(&cli(&server, &["create", "--from", "after-setup"]));
+    assert!(a != b && a != id && b != id, "{id} {a} {b}");
+    for copy in [&a, &b] {
+        let out = cli(&server, &["exec", copy, "--", "cat", "/work/s"]);
+        assert_eq!(
+            (out.code, out.text().as_str()),
+            (0, "state\n"),
+            "{copy}: {out:?}"
+        );
+    }
+    counting(&server, &b);
+    let out = cli(&server, &["inspect", &a]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["from_snapshot"], snap.as_str(), "{info}");
+
+    let out = cli(&server, &["fork", &id, "--count", "2"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let forks: Vec<String> = out.text().lines().map(String::from).collect();
+    assert!(
+        forks.len() == 2 && forks[0] != forks[1] && forks.iter().all(|f| f.starts_with("sb-")),
+        "{out:?}"
+    );
+    assert!(out.stderr.contains("snapshot snap-"), "{out:?}");
+    let out = cli(&server, &["exec", &forks[1], "--", "cat", "/work/s"]);
+    assert_eq!(out.text(), "state\n", "{out:?}");
+
+    // Paused: listed as such, commands refused; resumed: the loop counts on.
+    let before = counter(&server, &id);
+    let out = cli(&server, &["pause", &id]);
+    assert!(
+        out.code == 0 && out.stdout.is_empty() && out.stderr.contains("on disk"),
+        "{out:?}"
+    );
+    let out = cli(&server, &["ls"]);
+    let state = |ls: &Out, id: &str| {
+        let line = ls
+            .text()
+            .lines()
+            .find(|l| l.starts_with(id))
+            .map(String::from);
+        line.unwrap_or_else(|| panic!("{id} is not listed: {ls:?}"))
+    };
+    assert!(state(&out, &id).contains(" paused"), "{out:?}");
+    assert!(state(&out, &a).contains(" running"), "{out:?}");
+    let out = cli(&server, &["exec", &id, "--", "true"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(
+        out.stderr.contains("is paused") && out.stderr.contains("(sandbox_paused)"),
+        "{out:?}"
+    );
+    let out = cli(&server, &["resume", &id]);
+    assert!(out.code == 0 && out.stderr.contains("running"), "{out:?}");
+    let after = counting(&server, &id);
+    assert!(after > before, "the counter went from {before} to {after}");
+    assert!(state(&cli(&server, &["ls"]), &id).contains(" running"));
+
+    // Listed (with the fork's), inspected by name, removed once.
+    let out = snapshots(&server, &["ls"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.text().starts_with("ID "), "{out:?}");
+    assert!(
+        out.text()
+            .lines()
+            .any(|l| l.starts_with(&snap) && l.contains("after-setup") && l.contains(&id)),
+        "{out:?}"
+    );
+    assert_eq!(snapshots(&server, &["ls", "-q"]).text().lines().count(), 2);
+    let out = snapshots(&server, &["inspect", "after-setup"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (info["id"].as_str(), info["source_sandbox"].as_str()),
+        (Some(snap.as_str()), Some(id.as_str())),
+        "{info}"
+    );
+    let out = snapshots(&server, &["rm", &snap]);
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out:?}");
+    assert!(!snapshots(&server, &["ls", "-q"]).text().contains(&snap));
+    let out = snapshots(&server, &["rm", &snap, "snap-none"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    for gone in [&snap, "snap-none"] {
+        assert!(
+            out.stderr
+                .contains(&format!("ironclaw: {gone}: no snapshot {gone}")),
+            "{out:?}"
+        );
+    }
+    let out = cli(&server, &["create", "--from", "after-setup"]);
+    assert!(
+        out.code == 125 && out.stderr.contains("(not_found)"),
+        "{out:?}"
+    );
+
+    assert_eq!(cli(&server, &["rm", "--all"]).code, 0);
+    assert_eq!(cli(&server, &["ls", "-q"]).text(), "");
 }
 
 #[test]

@@ -68,10 +68,15 @@ pub enum Command {
     ///
     /// Example: ironclaw serve & id=$(ironclaw sandbox create); ironclaw sandbox exec $id -- uname -a
     Serve(Box<serve::ServeArgs>),
-    /// Create and use sandboxes of a running `ironclaw serve`: create, exec, cp, ls, inspect, rm, logs, timeout.
+    /// Create and use sandboxes of a running `ironclaw serve`: create, exec, cp, ls, inspect, rm, logs, timeout,
+    /// snapshot, fork, pause, resume.
     ///
     /// Example: id=$(ironclaw sandbox create --timeout 10m); ironclaw sandbox exec $id -- uname -a
     Sandbox(sandbox::SandboxArgs),
+    /// List, inspect and remove snapshots of sandboxes (taken by `ironclaw sandbox snapshot` or `fork`).
+    ///
+    /// Example: ironclaw snapshot ls; ironclaw snapshot rm after-setup
+    Snapshot(sandbox::snapshot::SnapshotArgs),
     /// Serve the sandbox tools over MCP on stdin/stdout (for desktop agents); its sandboxes end with it.
     ///
     /// Example (an agent's MCP config): {"command": "ironclaw", "args": ["mcp"]}
@@ -104,6 +109,7 @@ impl Command {
             Command::Image(cmd) => image::image_command(cmd, verbose).await,
             Command::Serve(args) => serve::serve(*args).await,
             Command::Sandbox(args) => sandbox::sandbox_command(args).await,
+            Command::Snapshot(args) => sandbox::snapshot_command(args).await,
             Command::Mcp(args) => mcp::mcp(*args).await,
         }
     }

@@ -22,6 +22,12 @@ EXPECTED_TOOLS = {
     "sandbox_fs_list",
     "sandbox_fs_remove",
     "run_code",
+    "sandbox_snapshot",
+    "sandbox_fork",
+    "sandbox_pause",
+    "sandbox_resume",
+    "snapshot_list",
+    "snapshot_remove",
 }
 
 
@@ -72,6 +78,63 @@ async def poll_until(session, sid, cid, cursor, done, what, limit=60):
         if done(stdout, page):
             return stdout, stderr, page
         assert time.monotonic() < deadline, f"{what}: not done after {limit}s: {stdout!r} {page}"
+
+
+async def branching(session):
+    """A sandbox snapshotted, a copy made from the snapshot (by name),
+    paused and resumed, and forked: the file written first is in each; all
+    sandboxes and snapshots are removed at the end."""
+    box = await call(session, "sandbox_create", {"timeout_s": 300})
+    sid = box["id"]
+    made = [sid]
+    try:
+        await call(session, "sandbox_fs_write", {"sandbox_id": sid, "path": "notes.txt", "content": "kept\n"})
+        snap = await call(session, "sandbox_snapshot", {"sandbox_id": sid, "name": "mcp-notes"})
+        assert snap["id"].startswith("snap-") and snap["name"] == "mcp-notes", snap
+        assert snap["source_sandbox"] == sid and snap["bytes"] > 0, snap
+        log("snapshot", snap["id"], f"{snap['bytes'] >> 20} MiB, paused {snap['pause_ms']} ms")
+
+        copy = await call(session, "sandbox_create", {"from_snapshot": "mcp-notes", "timeout_s": 300})
+        cid = copy["id"]
+        made.append(cid)
+        assert cid != sid and copy["from_snapshot"] == snap["id"] and copy["state"] == "running", copy
+        read = await call(session, "sandbox_fs_read", {"sandbox_id": cid, "path": "notes.txt"})
+        assert read["content"] == "kept\n", read
+
+        paused = await call(session, "sandbox_pause", {"sandbox_id": cid})
+        assert paused["id"] == cid and paused["state"] == "paused" and paused["paused_bytes"] > 0, paused
+        text = await call_error(session, "sandbox_fs_read", {"sandbox_id": cid, "path": "notes.txt"}, "sandbox_paused")
+        assert "sandbox_resume" in text, text
+        listed = await call(session, "sandbox_list", {})
+        states = {s["id"]: s["state"] for s in listed["sandboxes"]}
+        assert states == {sid: "running", cid: "paused"}, states
+        resumed = await call(session, "sandbox_resume", {"sandbox_id": cid})
+        assert resumed["id"] == cid and resumed["state"] == "running", resumed
+        read = await call(session, "sandbox_fs_read", {"sandbox_id": cid, "path": "notes.txt"})
+        assert read["content"] == "kept\n", read
+        log("paused and resumed", cid)
+
+        forked = await call(session, "sandbox_fork", {"sandbox_id": sid})
+        assert len(forked["sandboxes"]) == 1 and forked["snapshot"]["source_sandbox"] == sid, forked
+        fid = forked["sandboxes"][0]["id"]
+        made.append(fid)
+        read = await call(session, "sandbox_fs_read", {"sandbox_id": fid, "path": "/work/notes.txt"})
+        assert read["content"] == "kept\n", read
+
+        listed = await call(session, "snapshot_list", {})
+        ids = {s["id"] for s in listed["snapshots"]}
+        assert ids == {snap["id"], forked["snapshot"]["id"]}, listed
+        for removed in ("mcp-notes", forked["snapshot"]["id"]):
+            assert await call(session, "snapshot_remove", {"snapshot_id": removed}) == {"removed": removed}
+        assert (await call(session, "snapshot_list", {}))["snapshots"] == []
+        await call_error(session, "snapshot_remove", {"snapshot_id": "mcp-notes"}, "not_found")
+        await call_error(session, "sandbox_create", {"from_snapshot": snap["id"]}, "not_found")
+    finally:
+        for made_id in made:
+            await call(session, "sandbox_destroy", {"sandbox_id": made_id})
+    listed = await call(session, "sandbox_list", {})
+    assert listed["sandboxes"] == [], listed
+    log("snapshots ok")
 
 
 async def run(session):
@@ -179,6 +242,8 @@ async def run(session):
     assert "destroyed" in text, text
     listed = await call(session, "sandbox_list", {})
     assert sid not in [s["id"] for s in listed["sandboxes"]], listed
+
+    await branching(session)
 
     # One-shot code with files; its sandbox is gone afterwards.
     result = await call(

@@ -379,6 +379,11 @@ pub fn sandbox_path(id: &str, rest: &str) -> String {
     )
 }
 
+/// `/v1/snapshots/{id}`, with `id` (or a name) escaped.
+pub fn snapshot_path(id: &str) -> String {
+    format!("/v1/snapshots/{}", query_escape(id).replace('/', "%2F"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,5 +406,6 @@ mod tests {
     fn escaping() {
         assert_eq!(query_escape("/a b/ü&x=1"), "/a%20b/%C3%BC%26x%3D1");
         assert_eq!(sandbox_path("a/b", "/files"), "/v1/sandboxes/a%2Fb/files");
+        assert_eq!(snapshot_path("a b/c"), "/v1/snapshots/a%20b%2Fc");
     }
 }

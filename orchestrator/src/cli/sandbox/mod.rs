@@ -1,12 +1,14 @@
-//! `ironclaw sandbox …`: the client of `ironclaw serve`. Each subcommand is
-//! one or a few calls of the REST API (over the service's unix socket, or
-//! TCP with `--host` and `--token-file`); errors of the service are printed
-//! as `ironclaw: <message> (<code>)` with exit code 125.
+//! `ironclaw sandbox …` and `ironclaw snapshot …`: the client of
+//! `ironclaw serve`. Each subcommand is one or a few calls of the REST API
+//! (over the service's unix socket, or TCP with `--host` and
+//! `--token-file`); errors of the service are printed as
+//! `ironclaw: <message> (<code>)` with exit code 125.
 
 pub mod client;
 mod cp;
 mod exec;
 mod show;
+pub mod snapshot;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,8 +20,9 @@ use serde_json::json;
 use super::field_flags::Refusal;
 use client::{sandbox_path, Client};
 
+/// Where the service is: the flags of `ironclaw sandbox` and `ironclaw snapshot`.
 #[derive(clap::Args)]
-pub struct SandboxArgs {
+pub struct Connection {
     /// The service: http://ADDR:PORT (with --token-file) or unix:PATH
     /// [default: $IRONCLAW_HOST, else the unix socket <runtime root>/ironclaw.sock].
     #[arg(long, global = true, value_name = "URL")]
@@ -28,13 +31,25 @@ pub struct SandboxArgs {
     /// TCP service [default: $IRONCLAW_TOKEN_FILE].
     #[arg(long, global = true, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+}
+
+impl Connection {
+    pub fn client(self) -> anyhow::Result<Client> {
+        Client::new(self.host, self.token_file)
+    }
+}
+
+#[derive(clap::Args)]
+pub struct SandboxArgs {
+    #[command(flatten)]
+    pub conn: Connection,
     #[command(subcommand)]
     pub command: SandboxCmd,
 }
 
 #[derive(clap::Subcommand)]
 pub enum SandboxCmd {
-    /// Create a sandbox; prints its id (alone, for scripts).
+    /// Create a sandbox (fresh, or --from a snapshot); prints its id (alone, for scripts).
     ///
     /// Example: id=$(ironclaw sandbox create --timeout 10m)
     Create(CreateArgs),
@@ -46,7 +61,7 @@ pub enum SandboxCmd {
     ///
     /// Example: ironclaw sandbox cp data.csv $id:/work/ && ironclaw sandbox cp -r $id:/work/out ./out
     Cp(cp::CpArgs),
-    /// List your sandboxes.
+    /// List your sandboxes, running and paused.
     Ls {
         /// Print the ids only.
         #[arg(short, long)]
@@ -82,6 +97,18 @@ pub enum SandboxCmd {
         #[arg(value_parser = parse_secs)]
         duration: u64,
     },
+    /// Snapshot a running sandbox (files, memory, processes); prints the snapshot's id.
+    ///
+    /// Example: snap=$(ironclaw sandbox snapshot $id --name after-setup); ironclaw sandbox create --from $snap
+    Snapshot(snapshot::TakeArgs),
+    /// Snapshot a sandbox and make new sandboxes from it; prints their ids, one per line.
+    ///
+    /// Example: ironclaw sandbox fork $id --count 3
+    Fork(snapshot::ForkArgs),
+    /// Pause a sandbox: memory and files to disk, no VM, its lifetime stopped.
+    Pause(snapshot::StateArgs),
+    /// Resume a paused sandbox under its id, with its processes.
+    Resume(snapshot::StateArgs),
 }
 
 #[derive(clap::Args)]
@@ -111,18 +138,29 @@ pub struct CreateArgs {
     /// Destroy the sandbox after this long without a request.
     #[arg(long, value_name = "DUR", value_parser = parse_secs)]
     pub idle_timeout: Option<u64>,
+    /// Start from a snapshot (its id or name, see `ironclaw snapshot ls`):
+    /// its files, memory and running processes, its image and shape.
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["image", "vcpus", "mem"])]
+    pub from: Option<String>,
 }
 
 /// Runs a sandbox subcommand; returns the exit code. Every error is
 /// printed as it is (the service's own messages say what to change).
 pub async fn sandbox_command(args: SandboxArgs) -> anyhow::Result<i32> {
-    run(args)
-        .await
-        .map_err(|e| Refusal(format!("{e:#}")).into())
+    as_is(run(args).await)
+}
+
+/// Runs a snapshot subcommand; returns the exit code (errors as for `sandbox`).
+pub async fn snapshot_command(args: snapshot::SnapshotArgs) -> anyhow::Result<i32> {
+    as_is(snapshot::snapshot_command(args).await)
+}
+
+fn as_is(result: anyhow::Result<i32>) -> anyhow::Result<i32> {
+    result.map_err(|e| Refusal(format!("{e:#}")).into())
 }
 
 async fn run(args: SandboxArgs) -> anyhow::Result<i32> {
-    let client = Client::new(args.host, args.token_file)?;
+    let client = args.conn.client()?;
     match args.command {
         SandboxCmd::Create(a) => create(&client, a).await,
         SandboxCmd::Exec(a) => exec::exec(&client, a).await,
@@ -157,6 +195,10 @@ async fn run(args: SandboxArgs) -> anyhow::Result<i32> {
                 .await?;
             Ok(0)
         }
+        SandboxCmd::Snapshot(a) => snapshot::take(&client, a).await,
+        SandboxCmd::Fork(a) => snapshot::fork(&client, a).await,
+        SandboxCmd::Pause(a) => snapshot::set_state(&client, a, false).await,
+        SandboxCmd::Resume(a) => snapshot::set_state(&client, a, true).await,
     }
 }
 
@@ -170,6 +212,7 @@ async fn create(client: &Client, a: CreateArgs) -> anyhow::Result<i32> {
         "labels": key_values("--label", &a.label)?,
         "timeout_s": a.timeout,
         "idle_timeout_s": a.idle_timeout,
+        "from_snapshot": a.from,
     });
     let info = client
         .json(Method::POST, "/v1/sandboxes", Some(&body))
@@ -193,13 +236,20 @@ async fn rm(client: &Client, mut ids: Vec<String>, all: bool) -> anyhow::Result<
             .filter_map(|s| s["id"].as_str().map(String::from))
             .collect();
     }
+    let paths: Vec<(String, String)> = ids
+        .into_iter()
+        .map(|id| (sandbox_path(&id, ""), id))
+        .collect();
+    remove_each(client, &paths).await
+}
+
+/// DELETEs each `(path, what)`; every failure is printed with `what`, and
+/// any makes the exit code 125.
+async fn remove_each(client: &Client, paths: &[(String, String)]) -> anyhow::Result<i32> {
     let mut failed = 0;
-    for id in &ids {
-        if let Err(e) = client
-            .json(Method::DELETE, &sandbox_path(id, ""), None)
-            .await
-        {
-            eprintln!("ironclaw: {id}: {e:#}");
+    for (path, what) in paths {
+        if let Err(e) = client.json(Method::DELETE, path, None).await {
+            eprintln!("ironclaw: {what}: {e:#}");
             failed += 1;
         }
     }

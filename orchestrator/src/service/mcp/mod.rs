@@ -37,10 +37,12 @@ untrusted code. For a quick one-off program use run_code. Otherwise: sandbox_cre
 sandbox_id; it lives for timeout_s, default 300 s), then sandbox_exec / sandbox_fs_write / \
 sandbox_fs_read with that sandbox_id, and sandbox_destroy when done. Long-running or \
 interactive commands: sandbox_exec_start, then sandbox_exec_poll with the returned cursor, \
-sandbox_exec_write_stdin, sandbox_exec_signal. The default image has python3 and coreutils; \
+sandbox_exec_write_stdin, sandbox_exec_signal. To keep or branch a state: sandbox_snapshot, then \
+sandbox_create with from_snapshot (or sandbox_fork for copies at once); sandbox_pause frees a \
+sandbox's memory until sandbox_resume. The default image has python3 and coreutils; \
 commands run as root in /work. Failed calls return an error result whose text starts with a \
-stable code (bad_request, not_found, sandbox_expired, conflict, limit_reached, unavailable, \
-sandbox_failed, internal).";
+stable code (bad_request, not_found, sandbox_expired, sandbox_paused, conflict, limit_reached, \
+snapshot_invalid, storage_full, unavailable, sandbox_failed, internal).";
 
 /// The MCP tools over one [`Service`].
 #[derive(Clone)]

@@ -30,6 +30,11 @@ pub struct CreateParams {
     pub timeout_s: Option<u64>,
     /// Destroy the sandbox after this many seconds without any call on it.
     pub idle_timeout_s: Option<u64>,
+    /// Start from this snapshot (a `snap-…` id or its name, from
+    /// sandbox_snapshot): a copy of the snapshotted sandbox with its files,
+    /// memory and background processes. Leave image, vcpus and memory_mib
+    /// out then (they are the snapshot's).
+    pub from_snapshot: Option<String>,
 }
 
 /// Names a sandbox.
@@ -226,4 +231,38 @@ pub struct RunCodeParams {
     pub stdin: Option<String>,
     /// Kill the program after this many seconds (default 60).
     pub timeout_s: Option<f64>,
+}
+
+/// `sandbox_snapshot`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotParams {
+    /// The sandbox to snapshot (it keeps running).
+    pub sandbox_id: String,
+    /// A name to pass as `from_snapshot` later, besides the snapshot's id:
+    /// 1 to 64 letters, digits, '.', '_' or '-', e.g. "deps-installed".
+    pub name: Option<String>,
+}
+
+/// `sandbox_fork`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkParams {
+    /// The sandbox to copy (it keeps running).
+    pub sandbox_id: String,
+    /// How many copies to make, 1 to 16 (default 1).
+    pub count: Option<u32>,
+    /// Lifetime of each copy in seconds (default 300).
+    pub timeout_s: Option<u64>,
+    /// Labels of each copy, e.g. {"try": "b"}.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Names a snapshot.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotIdParams {
+    /// The snapshot's id (`snap-…`) or name.
+    pub snapshot_id: String,
 }

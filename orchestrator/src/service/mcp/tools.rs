@@ -10,14 +10,18 @@ use super::ops::{self, decode, exec_body, write_file, DEFAULT_EXEC_OUTPUT, MAX_E
 use super::params::*;
 use super::{reply, SandboxMcp};
 use crate::service::error::ServiceError;
-use crate::service::types::{CreateSandbox, Encoding, StdinBody};
+use crate::service::types::{
+    CreateSandbox, CreateSnapshot, Encoding, ForkSandbox, SnapshotList, StdinBody,
+};
 
 #[tool_router(vis = "pub(super)")]
 impl SandboxMcp {
     /// Create a sandbox: a fresh Linux microVM with its own file system and
-    /// no network. Returns its `id` (pass it as `sandbox_id` to the other
-    /// tools) and `expires_at`. It is destroyed after `timeout_s` (default
-    /// 300) or by sandbox_destroy; destroy it when you are done.
+    /// no network, or with `from_snapshot` a copy of a snapshot taken by
+    /// sandbox_snapshot (its files, memory and background processes).
+    /// Returns its `id` (pass it as `sandbox_id` to the other tools) and
+    /// `expires_at`. It is destroyed after `timeout_s` (default 300) or by
+    /// sandbox_destroy; destroy it when you are done.
     #[tool]
     async fn sandbox_create(
         &self,
@@ -36,7 +40,7 @@ impl SandboxMcp {
                     labels: p.labels,
                     timeout_s: p.timeout_s,
                     idle_timeout_s: p.idle_timeout_s,
-                    from_snapshot: None,
+                    from_snapshot: p.from_snapshot,
                 };
                 self.service.create(&owner, req).await
             }
@@ -44,7 +48,8 @@ impl SandboxMcp {
         )
     }
 
-    /// List your live sandboxes (id, image, labels, expiry, running commands).
+    /// List your sandboxes: id, `state` (running, or paused: resume it with
+    /// sandbox_resume), image, labels, expiry, running commands.
     #[tool(annotations(read_only_hint = true))]
     async fn sandbox_list(&self, extensions: Extensions) -> CallToolResult {
         reply(
@@ -261,6 +266,117 @@ impl SandboxMcp {
             }
             .await,
         )
+    }
+
+    /// Snapshot a sandbox: its files, memory and running processes, kept so
+    /// that new sandboxes can start from this point (sandbox_create with
+    /// `from_snapshot`), e.g. after installing dependencies or before a
+    /// risky step. The sandbox keeps running (frozen for a moment while its
+    /// state is written). Returns the snapshot's `id` (`snap-…`), `name`
+    /// and `bytes`. It is kept for a retention time, or until snapshot_remove.
+    #[tool]
+    async fn sandbox_snapshot(
+        &self,
+        extensions: Extensions,
+        Parameters(p): Parameters<SnapshotParams>,
+    ) -> CallToolResult {
+        reply(
+            async {
+                let owner = self.owner(&extensions)?;
+                let req = CreateSnapshot { name: p.name };
+                self.service.snapshot(&owner, &p.sandbox_id, req).await
+            }
+            .await,
+        )
+    }
+
+    /// Copy a running sandbox `count` times (default 1): it is snapshotted
+    /// and that many new sandboxes are made from the snapshot, each with
+    /// the same files, memory and background processes, independent from
+    /// then on; to try several approaches from one state. Returns
+    /// `sandboxes` (each with its `id`) and the `snapshot`. Destroy the
+    /// copies when done.
+    #[tool]
+    async fn sandbox_fork(
+        &self,
+        extensions: Extensions,
+        Parameters(p): Parameters<ForkParams>,
+    ) -> CallToolResult {
+        reply(
+            async {
+                let owner = self.owner(&extensions)?;
+                let req = ForkSandbox {
+                    count: p.count,
+                    timeout_s: p.timeout_s,
+                    idle_timeout_s: None,
+                    labels: p.labels,
+                };
+                self.service.fork(&owner, &p.sandbox_id, req).await
+            }
+            .await,
+        )
+    }
+
+    /// Pause a sandbox you need later: its memory and files go to disk and
+    /// its VM stops (no host memory used); its lifetime stops counting.
+    /// Calls on it then fail with sandbox_paused until sandbox_resume.
+    /// Commands started with sandbox_exec_start end; processes they left in
+    /// the background (`server &`) run on after the resume.
+    #[tool]
+    async fn sandbox_pause(
+        &self,
+        extensions: Extensions,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> CallToolResult {
+        reply(
+            async {
+                let owner = self.owner(&extensions)?;
+                self.service.pause(&owner, &p.sandbox_id).await
+            }
+            .await,
+        )
+    }
+
+    /// Resume a paused sandbox under the same sandbox_id: its files, memory
+    /// and background processes as they were when paused; its lifetime
+    /// counts on from where it stopped. Returns the sandbox.
+    #[tool]
+    async fn sandbox_resume(
+        &self,
+        extensions: Extensions,
+        Parameters(p): Parameters<SandboxParams>,
+    ) -> CallToolResult {
+        reply(
+            async {
+                let owner = self.owner(&extensions)?;
+                self.service.resume(&owner, &p.sandbox_id).await
+            }
+            .await,
+        )
+    }
+
+    /// List your snapshots: id, name, source_sandbox, bytes on disk,
+    /// created_at and expires_at (when they are removed). Paused sandboxes
+    /// are listed by sandbox_list.
+    #[tool(annotations(read_only_hint = true))]
+    async fn snapshot_list(&self, extensions: Extensions) -> CallToolResult {
+        reply(self.owner(&extensions).map(|owner| SnapshotList {
+            snapshots: self.service.list_snapshots(&owner),
+        }))
+    }
+
+    /// Remove a snapshot (by id or name) to free its disk space; sandboxes
+    /// already created from it are not affected.
+    #[tool(annotations(destructive_hint = true))]
+    async fn snapshot_remove(
+        &self,
+        extensions: Extensions,
+        Parameters(p): Parameters<SnapshotIdParams>,
+    ) -> CallToolResult {
+        reply(self.owner(&extensions).and_then(|owner| {
+            self.service.remove_snapshot(&owner, &p.snapshot_id)?;
+            Ok(serde_json::json!({ "removed": p.snapshot_id }))
+        }))
     }
 
     /// Run a program once in a throwaway sandbox (created, used, destroyed
