@@ -52,8 +52,8 @@ fn js_sdk() -> PathBuf {
 }
 
 /// Runs `program tests/e2b/<script>` with the E2B variables pointing at
-/// `server`; panics with its output unless it passes.
-fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str, &str)]) {
+/// `server`; panics with its output unless it passes. Returns its output.
+fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str, &str)]) -> String {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2b");
     let url = format!("http://{}", server.tcp.as_ref().expect("a TCP server"));
     let mut cmd = Command::new(program);
@@ -72,7 +72,7 @@ fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str,
     let (status, output) = cli_support::run_with_limit(cmd, &format!("e2b-{script}"), SCRIPT_LIMIT);
     eprintln!("--- {script}:\n{output}");
     match status {
-        Some(s) if s.success() && output.contains("e2b-test: PASS") => {}
+        Some(s) if s.success() && output.contains("e2b-test: PASS") => output,
         Some(s) => panic!(
             "{script} failed ({s}):\n{output}\n--- server log:\n{}",
             server.log_text()
@@ -82,7 +82,8 @@ fn run_script(program: &Path, script: &str, server: &Server, extra_env: &[(&str,
 }
 
 /// Stops the server; nothing of it runs or stays: no process, no VM, no
-/// file in its runtime root.
+/// file in its runtime root, no snapshot (a paused sandbox) in its
+/// snapshot directory.
 fn stop_and_check(mut server: Server) {
     // The SDK sessions destroyed their sandboxes: none is left before the stop.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -119,6 +120,16 @@ fn stop_and_check(mut server: Server) {
     }
     let left = cli_support::leftovers(&root);
     assert!(left.is_empty(), "left in {}: {left:?}", root.display());
+    let snapshots = service_support::snapshot_dir(&root);
+    let kept: Vec<PathBuf> = std::fs::read_dir(&snapshots)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        kept.iter().all(|p| p.ends_with(".lock")),
+        "snapshots left in {}: {kept:?}",
+        snapshots.display()
+    );
+    let _ = std::fs::remove_dir_all(&snapshots);
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_file(&server.log);
     if let Some(token_file) = &server.token_file {
@@ -139,6 +150,58 @@ fn python_sdk_auth_and_limits() {
     let python = python();
     let server = Server::start("e2b-limits", true, &["--e2b", "--max-sandboxes", "1"]);
     run_script(&python, "limits.py", &server, &[]);
+    stop_and_check(server);
+}
+
+/// Pause, `Sandbox.connect` (which resumes), state in `get_info` and
+/// `Sandbox.list`, kill of a paused sandbox: a file and a process that
+/// outlived its command are there after the resume, the process still
+/// counting.
+#[test]
+fn python_sdk_pause_and_connect() {
+    let python = python();
+    let server = Server::start("e2b-pause", true, &["--e2b"]);
+    run_script(&python, "pause.py", &server, &[]);
+    stop_and_check(server);
+}
+
+/// A paused sandbox outlives a restart of the service: after it, the same
+/// API key lists it paused and `Sandbox.connect` resumes it, its file and
+/// its counting process there.
+#[test]
+fn python_sdk_connect_after_restart() {
+    let python = python();
+    let mut server = Server::start("e2b-restart", true, &["--e2b"]);
+    let out = run_script(
+        &python,
+        "restart.py",
+        &server,
+        &[("E2B_RESTART_STEP", "pause")],
+    );
+    let paused = out
+        .lines()
+        .find_map(|l| l.strip_prefix("paused: "))
+        .unwrap_or_else(|| panic!("restart.py named no paused sandbox:\n{out}"))
+        .trim()
+        .to_string();
+    let (root, token) = (server.root.clone(), server.token.clone().unwrap());
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(
+        status.success(),
+        "ironclaw serve: {status}\n{}",
+        server.log_text()
+    );
+    let vms = service_support::vm_processes_under(&root);
+    assert!(vms.is_empty(), "VMs left after the stop: {vms:?}");
+    drop(server);
+    // The same root, snapshot directory and token (the same tenant).
+    let server = Server::start_with_tokens(root, vec![token], &["--e2b"]);
+    run_script(
+        &python,
+        "restart.py",
+        &server,
+        &[("E2B_RESTART_STEP", "connect"), ("E2B_PAUSED", &paused)],
+    );
     stop_and_check(server);
 }
 

@@ -2,7 +2,8 @@
 // `ironclaw serve --e2b`: one short session. Run by
 // orchestrator/tests/e2b_python.rs with E2B_API_URL, E2B_SANDBOX_URL,
 // E2B_API_KEY and E2B_JS_SDK (the SDK's entry in target/node-e2b) set;
-// prints `e2b-test: PASS` at the end.
+// pauses the sandbox and resumes it with `Sandbox.connect`; prints
+// `e2b-test: PASS` at the end.
 
 const { Sandbox, CommandExitError } = await import(process.env.E2B_JS_SDK);
 
@@ -37,6 +38,13 @@ check((await sbx.files.read("/tmp/in")) === "hi\n", "background command and send
 check(await sbx.commands.kill(h.pid), "commands.kill");
 const listed = await Sandbox.list().nextItems();
 check(listed.some((s) => s.sandboxId === sbx.sandboxId), "Sandbox.list");
+check((await sbx.pause()) === true, "pause");
+check((await Sandbox.getInfo(sbx.sandboxId)).state === "paused", "getInfo: paused");
+const paused = await Sandbox.list({ query: { state: ["paused"] } }).nextItems();
+check(paused.map((s) => s.sandboxId).join() === sbx.sandboxId, "Sandbox.list({state: [paused]})");
+const again = await Sandbox.connect(sbx.sandboxId);
+check((await Sandbox.getInfo(sbx.sandboxId)).state === "running", "Sandbox.connect resumes it");
+check((await again.files.read("/tmp/js/a.txt")) === "hello js", "its file is there after the resume");
 await sbx.kill();
 check(!(await sbx.isRunning()), "kill");
 console.log("e2b-test: PASS");

@@ -1,6 +1,11 @@
 //! E2B's control plane on the service's lifecycle: create (`templateID` →
 //! image, `timeout` → lifetime, `metadata` → labels, `envVars` → env),
-//! inspect, list, kill, set the timeout, connect.
+//! inspect, list, kill, set the timeout; pause, and connect (which resumes
+//! a paused sandbox) on the service's pause and resume: the same id and the
+//! same `envdAccessToken` after a resume, its memory (running processes)
+//! and files as they were.
+
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -11,16 +16,22 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 
 use super::types::{
-    ConnectBody, ListQuery, NewSandbox, SandboxCreated, SandboxDetail, SandboxState, TimeoutBody,
-    CLIENT_ID, ENVD_VERSION,
+    ConnectBody, ListQuery, NewSandbox, PauseBody, ResumeBody, SandboxCreated, SandboxDetail,
+    SandboxState, TimeoutBody, CLIENT_ID, ENVD_VERSION,
 };
 use super::{json_body, ApiError, ApiOwner, E2bState};
+use crate::service::error::{ErrorCode, ServiceError};
 use crate::service::pools::NO_IMAGE;
-use crate::service::types::{CreateSandbox, SandboxInfo};
+use crate::service::sandbox::Owner;
+use crate::service::types::{self as service_types, CreateSandbox, SandboxInfo};
 use crate::service::Service;
 
 /// E2B's default template: the service's default image.
 pub const BASE_TEMPLATE: &str = "base";
+/// How long a connect waits for a pause or resume someone else started.
+const MOVING_WAIT: Duration = Duration::from_secs(120);
+/// How long `requireHealthyGuest` waits for the guest agent to answer.
+const HEALTHY_GUEST_WAIT: Duration = Duration::from_secs(10);
 /// Sandboxes a list answers with when the query sets no limit.
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
@@ -67,6 +78,7 @@ pub fn iso8601(secs: u64) -> String {
 }
 
 fn detail(service: &Service, info: &SandboxInfo, token: Option<String>) -> SandboxDetail {
+    let paused = info.state == service_types::SandboxState::Paused;
     SandboxDetail {
         template_id: template_of(service, &info.image),
         sandbox_id: info.id.clone(),
@@ -77,9 +89,15 @@ fn detail(service: &Service, info: &SandboxInfo, token: Option<String>) -> Sandb
         cpu_count: info.vcpus,
         memory_mb: info.memory_mib,
         disk_size_mb: 0,
-        state: SandboxState::Running,
+        state: if paused {
+            SandboxState::Paused
+        } else {
+            SandboxState::Running
+        },
         metadata: info.labels.clone(),
         envd_access_token: token,
+        // IronClaw's pause always keeps the memory.
+        pause_mode: paused.then_some("full"),
     }
 }
 
@@ -108,7 +126,10 @@ fn refuse_unsupported(req: &NewSandbox) -> Result<(), ApiError> {
         ))
     };
     if req.auto_pause == Some(true) {
-        return refuse("autoPause (pausing a sandbox)");
+        return refuse(
+            "autoPause (lifecycle on_timeout \"pause\": a sandbox that reaches its timeout is \
+             destroyed; pause it yourself with pause() and resume it with Sandbox.connect())",
+        );
     }
     if req
         .auto_resume
@@ -117,7 +138,9 @@ fn refuse_unsupported(req: &NewSandbox) -> Result<(), ApiError> {
         .and_then(Value::as_bool)
         == Some(true)
     {
-        return refuse("autoResume (pausing a sandbox)");
+        return refuse(
+            "autoResume (resuming a paused sandbox on traffic; resume it with Sandbox.connect())",
+        );
     }
     if req.allow_internet_access == Some(true) {
         return refuse(
@@ -166,24 +189,54 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(created(&s.service, &info, token))))
 }
 
-/// `GET /sandboxes/{id}`.
+/// A service error as the control plane answers it: a paused sandbox's
+/// 409 says how an E2B caller resumes it.
+fn control_error(e: ServiceError, id: &str) -> ApiError {
+    if e.code == ErrorCode::SandboxPaused {
+        return ApiError::new(
+            409,
+            format!("sandbox {id} is paused (or being paused or resumed): resume it with Sandbox.connect()"),
+        );
+    }
+    e.into()
+}
+
+/// `GET /sandboxes/{id}`: a running sandbox (with its access token) or a
+/// paused one (`state: "paused"`, `pauseMode: "full"`; `endAt` is when the
+/// service removes it, `--paused-retention`).
 pub async fn inspect(
     State(s): State<E2bState>,
     ApiOwner(owner): ApiOwner,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxDetail>, ApiError> {
-    let sandbox = s.service.get(&owner, &id)?;
-    let token = sandbox.access_token().to_string();
-    Ok(Json(detail(&s.service, &sandbox.info(), Some(token))))
+    match s.service.get(&owner, &id) {
+        Ok(sandbox) => {
+            let token = sandbox.access_token().to_string();
+            Ok(Json(detail(&s.service, &sandbox.info(), Some(token))))
+        }
+        Err(e) if e.code == ErrorCode::SandboxPaused => {
+            // Paused, or between running and paused: what inspect sees now.
+            let info = s
+                .service
+                .inspect(&owner, &id)
+                .map_err(|e| control_error(e, &id))?;
+            Ok(Json(detail(&s.service, &info, None)))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// `DELETE /sandboxes/{id}`: 204, or 404 when there is no such sandbox.
+/// `DELETE /sandboxes/{id}`: 204 (a paused sandbox: its snapshot is
+/// removed), or 404 when there is no such sandbox.
 pub async fn kill(
     State(s): State<E2bState>,
     ApiOwner(owner): ApiOwner,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    s.service.destroy(&owner, &id).await?;
+    s.service
+        .destroy(&owner, &id)
+        .await
+        .map_err(|e| control_error(e, &id))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,33 +248,174 @@ pub async fn set_timeout(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let req: TimeoutBody = json_body(body).await?;
-    s.service.set_timeout(&owner, &id, req.timeout)?;
+    s.service
+        .set_timeout(&owner, &id, req.timeout)
+        .map_err(|e| control_error(e, &id))?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v2/sandboxes/{id}/connect {timeout?}`: a running sandbox (there are
-/// no paused ones); a `timeout` longer than what is left extends it.
+/// A `timeout` (seconds from now) the service would take: checked before
+/// a resume, so a wrong one leaves the sandbox paused.
+fn check_timeout(service: &Service, timeout: u64) -> Result<(), ApiError> {
+    let max = service.config().max_timeout;
+    if timeout == 0 || Duration::from_secs(timeout) > max {
+        return Err(ApiError::new(
+            400,
+            format!("timeout must be between 1 and {} seconds", max.as_secs()),
+        ));
+    }
+    Ok(())
+}
+
+/// `memory: false` on a resume: a cold boot from the files alone, which
+/// IronClaw does not do (its pause keeps memory and files together).
+fn refuse_reboot(memory: Option<bool>) -> Result<(), ApiError> {
+    if memory == Some(false) {
+        return Err(ApiError::new(
+            400,
+            "resuming without memory (on_resume=\"reboot\", memory: false) is not supported by \
+             IronClaw: a paused sandbox resumes with its memory and files (see docs/e2b.md)",
+        ));
+    }
+    Ok(())
+}
+
+/// Resumes the paused sandbox `id`; with a `timeout`, its lifetime is then
+/// that many seconds from now (otherwise what it had left when paused).
+async fn resume_with_timeout(
+    service: &Service,
+    owner: &Owner,
+    id: &str,
+    timeout: Option<u64>,
+) -> Result<SandboxCreated, ServiceError> {
+    let mut info = service.resume(owner, id).await?;
+    if let Some(t) = timeout {
+        info = service.set_timeout(owner, id, t)?;
+    }
+    let token = service.get(owner, id)?.access_token().to_string();
+    Ok(created(service, &info, token))
+}
+
+/// `POST /v2/sandboxes/{id}/connect {timeout?, memory?}` (and
+/// `/sandboxes/{id}/connect`): a running sandbox → 200 (a `timeout` longer
+/// than what is left extends it); a paused one is resumed first → 201
+/// (its lifetime then `timeout` from now, or what it had left). A pause or
+/// resume under way is waited for. 404 when there is no such sandbox.
 pub async fn connect(
     State(s): State<E2bState>,
     ApiOwner(owner): ApiOwner,
     Path(id): Path<String>,
     body: Body,
-) -> Result<Json<SandboxCreated>, ApiError> {
+) -> Result<(StatusCode, Json<SandboxCreated>), ApiError> {
     let req: ConnectBody = json_body(body).await?;
-    let sandbox = s.service.get(&owner, &id)?;
-    let mut info = sandbox.info();
-    if let Some(t) = req.timeout {
-        let left = info
-            .expires_at
-            .saturating_sub(crate::service::sandbox::unix_secs(
-                std::time::SystemTime::now(),
+    let deadline = Instant::now() + MOVING_WAIT;
+    loop {
+        let e = match s.service.get(&owner, &id) {
+            Ok(sandbox) => {
+                let mut info = sandbox.info();
+                if let Some(t) = req.timeout {
+                    let left = info
+                        .expires_at
+                        .saturating_sub(crate::service::sandbox::unix_secs(
+                            std::time::SystemTime::now(),
+                        ));
+                    if t > left {
+                        info = s.service.set_timeout(&owner, &id, t)?;
+                    }
+                }
+                let token = sandbox.access_token().to_string();
+                return Ok((StatusCode::OK, Json(created(&s.service, &info, token))));
+            }
+            Err(e) if e.code == ErrorCode::SandboxPaused => {
+                refuse_reboot(req.memory)?;
+                if let Some(t) = req.timeout {
+                    check_timeout(&s.service, t)?;
+                }
+                match resume_with_timeout(&s.service, &owner, &id, req.timeout).await {
+                    Ok(c) => {
+                        tracing::info!(sandbox = %id, "e2b: connect resumed a paused sandbox");
+                        return Ok((StatusCode::CREATED, Json(c)));
+                    }
+                    Err(e) => e,
+                }
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // Being paused or resumed by another call (or running again): look
+        // again shortly, until that is done.
+        let moving = matches!(e.code, ErrorCode::SandboxPaused | ErrorCode::Conflict);
+        if !moving || Instant::now() >= deadline {
+            return Err(control_error(e, &id));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `POST /sandboxes/{id}/pause {memory?, requireHealthyGuest?}`: 204 once
+/// its memory and files are on disk and its VM is gone; 409 when it is
+/// already paused, 404 when there is no such sandbox. `memory: false` (a
+/// files-only pause) is refused; with `requireHealthyGuest` the guest
+/// agent must answer first (503 and still running otherwise).
+pub async fn pause(
+    State(s): State<E2bState>,
+    ApiOwner(owner): ApiOwner,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let req: PauseBody = json_body(body).await?;
+    if req.memory == Some(false) {
+        return Err(ApiError::new(
+            400,
+            "a files-only pause (mode=\"filesystem\", memory: false) is not supported by \
+             IronClaw: a pause keeps the sandbox's memory and files (see docs/e2b.md)",
+        ));
+    }
+    if req.require_healthy_guest == Some(true) {
+        let sandbox = s
+            .service
+            .get(&owner, &id)
+            .map_err(|e| control_error(e, &id))?;
+        let answered = tokio::time::timeout(HEALTHY_GUEST_WAIT, sandbox.agent().stat("/")).await;
+        if !matches!(answered, Ok(Ok(_))) {
+            return Err(ApiError::new(
+                503,
+                format!(
+                    "the guest agent of sandbox {id} does not answer (requireHealthyGuest): not paused, it keeps running"
+                ),
             ));
-        if t > left {
-            info = s.service.set_timeout(&owner, &id, t)?;
         }
     }
-    let token = sandbox.access_token().to_string();
-    Ok(Json(created(&s.service, &info, token)))
+    s.service
+        .pause(&owner, &id)
+        .await
+        .map_err(|e| control_error(e, &id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /sandboxes/{id}/resume {timeout?, autoPause?, memory?}` (the
+/// older path; the SDKs connect instead): 201, 409 when it is running, 404
+/// when there is no such sandbox.
+pub async fn resume(
+    State(s): State<E2bState>,
+    ApiOwner(owner): ApiOwner,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, Json<SandboxCreated>), ApiError> {
+    let req: ResumeBody = json_body(body).await?;
+    if req.auto_pause == Some(true) {
+        return Err(ApiError::new(
+            400,
+            "autoPause (pausing when the timeout is reached) is not supported by IronClaw (see docs/e2b.md)",
+        ));
+    }
+    refuse_reboot(req.memory)?;
+    if let Some(t) = req.timeout {
+        check_timeout(&s.service, t)?;
+    }
+    let c = resume_with_timeout(&s.service, &owner, &id, req.timeout)
+        .await
+        .map_err(|e| control_error(e, &id))?;
+    Ok((StatusCode::CREATED, Json(c)))
 }
 
 /// `%XX` and `+` decoded (a query's key or value).
@@ -264,8 +458,9 @@ fn metadata_filter(q: &str) -> Vec<(String, String)> {
 }
 
 /// `GET /v2/sandboxes` (and `GET /sandboxes`): the caller's sandboxes,
-/// filtered by `metadata` and `state`, `limit` at a time (`x-next-token`
-/// says where the next page starts).
+/// running and paused, filtered by `metadata`, `state` (`running`,
+/// `paused` or both; both when absent), `template` and `startedAfter`,
+/// `limit` at a time (`x-next-token` says where the next page starts).
 pub async fn list(
     State(s): State<E2bState>,
     ApiOwner(owner): ApiOwner,
@@ -279,10 +474,24 @@ pub async fn list(
         .as_deref()
         .map(metadata_filter)
         .unwrap_or_default();
-    let running = q
-        .state
-        .as_deref()
-        .is_none_or(|st| st.split(',').any(|x| x.trim() == "running"));
+    let (mut running, mut paused) = (false, false);
+    for st in q.state.as_deref().unwrap_or_default().split(',') {
+        match st.trim() {
+            "running" => running = true,
+            "paused" => paused = true,
+            "" => {}
+            other => {
+                return Err(ApiError::new(
+                    400,
+                    format!("state {other:?}: running or paused"),
+                ))
+            }
+        }
+    }
+    // No `state`: both, as E2B lists them.
+    if !running && !paused {
+        (running, paused) = (true, true);
+    }
     let after = match q.started_after.as_deref() {
         None | Some("") => 0,
         Some(t) => DateTime::parse_from_rfc3339(t)
@@ -290,18 +499,19 @@ pub async fn list(
             .timestamp()
             .max(0) as u64,
     };
-    let mut all: Vec<SandboxDetail> = if running {
-        s.service
-            .list(&owner)
-            .iter()
-            .filter(|i| want.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
-            .filter(|i| i.created_at >= after)
-            .map(|i| detail(&s.service, i, None))
-            .filter(|d| q.template.as_ref().is_none_or(|t| &d.template_id == t))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let mut all: Vec<SandboxDetail> = s
+        .service
+        .list(&owner)
+        .iter()
+        .filter(|i| match i.state {
+            service_types::SandboxState::Running => running,
+            service_types::SandboxState::Paused => paused,
+        })
+        .filter(|i| want.iter().all(|(k, v)| i.labels.get(k) == Some(v)))
+        .filter(|i| i.created_at >= after)
+        .map(|i| detail(&s.service, i, None))
+        .filter(|d| q.template.as_ref().is_none_or(|t| &d.template_id == t))
+        .collect();
     // The service lists oldest first.
     match q.order.as_deref() {
         None | Some("") | Some("asc") => {}

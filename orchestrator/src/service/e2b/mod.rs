@@ -247,6 +247,8 @@ pub fn router(service: Service, tokens: Tokens) -> Router {
         .route("/sandboxes/{id}/timeout", post(control::set_timeout))
         .route("/sandboxes/{id}/connect", post(control::connect))
         .route("/v2/sandboxes/{id}/connect", post(control::connect))
+        .route("/sandboxes/{id}/pause", post(control::pause))
+        .route("/sandboxes/{id}/resume", post(control::resume))
         .route("/sandboxes/{id}/{action}", any(unsupported))
         .route("/v2/sandboxes/{id}/{action}", any(unsupported))
         .route("/sandboxes/metrics", any(unsupported))

@@ -2,7 +2,8 @@
 //! `e2b` 2.63.0, npm `e2b` 2.51.0; see `docs/e2b.md`):
 //!
 //! - control plane: the SDK's generated OpenAPI client
-//!   (`e2b/api/client/models/{new_sandbox_v2,sandbox,sandbox_detail,listed_sandbox}.py`);
+//!   (`e2b/api/client/models/{new_sandbox_v2,sandbox,sandbox_detail,listed_sandbox,
+//!   sandbox_pause_request,connect_sandbox_v2,resumed_sandbox}.py`);
 //! - envd: the protobuf messages of `spec/envd/process/process.proto` and
 //!   `spec/envd/filesystem/filesystem.proto` in their canonical JSON form
 //!   (lowerCamel field names, enums by name, `bytes` as base64, `int64` as
@@ -64,6 +65,8 @@ pub struct SandboxCreated {
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     Running,
+    /// Its memory and files on disk, no VM: connect resumes it.
+    Paused,
 }
 
 /// `GET /sandboxes/{id}` and each entry of `GET /v2/sandboxes`.
@@ -91,6 +94,10 @@ pub struct SandboxDetail {
     pub metadata: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub envd_access_token: Option<String>,
+    /// What a paused sandbox's pause saved: always `full` (memory and
+    /// files); absent while running.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause_mode: Option<&'static str>,
 }
 
 /// `POST /sandboxes/{id}/timeout`.
@@ -103,7 +110,30 @@ pub struct TimeoutBody {
 /// `POST /v2/sandboxes/{id}/connect` (and `/sandboxes/{id}/connect`).
 #[derive(Debug, Default, Deserialize)]
 pub struct ConnectBody {
+    /// Seconds from now.
     pub timeout: Option<u64>,
+    /// `false` (the SDK's `on_resume="reboot"`): cold-boot from the files only.
+    pub memory: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/pause`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseBody {
+    /// `false` (the SDK's `mode="filesystem"`): keep the files only.
+    pub memory: Option<bool>,
+    /// Refuse (503) unless the guest agent answers first (`strict=True`).
+    pub require_healthy_guest: Option<bool>,
+}
+
+/// `POST /sandboxes/{id}/resume` (the older path; the SDKs now connect).
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResumeBody {
+    /// Seconds from now.
+    pub timeout: Option<u64>,
+    pub auto_pause: Option<bool>,
+    pub memory: Option<bool>,
 }
 
 /// `GET /v2/sandboxes` query.
