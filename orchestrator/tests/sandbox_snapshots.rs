@@ -248,8 +248,11 @@ fn pause_frees_the_vm_and_resume_continues() {
     });
 }
 
+/// Paused sandboxes are files plus metadata: they survive the service
+/// stopping, and being killed outright (the running ones do not: their VMs
+/// die with it and the next start removes what they left).
 #[test]
-fn a_paused_sandbox_survives_a_service_restart() {
+fn a_paused_sandbox_survives_a_service_restart_and_a_kill() {
     let mut server = Server::start("snap-restart", false, &["--pool-size", "0"]);
     let root = server.root.clone();
     let id = rt().block_on(async {
@@ -266,8 +269,8 @@ fn a_paused_sandbox_survives_a_service_restart() {
     });
     let status = server.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}");
-    let server = Server::start_in(root, false, &["--pool-size", "0"]);
-    rt().block_on(async {
+    let mut server = Server::start_in(root.clone(), false, &["--pool-size", "0"]);
+    let running = rt().block_on(async {
         let (status, info) = server
             .call("GET", &format!("/v1/sandboxes/{id}"), None)
             .await;
@@ -281,7 +284,120 @@ fn a_paused_sandbox_survives_a_service_restart() {
             sh(&server, &id, "cat /work/f; echo $WHO").await,
             "before-restart\nme"
         );
+        // Paused again, beside one that runs, then the service is killed.
+        sh(&server, &id, "echo before-kill >> /work/f").await;
+        let (status, _) = server
+            .call("POST", &format!("/v1/sandboxes/{id}/pause"), None)
+            .await;
+        assert_eq!(status, 200);
+        create(&server, json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
     });
+    server.stop_with(libc::SIGKILL);
+    let server = Server::start_in(root, false, &["--pool-size", "0"]);
+    rt().block_on(async {
+        assert!(
+            service_support::vm_processes_under(&server.root).is_empty(),
+            "VM processes outlived the killed service"
+        );
+        assert_eq!(vm_dirs(&server), Vec::<String>::new(), "left behind");
+        let (status, _) = server
+            .call("GET", &format!("/v1/sandboxes/{running}"), None)
+            .await;
+        assert_eq!(status, 404, "a running sandbox does not survive a kill");
+        let (status, resumed) = server
+            .call("POST", &format!("/v1/sandboxes/{id}/resume"), None)
+            .await;
+        assert_eq!(status, 200, "{resumed}");
+        assert_eq!(
+            sh(&server, &id, "cat /work/f").await,
+            "before-restart\nbefore-kill"
+        );
+    });
+}
+
+/// The disk holding the snapshots fills up while one is written: a clear
+/// error, nothing left on it, the sandbox runs on.
+#[test]
+fn a_full_disk_while_writing_a_snapshot_leaves_nothing() {
+    let disk = tempfile::tempdir().unwrap();
+    let mount = Mount::tmpfs(disk.path(), "32m");
+    let snaps = mount.path.join("snapshots");
+    let server = Server::start(
+        "snap-disk",
+        false,
+        &[
+            "--pool-size",
+            "0",
+            "--snapshot-dir",
+            snaps.to_str().unwrap(),
+        ],
+    );
+    rt().block_on(async {
+        let id = create(&server, json!({})).await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        sh(&server, &id, "echo alive > /work/f").await;
+        for path in [
+            format!("/v1/sandboxes/{id}/snapshots"),
+            format!("/v1/sandboxes/{id}/pause"),
+        ] {
+            let (status, err) = server.call("POST", &path, Some(json!({}))).await;
+            assert_eq!(status, 507, "{path}: {err}");
+            assert_eq!(err["code"], "storage_full");
+            assert!(
+                err["message"].as_str().unwrap().contains("disk"),
+                "{path}: {err}"
+            );
+            assert!(
+                stored(&snaps).is_empty(),
+                "{path} left {:?}",
+                stored(&snaps)
+            );
+        }
+        assert_eq!(sh(&server, &id, "cat /work/f").await, "alive");
+    });
+    drop(server);
+}
+
+/// A tmpfs of `size` mounted on `path` for the test's life.
+struct Mount {
+    path: PathBuf,
+}
+
+impl Mount {
+    fn tmpfs(path: &Path, size: &str) -> Mount {
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a tmpfs (this test needs root, as the suite does)"
+        );
+        Mount {
+            path: path.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
 }
 
 #[test]

@@ -252,13 +252,13 @@ impl SnapshotStore {
         let live = vm
             .snapshot_live(&pending.tmp)
             .await
-            .map_err(|e| ServiceError::unavailable(format!("writing the snapshot failed: {e}")))?;
+            .map_err(|e| self.write_failed(format!("writing the snapshot failed: {e}")))?;
         let files = {
             let dir = pending.tmp.clone();
             tokio::task::spawn_blocking(move || snapshot_files::describe(&dir, &live.files))
                 .await
                 .map_err(|e| ServiceError::internal(format!("hashing the snapshot: {e}")))?
-                .map_err(|e| ServiceError::internal(format!("hashing the snapshot: {e}")))?
+                .map_err(|e| self.write_failed(format!("hashing the snapshot: {e}")))?
         };
         meta.id = pending.id.clone();
         meta.files = files;
@@ -274,7 +274,7 @@ impl SnapshotStore {
         meta.total_ms = t0.elapsed().as_millis() as u64;
         let text = serde_json::to_string_pretty(&meta).expect("metadata serializes");
         crate::cache::write_file(&pending.tmp.join(META_FILE), text.as_bytes())
-            .map_err(|e| ServiceError::internal(format!("writing the snapshot metadata: {e}")))?;
+            .map_err(|e| self.write_failed(format!("writing the snapshot metadata: {e}")))?;
         let dest = self.limits.dir.join(&pending.id);
         fs::rename(&pending.tmp, &dest)
             .map_err(|e| ServiceError::internal(format!("storing the snapshot: {e}")))?;
@@ -287,6 +287,22 @@ impl SnapshotStore {
             },
         );
         Ok(meta)
+    }
+
+    /// A failed write as the caller hears of it: `storage_full` when the
+    /// disk holding the store is (nearly) full, which is the likely cause.
+    fn write_failed(&self, what: String) -> ServiceError {
+        match free_bytes(&self.limits.dir) {
+            Some(free) if free < LOW_DISK => ServiceError::new(
+                ErrorCode::StorageFull,
+                format!(
+                    "the disk holding {} is full ({} MiB free): {what}; nothing was kept",
+                    self.limits.dir.display(),
+                    free >> 20
+                ),
+            ),
+            _ => ServiceError::unavailable(what),
+        }
     }
 
     /// The snapshot `id_or_name` of `owner` (paused sandboxes excluded).
@@ -479,6 +495,22 @@ fn read_meta(dir: &Path) -> Result<SnapshotMeta, String> {
         ));
     }
     Ok(meta)
+}
+
+/// Free space below which a failed write is blamed on a full disk.
+const LOW_DISK: u64 = 64 << 20;
+
+/// Bytes an unprivileged writer may still use on the file system of `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; all-zero is a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
 fn storage_full(used: u64, max: u64) -> ServiceError {
