@@ -396,3 +396,51 @@ fn a_world_writable_runtime_root_is_refused() {
     assert!(vm_dirs(&r).is_empty() && records_dirs(&r).is_empty());
     let _ = std::fs::remove_dir_all(&r);
 }
+
+/// The disk holding the cache fills up while the initramfs (an image the
+/// guest boots) or the prototype snapshot is written: a clear error, and
+/// nothing partial left that a later run could take as valid.
+#[test]
+fn a_full_disk_fails_cache_writes_cleanly() {
+    for (size, what) in [("4m", "initramfs"), ("40m", "prototype snapshot")] {
+        let disk = cli_support::Tmpfs::mount(&format!("cache-{size}"), size);
+        let cache = disk.path.join("cache");
+        let rt = root(&format!("disk-{size}"));
+        let out = ironclaw(&rt)
+            .env("IRONCLAW_CACHE_DIR", &cache)
+            .args(["run", "--no-image", "--", "true"])
+            .output()
+            .unwrap();
+        let err = s(&out.stderr);
+        assert_eq!(out.status.code(), Some(125), "{what}: {err}");
+        assert!(err.contains("No space left on device"), "{what}: {err}");
+        let mut kept: Vec<String> = walk(&cache)
+            .into_iter()
+            .map(|p| p.strip_prefix(&cache).unwrap().display().to_string())
+            .collect();
+        kept.sort();
+        // Only complete files: the initramfs if it fitted, lock files.
+        for k in &kept {
+            let complete_initramfs =
+                size != "4m" && k.starts_with("initramfs-") && k.ends_with(".cpio");
+            assert!(
+                complete_initramfs || k.ends_with(".lock"),
+                "{what}: {k} left in the cache: {kept:?}"
+            );
+        }
+        assert!(vm_dirs(&rt).is_empty(), "{what}: a VM directory left");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

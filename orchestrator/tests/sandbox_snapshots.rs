@@ -2,6 +2,7 @@
 //! real `ironclaw serve`, real VMs (QEMU, TCG here), requests over its real
 //! unix socket.
 
+mod cli_support;
 mod service_support;
 
 use std::path::{Path, PathBuf};
@@ -322,9 +323,8 @@ fn a_paused_sandbox_survives_a_service_restart_and_a_kill() {
 /// error, nothing left on it, the sandbox runs on.
 #[test]
 fn a_full_disk_while_writing_a_snapshot_leaves_nothing() {
-    let disk = tempfile::tempdir().unwrap();
-    let mount = Mount::tmpfs(disk.path(), "32m");
-    let snaps = mount.path.join("snapshots");
+    let disk = cli_support::Tmpfs::mount("snapshots", "32m");
+    let snaps = disk.path.join("snapshots");
     let server = Server::start(
         "snap-disk",
         false,
@@ -361,43 +361,6 @@ fn a_full_disk_while_writing_a_snapshot_leaves_nothing() {
         assert_eq!(sh(&server, &id, "cat /work/f").await, "alive");
     });
     drop(server);
-}
-
-/// A tmpfs of `size` mounted on `path` for the test's life.
-struct Mount {
-    path: PathBuf,
-}
-
-impl Mount {
-    fn tmpfs(path: &Path, size: &str) -> Mount {
-        let status = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(path)
-            .status()
-            .expect("running mount");
-        assert!(
-            status.success(),
-            "mounting a tmpfs (this test needs root, as the suite does)"
-        );
-        Mount {
-            path: path.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.path)
-            .status();
-    }
 }
 
 #[test]

@@ -150,3 +150,41 @@ pub fn run_with_limit(
     let _ = std::fs::remove_file(&out);
     (status, output)
 }
+
+/// A tmpfs of a given size mounted on a fresh directory for a test's life
+/// (a small disk that fills up). The suite runs as root, as it must to
+/// confine VMs.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(name: &str, size: &str) -> Tmpfs {
+        let path = PathBuf::from(format!("/tmp/ironclaw-tmpfs-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&path)
+            .status()
+            .expect("running mount");
+        assert!(
+            status.success(),
+            "mounting a {size} tmpfs on {}",
+            path.display()
+        );
+        Tmpfs { path }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
