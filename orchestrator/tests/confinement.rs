@@ -194,7 +194,19 @@ fn a_process_under_the_filter_is_killed_on_denied_calls_and_allowed_the_rest() {
             ("err 1".to_string(), None),
             "{kind:?}"
         );
+        // Threads, always.
+        assert_eq!(run("thread"), ("ok 7".to_string(), None), "{kind:?}");
     }
+    // vhost-device-vsock has no filter of its own to stack (QEMU's
+    // `-sandbox spawn=deny` refuses new processes inside QEMU): ours allows
+    // it threads only, never a new process.
+    let vhost = |call: &str| {
+        probe(
+            filtered(ProcessKind::VhostVsock, SeccompLevel::Strict),
+            &[call],
+        )
+    };
+    assert_eq!(vhost("fork"), ("err 1".to_string(), None));
     // The same under the whole jail (namespaces, uid change, no_new_privs),
     // as a jail uid leased for a VM directory of a scratch runtime root.
     let scratch = tempfile::tempdir().unwrap();

@@ -6,7 +6,9 @@
 //! CALLs: `getpid` (allowed everywhere), `socket-unix`, `socket-inet`,
 //! `socket-inet6`, `ptrace`, `mount`, `getppid` (not in any allowlist, not
 //! in the never set), `flood N` (N × `getppid`), `clone-newuser` (a child
-//! in a new user namespace, which exits at once).
+//! in a new user namespace, which exits at once), `fork` (a fork-style
+//! `clone`: a child process, which exits at once), `thread` (a thread, as
+//! `std::thread` makes it).
 
 fn result(rc: libc::c_long) -> String {
     if rc < 0 {
@@ -60,6 +62,20 @@ fn main() {
                 }
                 rc
             }
+            "fork" => {
+                let rc = libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0);
+                if rc == 0 {
+                    libc::_exit(0);
+                }
+                if rc > 0 {
+                    libc::waitpid(rc as libc::pid_t, std::ptr::null_mut(), 0);
+                }
+                rc
+            }
+            "thread" => match std::thread::Builder::new().spawn(|| 7).map(|t| t.join()) {
+                Ok(Ok(v)) => v,
+                _ => -1,
+            },
             "flood" => {
                 let n: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
                 let mut last = 0;

@@ -64,6 +64,12 @@ fn rules_of(rule: ArgRule) -> Vec<SeccompRule> {
                     .expect("one condition"),
             ]
         }
+        ArgRule::Masked { arg, mask, value } => {
+            vec![
+                SeccompRule::new(vec![cond(arg, SeccompCmpOp::MaskedEq(mask), value)])
+                    .expect("one condition"),
+            ]
+        }
     }
 }
 

@@ -58,6 +58,13 @@ pub enum ArgRule {
         arg: u8,
         mask: u64,
     },
+    /// Argument `arg`, masked with `mask`, equals `value`: some bits required,
+    /// others forbidden, in one comparison.
+    Masked {
+        arg: u8,
+        mask: u64,
+        value: u64,
+    },
 }
 
 /// One allowed syscall.
@@ -90,6 +97,17 @@ pub const NAMESPACE_FLAGS: u64 = (libc::CLONE_NEWNS
     | libc::CLONE_NEWUSER
     | libc::CLONE_NEWPID
     | libc::CLONE_NEWNET) as u64;
+
+/// What a `clone` for a thread (glibc's `pthread_create`) always sets.
+pub const THREAD_FLAGS: u64 = (libc::CLONE_VM | libc::CLONE_THREAD) as u64;
+
+/// A `clone` that makes a thread and nothing else: the thread flags set, no
+/// namespace flags. A fork-style `clone` (a new process) does not match.
+pub const THREAD_CLONE_ONLY: ArgRule = ArgRule::Masked {
+    arg: 0,
+    mask: NAMESPACE_FLAGS | THREAD_FLAGS,
+    value: THREAD_FLAGS,
+};
 
 /// Syscalls no VMM of ours needs and that are the usual ways out of a
 /// sandbox: debugging other processes, file system and namespace changes,

@@ -66,9 +66,9 @@ pub const GROUPS: &[Group] = &[
         ],
     },
     Group {
-        why: "threads (vring worker, listener): clone only without namespace flags; clone3 gets ENOSYS",
+        why: "threads (vring worker, listener): clone only for a thread (never a new process, never namespaces); clone3 gets ENOSYS",
         calls: &[
-            sys!(SYS_clone, ArgRule::NoneOf { arg: 0, mask: super::rules::NAMESPACE_FLAGS }),
+            sys!(SYS_clone, super::rules::THREAD_CLONE_ONLY),
             sys!(SYS_clone3),
             sys!(SYS_futex),
             sys!(SYS_set_robust_list),
