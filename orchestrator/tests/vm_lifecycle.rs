@@ -369,3 +369,73 @@ fn reaping_kills_only_processes_in_the_vms_cgroup() {
     assert!(!vm_dir.exists() && !records.exists());
     let _ = cgroup.remove();
 }
+
+/// The vsock device process (vhost-device-vsock) killed mid-exec and
+/// mid-download: both requests fail promptly with an error, and destroying
+/// the VM leaves nothing behind.
+#[test]
+fn a_killed_vsock_device_fails_requests_promptly_and_cleans_up() {
+    use std::time::Instant;
+    let vm = runtime().block_on(vm::spawn_vm("vsock-killed")).unwrap();
+    let (pids, dir) = (vm.pids(), vm.runtime_dir());
+    sh(&vm, "head -c 67108864 /dev/zero > /root/big");
+    let device: Vec<i32> = pids
+        .iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains("vhost-device-vsock"))
+                .unwrap_or(false)
+        })
+        .map(|p| *p as i32)
+        .collect();
+    assert!(!device.is_empty(), "no vhost-device-vsock among {pids:?}");
+    let (exec, download, t0) = runtime().block_on(async {
+        let agent = vm.agent().clone();
+        let exec = tokio::spawn(async move {
+            agent
+                .run(vm::exec_request(["sleep", "60"]), None)
+                .await
+                .map(|o| format!("{:?}", o.status))
+        });
+        let agent = vm.agent().clone();
+        let download = tokio::spawn(async move {
+            // A reader that takes its time, so the transfer is under way.
+            let (mut rx, tx) = tokio::io::simplex(64 << 10);
+            let reading = tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(1..) = tokio::io::AsyncReadExt::read(&mut rx, &mut buf).await {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            });
+            let mut tx = tx;
+            let got = agent.get("/root/big", &mut tx).await;
+            reading.abort();
+            got.map(|(_, n)| format!("{n} bytes"))
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for pid in &device {
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+
+        (exec, download, Instant::now())
+    });
+    let (exec, download) = runtime().block_on(async {
+        let limit = Duration::from_secs(30);
+        (
+            tokio::time::timeout(limit, exec).await,
+            tokio::time::timeout(limit, download).await,
+        )
+    });
+    let exec = exec.expect("the exec hung after its device died").unwrap();
+    let download = download
+        .expect("the download hung after its device died")
+        .unwrap();
+    assert!(exec.is_err(), "the exec ended well: {exec:?}");
+    assert!(download.is_err(), "the download ended well: {download:?}");
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    runtime().block_on(vm::destroy_vm(vm)).unwrap();
+    for p in pids {
+        assert!(!pid_alive(p), "process {p} outlived its VM");
+    }
+    assert!(!dir.exists(), "{} outlived its VM", dir.display());
+}
