@@ -67,9 +67,48 @@ async fn exec_true(service: &Service, owner: &Owner, id: &str) -> anyhow::Result
     Ok(())
 }
 
+/// A sandbox made from the snapshot `snap` until its first result, then destroyed.
+async fn fork_once(
+    service: &Service,
+    owner: &Owner,
+    snap: &str,
+    m: &mut Measured,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let req = CreateSandbox {
+        from_snapshot: Some(snap.to_string()),
+        ..CreateSandbox::default()
+    };
+    let fork = service.create(owner, req).await?;
+    m.fork_created.push(t0.elapsed());
+    exec_true(service, owner, &fork.id).await?;
+    m.fork_first.push(t0.elapsed());
+    service.destroy(owner, &fork.id).await?;
+    Ok(())
+}
+
+/// A clone of the prototype, no pool, until its first result, then destroyed.
+async fn proto_once(
+    proto: &prototype::Prototype,
+    shape: &VmConfig,
+    name: &str,
+    m: &mut Measured,
+) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let clone = prototype::restore(proto, name, shape).await?;
+    m.proto_restored.push(t0.elapsed());
+    let out = clone.agent().run(vm::exec_request(["true"]), None).await;
+    m.proto_first.push(t0.elapsed());
+    vm::destroy_vm(clone).await?;
+    if out?.status.code != Some(0) {
+        bail!("`true` failed in a prototype clone");
+    }
+    Ok(())
+}
+
 /// Measures and returns the markdown section (a note when no image is built).
 pub async fn section(base: &VmConfig, runs: usize) -> anyhow::Result<String> {
-    let runs = runs.max(10);
+    let runs = runs.max(14);
     let Some(image) = ironclaw_orchestrator::userland::default_image() else {
         return Ok("\n## Snapshots of live sandboxes\n\n\
                    Not measured: no default image in the cache (`ironclaw image build`).\n"
@@ -109,28 +148,16 @@ async fn measure(service: &Service, shape: &VmConfig, runs: usize) -> anyhow::Re
         m.total_ms.push(Duration::from_millis(snap.total_ms));
         m.snapshot_bytes.push(snap.bytes);
 
-        let t0 = Instant::now();
-        let req = CreateSandbox {
-            from_snapshot: Some(snap.id.clone()),
-            ..CreateSandbox::default()
-        };
-        let fork = service.create(&owner, req).await?;
-        m.fork_created.push(t0.elapsed());
-        exec_true(service, &owner, &fork.id).await?;
-        m.fork_first.push(t0.elapsed());
-        service.destroy(&owner, &fork.id).await?;
-        service.remove_snapshot(&owner, &snap.id)?;
-
-        let t0 = Instant::now();
-        let clone =
-            prototype::restore(&proto, &format!("bench-{pid}-snap-proto-{i}"), shape).await?;
-        m.proto_restored.push(t0.elapsed());
-        let out = clone.agent().run(vm::exec_request(["true"]), None).await?;
-        m.proto_first.push(t0.elapsed());
-        vm::destroy_vm(clone).await?;
-        if out.status.code != Some(0) {
-            bail!("`true` failed in a prototype clone: {:?}", out.status);
+        // Alternating which goes first, so drift hits both sides alike.
+        let name = format!("bench-{pid}-snap-proto-{i}");
+        if i % 2 == 0 {
+            fork_once(service, &owner, &snap.id, &mut m).await?;
+            proto_once(&proto, shape, &name, &mut m).await?;
+        } else {
+            proto_once(&proto, shape, &name, &mut m).await?;
+            fork_once(service, &owner, &snap.id, &mut m).await?;
         }
+        service.remove_snapshot(&owner, &snap.id)?;
 
         let t0 = Instant::now();
         let paused = service.pause(&owner, &source.id).await?;
@@ -171,8 +198,8 @@ fn report(m: &Measured, proto: &prototype::Prototype, memory_mib: u32, runs: usi
         "\n## Snapshots of live sandboxes\n\n\
          Through the library `Service`, on one running sandbox of the default image ({memory_mib} MiB, \
          from a pool of one), {runs} runs; each run snapshots it, makes a sandbox from the snapshot \
-         (a fork), restores a clone of the same shape's prototype without a pool, then pauses and \
-         resumes it.\n\n\
+         (a fork) and restores a clone of the same shape's prototype without a pool (the two in \
+         alternating order), then pauses and resumes it.\n\n\
          | measurement | median ms | p90 ms | runs (ms) |\n|---|---:|---:|---|\n\
          {}{}{}{}{}{}{}{}{}{}\n\
          **Fork → first result / prototype clone → first result: {ratio:.2}** (goal: at most 1.30). \
