@@ -17,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose};
+use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose, VmInstance};
 use ironclaw_orchestrator::vm::firecracker::{
-    self, api, FirecrackerBackend, FirecrackerOptions, SnapshotFiles, Stopped,
+    self, api, FirecrackerBackend, FirecrackerOptions, SnapshotFiles, Stopped, MEMORY_FILE,
+    VMSTATE_FILE,
 };
 use ironclaw_orchestrator::vm::runtime::RuntimeDir;
 use ironclaw_orchestrator::vm::{VmConfig, VmError};
@@ -314,6 +315,160 @@ async fn backend_trait_launches_without_rootfs_and_kills() {
             "PUT /actions InstanceStart",
         ]
     );
+}
+
+/// The calls that launch a VM with a rootfs, as the backend trait does.
+const LAUNCH_CALLS: [&str; 5] = [
+    "PUT /machine-config",
+    "PUT /boot-source",
+    "PUT /drives/rootfs",
+    "PUT /vsock",
+    "PUT /actions InstanceStart",
+];
+
+/// A VM launched for snapshots through the backend trait (as prototypes and
+/// sandboxes are), against a fake answering `faults` with 400; its runtime
+/// directory, and an empty directory for a snapshot.
+async fn launched_for_snapshots(
+    fx: &Fixture,
+    id: &str,
+    faults: &[(&str, &str, &str)],
+) -> (
+    Arc<FakeFirecracker>,
+    RuntimeDir,
+    Box<dyn VmInstance>,
+    PathBuf,
+) {
+    let fake = fake_firecracker(&fx.spec, &fx.root, id, faults);
+    let backend = FirecrackerBackend {
+        options: fx.opts.clone(),
+    };
+    let dir = RuntimeDir::create(&fx.root, id).unwrap();
+    let inst = backend
+        .launch(&fx.config(id, true), &dir, LaunchPurpose::Snapshot)
+        .await
+        .expect("launch");
+    assert_eq!(fake.keys(), LAUNCH_CALLS);
+    let out = fx.tmp.path().join(format!("{id}-snapshot"));
+    std::fs::create_dir(&out).unwrap();
+    (fake, dir, inst, out)
+}
+
+/// File names in `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A live snapshot (`VmInstance::snapshot_live`, what snapshots, forks and
+/// pauses of running sandboxes use): `PATCH /vm` Paused, a full
+/// `PUT /snapshot/create` into the two files the trait returns, `PATCH /vm`
+/// Resumed, in that order; the VM runs on and can be snapshotted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_snapshot_pauses_snapshots_and_resumes() {
+    let fx = Fixture::new();
+    let (fake, dir, mut inst, out) = launched_for_snapshots(&fx, "live", &[]).await;
+
+    let names = inst.snapshot_live(&out).await.expect("live snapshot");
+    // Main file first, as the trait says; they are the files Firecracker
+    // was asked to write, and all that is there.
+    assert_eq!(names, [VMSTATE_FILE, MEMORY_FILE]);
+    assert_eq!(
+        fake.keys()[LAUNCH_CALLS.len()..],
+        [
+            "PATCH /vm Paused",
+            "PUT /snapshot/create",
+            "PATCH /vm Resumed"
+        ]
+    );
+    assert_eq!(
+        fake.body("PUT", "/snapshot/create"),
+        json!({"snapshot_type": "Full", "snapshot_path": out.join(VMSTATE_FILE),
+               "mem_file_path": out.join(MEMORY_FILE)})
+    );
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(names_in(&out), want);
+    assert!(std::fs::read_to_string(out.join(VMSTATE_FILE))
+        .unwrap()
+        .contains("\"fake vmstate of\":\"live\""));
+    assert_eq!(
+        std::fs::read_to_string(out.join(MEMORY_FILE)).unwrap(),
+        "fake memory of live"
+    );
+
+    // Running: the agent answers (the fake refuses a connection to a paused
+    // guest), and a second live snapshot goes the same way.
+    inst.channel()
+        .open()
+        .await
+        .expect("agent channel after the snapshot");
+    let again = fx.tmp.path().join("live-snapshot-2");
+    std::fs::create_dir(&again).unwrap();
+    assert_eq!(
+        inst.snapshot_live(&again)
+            .await
+            .expect("second live snapshot"),
+        [VMSTATE_FILE, MEMORY_FILE]
+    );
+    assert_eq!(
+        fake.keys()[LAUNCH_CALLS.len() + 3..],
+        [
+            "PATCH /vm Paused",
+            "PUT /snapshot/create",
+            "PATCH /vm Resumed"
+        ]
+    );
+
+    inst.kill();
+    drop(inst);
+    drop(dir);
+    assert!(!fx.root.join("live").exists());
+    fake.assert_clean();
+}
+
+/// When Firecracker refuses `PUT /snapshot/create`, the live snapshot fails
+/// with its `fault_message` and the VM is resumed all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_live_snapshot_resumes_the_vm() {
+    let fx = Fixture::new();
+    let msg = "Cannot save the microVM state: No space left on device (os error 28)";
+    let (fake, dir, mut inst, out) =
+        launched_for_snapshots(&fx, "live-full", &[("PUT", "/snapshot/create", msg)]).await;
+
+    let err = inst
+        .snapshot_live(&out)
+        .await
+        .expect_err("the fake refuses the snapshot");
+    let text = err.to_string();
+    assert!(text.contains(msg), "{text}");
+    assert_eq!(
+        fake.keys()[LAUNCH_CALLS.len()..],
+        [
+            "PATCH /vm Paused",
+            "PUT /snapshot/create",
+            "PATCH /vm Resumed"
+        ]
+    );
+    // The refused request was a valid full snapshot into the trait's files.
+    assert_eq!(
+        fake.body("PUT", "/snapshot/create"),
+        json!({"snapshot_type": "Full", "snapshot_path": out.join(VMSTATE_FILE),
+               "mem_file_path": out.join(MEMORY_FILE)})
+    );
+    inst.channel()
+        .open()
+        .await
+        .expect("agent channel after the failed snapshot");
+
+    inst.kill();
+    drop(inst);
+    drop(dir);
+    fake.assert_clean();
 }
 
 #[tokio::test]

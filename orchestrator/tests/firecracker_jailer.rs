@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose};
+use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose, VmInstance};
 use ironclaw_orchestrator::vm::firecracker::{
     self, jailer, FirecrackerBackend, FirecrackerError, FirecrackerOptions, JailerConfig,
-    SnapshotFiles, Stopped,
+    SnapshotFiles, Stopped, MEMORY_FILE, VMSTATE_FILE,
 };
 use ironclaw_orchestrator::vm::runtime::{self, RuntimeDir};
 use ironclaw_orchestrator::vm::VmConfig;
@@ -834,6 +834,77 @@ async fn a_snapshot_moved_to_another_file_system_is_copied() {
         .await
         .expect("snapshot across file systems");
     assert_moved_out(&fx, id, &files, 4343, 0o640);
+    vm.kill();
+    fake.assert_clean();
+}
+
+/// A live snapshot of a jailed VM (`VmInstance::snapshot_live`, as the
+/// service takes of a running sandbox): written in the chroot, moved out to
+/// the two files the trait names, the VM resumed. When moving out is
+/// refused (a symlink left by a compromised Firecracker), the VM is resumed
+/// all the same and nothing is moved out or left in the chroot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_snapshot_of_a_jailed_vm_is_moved_out_and_the_vm_resumed() {
+    require_root("live_snapshot_of_a_jailed_vm_is_moved_out_and_the_vm_resumed");
+    let fx = Fixture::new(None);
+    let id = "jlive";
+    let fake = fx.fake_api(id);
+    let mut vm = firecracker::start_firecracker_in(&fx.opts, &fx.config(id, false), &fx.root)
+        .await
+        .expect("jailed launch");
+    let launched = fake.keys().len();
+
+    let out = fx.tmp.path().join("live");
+    std::fs::create_dir(&out).unwrap();
+    let names = VmInstance::snapshot_live(&vm, &out)
+        .await
+        .expect("live snapshot of a jailed VM");
+    assert_eq!(names, [VMSTATE_FILE, MEMORY_FILE]);
+    assert_eq!(
+        fake.body("PUT", "/snapshot/create"),
+        json!({"snapshot_type": "Full", "snapshot_path": "/snapshot/vmstate",
+               "mem_file_path": "/snapshot/memory"})
+    );
+    let files = SnapshotFiles {
+        state: out.join(VMSTATE_FILE),
+        memory: out.join(MEMORY_FILE),
+    };
+    assert_moved_out(&fx, id, &files, 4343, 0o640);
+    assert_eq!(vm.describe().await.unwrap().state, "Running");
+
+    let victim_before = std::fs::metadata(VICTIM).unwrap();
+    fake.tamper_memory_with_symlink_to(Path::new(VICTIM));
+    let refused = fx.tmp.path().join("live-refused");
+    std::fs::create_dir(&refused).unwrap();
+    let err = VmInstance::snapshot_live(&vm, &refused)
+        .await
+        .expect_err("a symlink is refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("moving the snapshot out of the chroot"),
+        "{text}"
+    );
+    assert_eq!(vm.describe().await.unwrap().state, "Running");
+    assert_eq!(std::fs::read_dir(&refused).unwrap().count(), 0);
+    assert!(!fx.chroot(id).join("snapshot").exists());
+    let victim = std::fs::metadata(VICTIM).unwrap();
+    assert_eq!(
+        (victim.uid(), victim.gid(), victim.mode()),
+        (
+            victim_before.uid(),
+            victim_before.gid(),
+            victim_before.mode()
+        ),
+        "{VICTIM} was changed"
+    );
+
+    let live = [
+        "PATCH /vm Paused",
+        "PUT /snapshot/create",
+        "PATCH /vm Resumed",
+        "GET /",
+    ];
+    assert_eq!(fake.keys()[launched..], [live, live].concat());
     vm.kill();
     fake.assert_clean();
 }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use ironclaw_orchestrator::vm::config::BackendChoice;
+use ironclaw_orchestrator::vm::config::{AccelChoice, BackendChoice};
 use ironclaw_orchestrator::vm::firecracker::{MEMORY_FILE, VMSTATE_FILE};
 use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
 use ironclaw_orchestrator::vm::prototype::{self, Prototype};
@@ -231,7 +231,7 @@ fn build_vm_of(proto: &Prototype) -> String {
 // ---- tests ------------------------------------------------------------------
 
 /// Tests of this file; the last one to finish removes the temporary tree.
-const TESTS: usize = 3;
+const TESTS: usize = 4;
 
 fn finished() {
     static DONE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
@@ -493,6 +493,107 @@ async fn warm_pool_of_one_through_the_snapshot_api() {
     host.assert_clean();
     assert_nothing_left(&host);
     prototype::remove(&proto_key).unwrap();
+    finished();
+}
+
+/// A live snapshot of a running clone through `VmHandle::snapshot_live`
+/// (what the service's snapshot, fork and pause do): paused, written into
+/// the two files it names, resumed; the clone's session goes on, and a VM
+/// restored from those files (`vm::restore_vm`, as a fork or a resume is)
+/// loads them with its own vsock socket, is reseeded and answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_snapshot_of_a_clone_restores_into_a_new_vm() {
+    let _serial = serial().await;
+    let env = env();
+    let host = fake_host(spec(), env.root.clone());
+    let cfg = config("fclive");
+    let proto = prototype::ensure(&cfg, &|_| {})
+        .await
+        .expect("building a Firecracker prototype");
+    let source = prototype::restore(&proto, "fcl-source", &cfg)
+        .await
+        .expect("restoring the source clone");
+    let out = env.tmp.join("fclive-snapshot");
+    std::fs::create_dir(&out).unwrap();
+
+    let live = source
+        .snapshot_live(&out)
+        .await
+        .expect("live snapshot of the clone");
+    assert_eq!(live.files, [VMSTATE_FILE, MEMORY_FILE]);
+    let mut want = build_calls(&build_vm_of(&proto));
+    want.extend(clone_calls("fcl-source"));
+    want.extend(
+        [
+            "PATCH /vm Paused",
+            "PUT /snapshot/create",
+            "PATCH /vm Resumed",
+        ]
+        .map(|c| format!("fcl-source {c}")),
+    );
+    assert_eq!(host.vm_keys(), want);
+    assert_eq!(
+        host.vm_body("fcl-source", "PUT", "/snapshot/create"),
+        json!({"snapshot_type": "Full", "snapshot_path": out.join(VMSTATE_FILE),
+               "mem_file_path": out.join(MEMORY_FILE)})
+    );
+    assert_eq!(
+        std::fs::metadata(out.join(MEMORY_FILE)).unwrap().len(),
+        FAKE_MEM_BYTES as u64
+    );
+    let out_source = source
+        .agent()
+        .run(vm::exec_request(["true"]), None)
+        .await
+        .expect("the source answers after its snapshot");
+    assert_eq!(out_source.status.code, Some(0));
+
+    // The machine the snapshot records: Firecracker, on KVM.
+    let fork_cfg = VmConfig {
+        id: "fcl-fork".into(),
+        accel: AccelChoice::Kvm,
+        ..cfg.clone()
+    };
+    let files: Vec<PathBuf> = live.files.iter().map(|f| out.join(f)).collect();
+    let before = now_ns();
+    let fork = vm::restore_vm(&fork_cfg, &files)
+        .await
+        .expect("restoring the live snapshot");
+    assert_eq!(fork.backend, BackendKind::Firecracker);
+    assert_eq!(
+        host.vm_body("fcl-fork", "PUT", "/snapshot/load"),
+        json!({
+            "snapshot_path": out.join(VMSTATE_FILE),
+            "mem_backend": {"backend_type": "File", "backend_path": out.join(MEMORY_FILE)},
+            "resume_vm": false,
+            "vsock_override": {"uds_path": env.root.join("fcl-fork").join("vsock.sock")},
+        })
+    );
+    let out_fork = fork
+        .agent()
+        .run(vm::exec_request(["true"]), None)
+        .await
+        .expect("the restored VM answers");
+    assert_eq!(out_fork.status.code, Some(0));
+    {
+        let log = host.log.lock().unwrap();
+        let agent = &log.agents["fcl-fork"];
+        assert_eq!(agent.reseeds.len(), 1, "{agent:?}");
+        let (entropy, time) = agent.reseeds[0];
+        assert_eq!(entropy, 64);
+        assert!(time >= before && time <= now_ns(), "{time}");
+        assert_eq!(agent.execs, [["true"]]);
+    }
+    assert_eq!(
+        host.vm_keys()[want.len()..],
+        ["fcl-fork PUT /snapshot/load", "fcl-fork PATCH /vm Resumed"]
+    );
+
+    vm::destroy_vm(source).await.unwrap();
+    vm::destroy_vm(fork).await.unwrap();
+    host.assert_clean();
+    assert_nothing_left(&host);
+    prototype::remove(&proto.meta.key).unwrap();
     finished();
 }
 

@@ -20,6 +20,7 @@ use stats::{median, ms};
 
 mod load;
 mod service;
+mod snapshot;
 mod soak;
 mod stats;
 mod userland;
@@ -45,6 +46,20 @@ pub struct BenchArgs {
     /// would grow (`make soak` writes docs/reliability.md).
     #[arg(long, value_name = "N")]
     pub soak: Option<usize>,
+    /// Only this section of the report (its heading and table).
+    #[arg(long, value_enum)]
+    pub only: Option<Section>,
+}
+
+/// The sections of the report that can run on their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Userland image and file transfer.
+    Userland,
+    /// Sandbox service (REST API, E2B SDK, MCP).
+    Service,
+    /// Snapshots of live sandboxes: snapshot, fork, pause, resume.
+    Snapshots,
 }
 
 /// The line the guest prints first thing in `/init`.
@@ -243,6 +258,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let config = machine::vm_config("bench", &args.machine, None, None).await?;
     if let Some(n) = args.soak {
         let report = soak::report(&config, n.max(1)).await? + &load::section(&config).await?;
+        return write_report(&report, args.output.as_deref());
+    }
+    if let Some(section) = args.only {
+        let report = match section {
+            Section::Userland => userland::section(&config, runs, args.execs.clamp(1, 10)).await?,
+            Section::Service => service::section(&config, args.execs.max(20)).await?,
+            Section::Snapshots => snapshot::section(&config, runs).await?,
+        };
         return write_report(&report, args.output.as_deref());
     }
     let (accel, reason) = accel::choose(config.accel);
@@ -468,6 +491,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     );
     let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     let report = report + &service::section(&config, args.execs.max(20)).await?;
+    let report = report + &snapshot::section(&config, runs).await?;
     write_report(&report, args.output.as_deref())
 }
 

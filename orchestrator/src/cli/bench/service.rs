@@ -127,7 +127,7 @@ async fn rest_destroy(client: &Client, id: &str) -> anyhow::Result<Value> {
 }
 
 /// Waits until the service's pools have `n` clones ready.
-async fn service_ready(service: &Service, n: usize) -> anyhow::Result<()> {
+pub(super) async fn service_ready(service: &Service, n: usize) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while service
         .pool_stats()
