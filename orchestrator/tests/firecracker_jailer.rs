@@ -624,6 +624,32 @@ async fn reaping_removes_a_dead_orchestrators_jail() {
     assert_nothing_left(&fx, id, &cgroups);
 }
 
+/// Two jailed VMs alive at once never share a uid: each is leased one of
+/// its own from the configured range (the first uid, then the next), so
+/// one Firecracker cannot signal the other's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_live_jailed_vms_get_uids_of_their_own() {
+    require_root("two_live_jailed_vms_get_uids_of_their_own");
+    let fx = Fixture::new(None);
+    let uid_of = |id: &str| -> u32 {
+        let argv = std::fs::read_to_string(fx.out.join(format!("argv-{id}"))).unwrap();
+        let argv: Vec<&str> = argv.lines().collect();
+        argv[argv.iter().position(|a| *a == "--uid").unwrap() + 1]
+            .parse()
+            .unwrap()
+    };
+    let (_fa, _fb) = (fx.fake_api("uid-a"), fx.fake_api("uid-b"));
+    let a = firecracker::start_firecracker_in(&fx.opts, &fx.config("uid-a", false), &fx.root)
+        .await
+        .expect("launch a");
+    let b = firecracker::start_firecracker_in(&fx.opts, &fx.config("uid-b", false), &fx.root)
+        .await
+        .expect("launch b");
+    assert_eq!(uid_of("uid-a"), 4242, "the range's first uid");
+    assert_eq!(uid_of("uid-b"), 4243, "the next one, while a lives");
+    drop((a, b));
+}
+
 /// A jailed VM's snapshot (as `ironclaw run` and the pool take one for a
 /// prototype) is written in its chroot, moved out, and loaded by clones
 /// each in a new jail: a hard link when the jails share their gid, a copy

@@ -8,7 +8,7 @@
 //! in the never set), `flood N` (N × `getppid`), `clone-newuser` (a child
 //! in a new user namespace, which exits at once), `fork` (a fork-style
 //! `clone`: a child process, which exits at once), `thread` (a thread, as
-//! `std::thread` makes it).
+//! `std::thread` makes it), `exec` (`execve` of `/bin/true` after start).
 
 fn result(rc: libc::c_long) -> String {
     if rc < 0 {
@@ -76,6 +76,16 @@ fn main() {
                 Ok(Ok(v)) => v,
                 _ => -1,
             },
+            "exec" => {
+                let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null::<libc::c_char>()];
+                libc::syscall(
+                    libc::SYS_execve,
+                    c"/bin/true".as_ptr(),
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                )
+            }
             "flood" => {
                 let n: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(1000);
                 let mut last = 0;

@@ -269,14 +269,16 @@ pub async fn report(config: &VmConfig, n: usize) -> anyhow::Result<String> {
          lets idle threads go); the rest stays flat.\n\n\
          ## Faults (checked by the test suite, every `make test`)\n\n\
          | fault | what the caller sees | test |\n|---|---|---|\n\
-         | QEMU killed (SIGKILL) mid-exec and mid-upload | a 5xx error with a message at once; the sandbox is destroyed (404 saying why), its directory and processes gone; other sandboxes served | `service_api::a_killed_vmm_fails_its_sandbox_only` |\n\
+         | QEMU killed (SIGKILL), or the guest agent killed from inside (a command kills its parent), mid-exec and mid-upload | a 5xx error with a message at once (a restarted agent announces itself, so the host does not wait for its deadline); the sandbox is destroyed (404 saying why), its directory and processes gone; other sandboxes served | `service_api::a_killed_vmm_or_agent_fails_its_sandbox_only` |\n\
+         | vhost-device-vsock killed (SIGKILL) mid-exec and mid-download | both requests fail at once with an error; destroying the VM leaves no process or directory | `vm_lifecycle::a_killed_vsock_device_fails_requests_promptly_and_cleans_up` |\n\
          | the guest agent stopped (SIGSTOP from inside) | `AgentError::Deadline` / exit 125 at the host deadline (timeout + 5 s); the VM destroyed | `hostile_guest::a_stopped_agent_*` |\n\
          | a FIFO, device or socket where a file is read | refused at once, nothing copied | `hostile_guest::copy_out_of_a_fifo_*`, `get_of_a_fifo_*` |\n\
          | output and console floods | output capped with `*_truncated`; the console log rotated past 1 MiB | `hostile_guest::run_caps_*`, `a_flooded_console_log_stays_bounded` |\n\
-         | the service killed (SIGKILL) and restarted | the next start removes the dead service's VMs, directories and socket | `service_api::sigterm_destroys_everything_and_a_killed_service_is_cleaned_by_the_next` |\n\
-         | a memory hog and a fork bomb in the guest | the hog is killed by the guest's OOM killer (signal 9) while the agent, shielded, answers; the bomb ends at its timeout; another VM is served meanwhile | `hostile_guest::a_fork_bomb_and_a_memory_hog_stay_in_their_vm` |\n\n\
-         Not measured yet: vhost-device-vsock killed mid-transfer, a full disk while writing a \
-         snapshot or an image.\n",
+         | the service killed (SIGKILL) and restarted | the next start removes the dead service's VMs, directories and socket; paused sandboxes are intact and resume | `service_api::sigterm_destroys_everything_and_a_killed_service_is_cleaned_by_the_next`, `sandbox_snapshots::a_paused_sandbox_survives_a_service_restart_and_a_kill` |\n\
+         | the disk full while a snapshot is written | 507 `storage_full` naming the disk; nothing kept; the sandbox runs on | `sandbox_snapshots::a_full_disk_while_writing_a_snapshot_leaves_nothing` |\n\
+         | the disk full while the initramfs or a prototype snapshot is written | exit 125, \"No space left on device\"; nothing partial left in the cache | `cli::a_full_disk_fails_cache_writes_cleanly` |\n\
+         | a snapshot truncated, altered, or of a replaced kernel | 422 `snapshot_invalid` saying which; nothing started | `sandbox_snapshots::damaged_or_foreign_snapshots_are_refused_and_nothing_starts` |\n\
+         | a memory hog and a fork bomb in the guest | the hog is killed by the guest's OOM killer (signal 9) while the agent, shielded, answers; the bomb ends at its timeout; another VM is served meanwhile | `hostile_guest::a_fork_bomb_and_a_memory_hog_stay_in_their_vm` |\n",
         FILE_BYTES >> 10,
         ms(lib_took),
         table(&lib),

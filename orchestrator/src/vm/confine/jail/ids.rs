@@ -26,6 +26,15 @@ pub fn vm_ids(dir: &RuntimeDir, fixed: Option<u32>) -> std::io::Result<(u32, u32
     Ok((uid, uid))
 }
 
+/// A uid leased for the VM of `dir` from the range `base..base+SPAN`, the
+/// lowest free one first (a configured range, e.g. the jailer's): never one
+/// another live VM under the same runtime root holds, never an account or
+/// group of the host.
+pub fn lease_from(dir: &RuntimeDir, base: u32) -> std::io::Result<u32> {
+    let span = SPAN.min(u32::MAX - base);
+    dir.lease_uid((0..span).map(move |i| base + i), |id| !account_exists(id))
+}
+
 /// `base..base+span`, starting at a hash of `dir` and wrapping around.
 fn candidates(dir: &Path, base: u32, span: u32) -> impl Iterator<Item = u32> {
     let start = (dir_hash(dir) % u64::from(span)) as u32;
@@ -75,6 +84,12 @@ mod tests {
         assert_eq!(again, ua);
         // A fixed uid is taken as given.
         assert_eq!(vm_ids(&c, Some(1234)).unwrap(), (1234, 1234));
+        // From a configured range: the lowest free uid, one per live VM.
+        let base = BASE + SPAN - 10;
+        let d = RuntimeDir::create(root.path(), "d").unwrap();
+        let e = RuntimeDir::create(root.path(), "e").unwrap();
+        assert_eq!(lease_from(&d, base).unwrap(), base);
+        assert_eq!(lease_from(&e, base).unwrap(), base + 1);
     }
 
     #[test]

@@ -38,11 +38,11 @@ use std::process::{Child, Command};
 use super::fd_pass;
 pub use super::perm::reachable;
 use super::perm::readable_by;
-use super::seccomp::{SeccompFilter, SeccompLevel};
+use super::seccomp::{self, SeccompFilter};
 use crate::vm::process;
 use child::ChildPlan;
 pub use error::{JailError, JailStep};
-pub use ids::{dir_hash, vm_ids};
+pub use ids::{dir_hash, lease_from, vm_ids};
 pub use inspect::{proc_status, ProcStatus, ProcessConfinement};
 use report::{pipe, read_reports, TAG_ERROR, TAG_PID};
 use root::{cstr, RootPlan};
@@ -157,11 +157,9 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
     };
     let (report_r, report_w) = pipe().map_err(prep("the report pipe"))?;
     let (alive_r, alive_w) = pipe().map_err(prep("the reaper pipe"))?;
-    let audit = spec
-        .seccomp
-        .as_ref()
-        .is_some_and(|f| f.level == SeccompLevel::Audit);
-    let (audit_parent, audit_child) = if audit {
+    let listens = spec.seccomp.as_ref().is_some_and(|f| f.has_listener());
+    let exec_once = spec.seccomp.as_ref().is_some_and(|f| f.exec_once);
+    let (audit_parent, audit_child) = if listens {
         let (a, b) = std::os::unix::net::UnixStream::pair().map_err(prep("the audit socket"))?;
         (Some(a), Some(OwnedFd::from(b)))
     } else {
@@ -192,6 +190,24 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
     };
     // ChildPlan::run makes only async-signal-safe calls and allocates
     // nothing (all strings and programs were prepared above).
+    // Exec-once: the child's exec waits for its supervisor, and spawning
+    // waits for that exec; so the supervisor takes the listener and serves
+    // it on a thread of its own, started first. Without it (the child
+    // failed before sending one) the exec fails (ENOSYS): closed.
+    let mut audit_parent = audit_parent;
+    if exec_once {
+        let sock = audit_parent
+            .take()
+            .expect("exec-once filters have a listener");
+        std::thread::Builder::new()
+            .name("ironclaw-seccomp-exec".into())
+            .spawn(move || {
+                if let Some(listener) = recv_listener(&sock) {
+                    seccomp::serve_exec_once(listener, process);
+                }
+            })
+            .map_err(prep("the exec supervisor"))?;
+    }
     let spawned = process::spawn_child_then(cmd, move || plan.run());
     // The Command (and with it the child's ends of the pipes) is gone now.
     let msgs = read_reports(&report_r);
@@ -255,6 +271,23 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
         audit_listener,
     })
 }
+
+/// The listener the child sends before its exec: waits (boundedly) for it;
+/// `None` when the child failed before sending one.
+fn recv_listener(sock: &std::os::unix::net::UnixStream) -> Option<OwnedFd> {
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd. Bounded: a child that failed before sending
+    // may leave the socket open in its reaper.
+    unsafe { libc::poll(&mut pfd, 1, LISTENER_WAIT_MS) };
+    fd_pass::recv_fd(sock.as_raw_fd()).ok()
+}
+
+/// How long the child may take to send its listener.
+const LISTENER_WAIT_MS: libc::c_int = 10_000;
 
 #[cfg(test)]
 mod tests {

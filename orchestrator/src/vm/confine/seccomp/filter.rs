@@ -17,6 +17,8 @@ const BPF_MAXINSNS: usize = 4096;
 /// Marks the allowlist's mismatch return in audit level, patched to
 /// `SECCOMP_RET_USER_NOTIF` after compiling (seccompiler has no such action).
 const AUDIT_MARK: u32 = 0x1c1a;
+/// Marks the exec program's match return, patched to `SECCOMP_RET_USER_NOTIF`.
+const EXEC_MARK: u32 = 0x1c1b;
 /// `BPF_RET | BPF_K`: return a constant.
 const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 
@@ -27,8 +29,25 @@ pub struct SeccompFilter {
     pub level: SeccompLevel,
     /// Allowed syscalls (counting each once).
     pub allowed: usize,
-    /// In installation order; the allowlist is last.
+    /// `execve` is allowed once, for the process's own start, and refused
+    /// after it (a supervisor answers; see [`super::notify::serve_exec_once`]):
+    /// for a process that has no filter of its own to stack after its exec.
+    pub exec_once: bool,
+    /// In installation order; the allowlist is last (once it is in force,
+    /// installing another program is refused).
     programs: Vec<BpfProgram>,
+    /// The program installed with a notification listener, if any.
+    listener_at: Option<usize>,
+}
+
+/// Replaces the return `mark` in `prog` with `SECCOMP_RET_USER_NOTIF`
+/// (seccompiler has no such action).
+fn notify_on(prog: &mut BpfProgram, mark: u32) {
+    for insn in prog {
+        if insn.code == BPF_RET_K && insn.k == libc::SECCOMP_RET_TRACE | mark {
+            insn.k = libc::SECCOMP_RET_USER_NOTIF;
+        }
+    }
 }
 
 /// The allowlist of `kind`; `kvm` adds what QEMU needs for `-accel kvm`.
@@ -146,19 +165,38 @@ impl SeccompFilter {
             SeccompLevel::Strict => SeccompAction::Errno(libc::EPERM as u32),
             SeccompLevel::Audit => SeccompAction::Trace(AUDIT_MARK),
         };
+        // One listener per process: at audit level it is the allowlist's
+        // (which lets exec through anyway, logged or not); exec-once puts its
+        // program before the allowlist, which would refuse installing it.
+        let exec_once = level == SeccompLevel::Strict && kind == ProcessKind::VhostVsock;
+        let mut listener_at = None;
+        if exec_once {
+            let exec = [libc::SYS_execve, libc::SYS_execveat]
+                .into_iter()
+                .map(|nr| (nr, Vec::new()))
+                .collect();
+            let mut prog = compile(
+                name,
+                exec,
+                SeccompAction::Allow,
+                SeccompAction::Trace(EXEC_MARK),
+            )?;
+            notify_on(&mut prog, EXEC_MARK);
+            listener_at = Some(programs.len());
+            programs.push(prog);
+        }
         let mut prog = compile(name, allowed, mismatch, SeccompAction::Allow)?;
         if level == SeccompLevel::Audit {
-            for insn in &mut prog {
-                if insn.code == BPF_RET_K && insn.k == libc::SECCOMP_RET_TRACE | AUDIT_MARK {
-                    insn.k = libc::SECCOMP_RET_USER_NOTIF;
-                }
-            }
+            notify_on(&mut prog, AUDIT_MARK);
+            listener_at = Some(programs.len());
         }
         programs.push(prog);
         Ok(SeccompFilter {
             kind,
             level,
             allowed: count,
+            exec_once,
+            listener_at,
             programs,
         })
     }
@@ -168,8 +206,14 @@ impl SeccompFilter {
         self.programs.len()
     }
 
+    /// Whether installing returns a notification listener the orchestrator
+    /// must serve (audit level, or `exec_once`).
+    pub fn has_listener(&self) -> bool {
+        self.listener_at.is_some()
+    }
+
     /// Sets `no_new_privs` and installs the programs in the calling thread.
-    /// In audit level returns the notification listener.
+    /// Returns the notification listener when [`Self::has_listener`].
     ///
     /// Async-signal-safe (no allocation, only prctl and seccomp): it runs in
     /// the forked child right before `exec`.
@@ -179,10 +223,9 @@ impl SeccompFilter {
         if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
             return Err((InstallStep::NoNewPrivs, errno()));
         }
-        let last = self.programs.len() - 1;
         let mut listener = None;
         for (i, prog) in self.programs.iter().enumerate() {
-            let flags = if i == last && self.level == SeccompLevel::Audit {
+            let flags = if Some(i) == self.listener_at {
                 libc::SECCOMP_FILTER_FLAG_NEW_LISTENER
             } else {
                 0
@@ -234,9 +277,12 @@ mod tests {
                 for kvm in [false, true] {
                     let f = SeccompFilter::new(kind, level, kvm).unwrap();
                     assert!(f.allowed > 30, "{kind:?} allows {}", f.allowed);
+                    let exec_once =
+                        level == SeccompLevel::Strict && kind == ProcessKind::VhostVsock;
+                    assert_eq!(f.exec_once, exec_once);
                     assert_eq!(
                         f.programs(),
-                        if level == SeccompLevel::Strict { 3 } else { 2 }
+                        if level == SeccompLevel::Strict { 3 } else { 2 } + usize::from(exec_once)
                     );
                 }
             }

@@ -61,7 +61,7 @@ pub mod vhost_vsock;
 pub use audit::{AuditEntry, AuditLog, AUDIT_FILE, AUDIT_FILE_LINES, AUDIT_RING_ENTRIES};
 pub use error::SeccompError;
 pub use filter::{allowlist, InstallStep, SeccompFilter};
-pub use notify::supervise;
+pub use notify::{serve_exec_once, supervise};
 pub use rules::{
     is_never, syscall_name, ArgRule, Group, ProcessKind, SeccompLevel, Sys, ENOSYS,
     NAMESPACE_FLAGS, NEVER,

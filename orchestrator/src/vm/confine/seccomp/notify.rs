@@ -1,6 +1,8 @@
-//! The audit supervisor: serves the user-notification listener of one
-//! process (`SECCOMP_RET_USER_NOTIF`), records each unlisted call and lets
-//! it continue, or refuses it when it is in the *never* set.
+//! Supervisors of a process's user-notification listener
+//! (`SECCOMP_RET_USER_NOTIF`): the audit one records each unlisted call and
+//! lets it continue, or refuses it when it is in the *never* set; the
+//! exec-once one lets the process's own start through and refuses every
+//! later `execve`.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -22,7 +24,34 @@ pub fn supervise(
         .map_err(SeccompError::Supervisor)
 }
 
+/// Serves the exec listener of one process until it exits: the first
+/// `execve` (the one that starts the process, made by our jail child) goes
+/// through, every later one is refused with EPERM. Should this stop, the
+/// kernel answers the process's `execve` with ENOSYS: it fails closed.
+pub fn serve_exec_once(listener: OwnedFd, process: &'static str) {
+    let mut started = false;
+    serve_with(listener, |pid, nr, _| {
+        let first = !started && (nr == libc::SYS_execve || nr == libc::SYS_execveat);
+        if first {
+            started = true;
+        } else {
+            tracing::warn!(process, pid, "an exec after start was refused");
+        }
+        first
+    })
+}
+
 fn serve(listener: OwnedFd, process: &'static str, log: &AuditLog) {
+    serve_with(listener, |pid, nr, arg0| {
+        let refused = is_never(nr, arg0);
+        log.record(process, pid, nr, arg0, refused);
+        !refused
+    })
+}
+
+/// Answers every notification of `listener` with `decide(pid, nr, arg0)`:
+/// continue the call, or refuse it with EPERM; until no task uses the filter.
+fn serve_with(listener: OwnedFd, mut decide: impl FnMut(u32, i64, u64) -> bool) {
     let fd = listener.as_raw_fd();
     loop {
         let mut pfd = libc::pollfd {
@@ -52,10 +81,8 @@ fn serve(listener: OwnedFd, process: &'static str, log: &AuditLog) {
             // ENOENT: the caller died before we read it; go on.
             continue;
         }
-        let nr = notif.data.nr as i64;
-        let arg0 = notif.data.args[0];
-        let refused = is_never(nr, arg0);
-        log.record(process, notif.pid, nr, arg0, refused);
+        let allowed = decide(notif.pid, notif.data.nr as i64, notif.data.args[0]);
+        let refused = !allowed;
         let mut resp = libc::seccomp_notif_resp {
             id: notif.id,
             val: 0,

@@ -16,9 +16,12 @@ pub struct JailerConfig {
     pub binary: PathBuf,
     /// `--chroot-base-dir`.
     pub chroot_base: PathBuf,
-    /// `--uid`/`--gid`; `None`: `confinement.uid` of the VM, else one derived
-    /// per VM as the QEMU jail does ([`crate::vm::jail::vm_ids`]).
+    /// The first uid of the range `--uid` is leased from, one per live VM
+    /// ([`crate::vm::jail::lease_from`]); `None`: the QEMU jail's range
+    /// ([`crate::vm::jail::vm_ids`]). A VM's `confinement.uid` wins.
     pub uid: Option<u32>,
+    /// `--gid` of every jailed VM (the group snapshots moved out are
+    /// readable by); `None`: each VM's uid.
     pub gid: Option<u32>,
     /// `--cgroup-version`; `None`: what the host has (v2 when the unified
     /// hierarchy has the memory controller, else v1).
@@ -40,8 +43,9 @@ fn env_u32(var: &'static str) -> Result<Option<u32>, JailerError> {
 impl JailerConfig {
     /// From the environment: `$IRONCLAW_FIRECRACKER_JAILER` (a path, or a name
     /// looked up on PATH) turns the jailer on; `$IRONCLAW_JAILER_CHROOT_BASE`
-    /// (default [`DEFAULT_CHROOT_BASE`]), `$IRONCLAW_JAILER_UID`,
-    /// `$IRONCLAW_JAILER_GID`, `$IRONCLAW_JAILER_CGROUP_VERSION` (1 or 2).
+    /// (default [`DEFAULT_CHROOT_BASE`]), `$IRONCLAW_JAILER_UID` (the first
+    /// uid of the range jail uids are leased from), `$IRONCLAW_JAILER_GID`,
+    /// `$IRONCLAW_JAILER_CGROUP_VERSION` (1 or 2).
     pub fn from_env() -> Result<Option<JailerConfig>, JailerError> {
         let Some(bin) = std::env::var_os("IRONCLAW_FIRECRACKER_JAILER") else {
             return Ok(None);

@@ -83,16 +83,23 @@ impl Jail {
     ) -> Result<Jail, JailerError> {
         cfg.check(firecracker)?;
         check_id(&config.id)?;
-        // A per-VM uid leased like the QEMU jail's, unless both are configured.
-        let (uid, gid) = match (cfg.uid, cfg.gid) {
-            (Some(uid), Some(gid)) => (uid, gid),
-            (uid, gid) => {
-                let (derived_uid, derived_gid) =
-                    super::super::super::jail::vm_ids(dir, config.confinement.uid)
-                        .map_err(io(JailerStep::CheckJailer, "choosing the VM's jail uid"))?;
-                (uid.unwrap_or(derived_uid), gid.unwrap_or(derived_gid))
+        // A uid of this VM's own, leased like the QEMU jail's (from the
+        // configured range when there is one): never one for every VM, so
+        // one Firecracker can never signal another's. A VM's own
+        // `confinement.uid` is taken as given.
+        let choosing = io(JailerStep::CheckJailer, "choosing the VM's jail uid");
+        let uid = match (config.confinement.uid, cfg.uid) {
+            (Some(fixed), _) => fixed,
+            (None, Some(base)) => {
+                super::super::super::jail::lease_from(dir, base).map_err(choosing)?
+            }
+            (None, None) => {
+                super::super::super::jail::vm_ids(dir, None)
+                    .map_err(choosing)?
+                    .0
             }
         };
+        let gid = cfg.gid.unwrap_or(uid);
         if uid == 0 || gid == 0 {
             return Err(invalid(
                 JailerStep::CheckJailer,
