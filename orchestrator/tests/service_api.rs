@@ -975,22 +975,30 @@ fn a_killed_vmm_or_agent_fails_its_sandbox_only() {
                 });
                 drop(feeder);
             }
-            let (status, _, body) = tokio::time::timeout(Duration::from_secs(30), request)
+            let answer = tokio::time::timeout(Duration::from_secs(30), request)
                 .await
                 .unwrap()
-                .unwrap()
                 .unwrap();
-            let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             assert!(
                 t0.elapsed() < Duration::from_secs(20),
                 "{mid}: the error took {:?}",
                 t0.elapsed()
             );
-            assert_eq!(status / 100, 5, "{mid}/{killed}: {err}");
-            assert!(
-                err["message"].as_str().is_some_and(|m| !m.is_empty()),
-                "{mid}/{killed}: {err}"
-            );
+            match answer {
+                Ok((status, _, body)) => {
+                    let err: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    assert_eq!(status / 100, 5, "{mid}/{killed}: {err}");
+                    assert!(
+                        err["message"].as_str().is_some_and(|m| !m.is_empty()),
+                        "{mid}/{killed}: {err}"
+                    );
+                }
+                // The service answered and closed the connection while this
+                // client was still sending the upload's body: hyper's client
+                // reports the cut body rather than the answer.
+                Err(e) if mid == "upload" && format!("{e:?}").contains("BodyWrite") => {}
+                Err(e) => panic!("{mid}/{killed}: {e}"),
+            }
             // The sandbox is gone, saying why, and so is everything of its VM.
             let (status, gone) = server
                 .call("GET", &format!("/v1/sandboxes/{id}"), None)

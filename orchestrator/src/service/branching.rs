@@ -289,12 +289,7 @@ impl Service {
             }
         };
         self.inner.table.lock().expect("table").moving.remove(id);
-        let released = match sandbox.take_vm().await {
-            Some((vm, Some(pool))) => pool.release(vm).await,
-            Some((vm, None)) => crate::vm::destroy_vm(vm).await,
-            None => Ok(()),
-        };
-        if let Err(e) = released {
+        if let Err(e) = sandbox.destroy_vm().await {
             tracing::warn!(sandbox = %id, "destroying the paused sandbox's VM: {e}");
         }
         self.inner.metrics.ended("paused");

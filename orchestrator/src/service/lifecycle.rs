@@ -492,12 +492,7 @@ impl Service {
         self.inner
             .metrics
             .ended(if expired { "expired" } else { "destroyed" });
-        let released = match sandbox.take_vm().await {
-            Some((vm, Some(pool))) => pool.release(vm).await,
-            Some((vm, None)) => crate::vm::destroy_vm(vm).await,
-            None => Ok(()),
-        };
-        if let Err(e) = released {
+        if let Err(e) = sandbox.destroy_vm().await {
             tracing::warn!(sandbox = %id, "destroying its VM: {e}");
         }
     }

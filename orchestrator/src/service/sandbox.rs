@@ -283,6 +283,15 @@ impl Sandbox {
         self.vm.lock().await.take()
     }
 
+    /// Destroys the VM (its pool, if it came from one, does it); once.
+    pub async fn destroy_vm(&self) -> Result<(), crate::vm::VmError> {
+        match self.take_vm().await {
+            Some((vm, Some(pool))) => pool.release(vm).await,
+            Some((vm, None)) => crate::vm::destroy_vm(vm).await,
+            None => Ok(()),
+        }
+    }
+
     pub fn info(&self) -> SandboxInfo {
         let now = Instant::now();
         let t = self.timers.lock().expect("timers");
