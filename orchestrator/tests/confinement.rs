@@ -201,6 +201,21 @@ fn a_process_under_the_filter_is_killed_on_denied_calls_and_allowed_the_rest() {
         )
     };
     assert_eq!(vhost("fork"), ("err 1".to_string(), None));
+    // QEMU with KVM: ioctls of KVM's family only (EBADF: the filter let it
+    // through to the kernel), no other ioctl; under TCG none at all.
+    let qemu_kvm = |call: &str| {
+        let spec = JailSpec {
+            seccomp: Some(
+                SeccompFilter::new(ProcessKind::Qemu, SeccompLevel::Strict, true).unwrap(),
+            ),
+            ..Default::default()
+        };
+        probe(spec, &[call])
+    };
+    assert_eq!(qemu_kvm("ioctl-kvm"), ("err 9".to_string(), None));
+    assert_eq!(qemu_kvm("ioctl-tty"), ("err 1".to_string(), None));
+    let qemu_tcg = |call: &str| probe(filtered(ProcessKind::Qemu, SeccompLevel::Strict), &[call]);
+    assert_eq!(qemu_tcg("ioctl-kvm"), ("err 1".to_string(), None));
     // And it may exec once, to start (the probe ran), never again.
     assert_eq!(vhost("exec"), ("err 1".to_string(), None));
     // Under our filter alone, QEMU's exec would go through (QEMU's own
@@ -445,4 +460,41 @@ fn empty_leftover_cgroups_are_reaped_once_old_enough() {
     let reaped = cgroup::reap_empty(&layout, Duration::ZERO, ours);
     assert_eq!(reaped.len(), dirs.len());
     assert!(dirs.iter().all(|d| !d.exists()));
+}
+
+/// A jailed QEMU with `-accel kvm` can open `/dev/kvm` when the device is
+/// its group's only (Debian: `root:kvm 0660`): it keeps that one group.
+/// Before, every group was dropped and QEMU failed with "Could not access
+/// KVM kernel module: Permission denied". (This host's KVM then stops the
+/// guest early, in its own way; a host with VT-x/AMD-V boots it.)
+#[test]
+fn a_jailed_qemu_can_open_dev_kvm() {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(kvm) = std::fs::metadata("/dev/kvm") else {
+        println!("skipped: a_jailed_qemu_can_open_dev_kvm: no /dev/kvm on this host");
+        return;
+    };
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ironclaw"))
+        .env("IRONCLAW_RUNTIME_DIR", root.path())
+        .args([
+            "run",
+            "--cold",
+            "--accel",
+            "kvm",
+            "--boot-timeout",
+            "20",
+            "--no-image",
+        ])
+        .args(["--", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("Could not access KVM kernel module"),
+        "/dev/kvm mode {:o} gid {}: {err}",
+        kvm.mode() & 0o777,
+        kvm.gid()
+    );
 }

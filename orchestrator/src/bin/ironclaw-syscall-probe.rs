@@ -8,7 +8,9 @@
 //! in the never set), `flood N` (N × `getppid`), `clone-newuser` (a child
 //! in a new user namespace, which exits at once), `fork` (a fork-style
 //! `clone`: a child process, which exits at once), `thread` (a thread, as
-//! `std::thread` makes it), `exec` (`execve` of `/bin/true` after start).
+//! `std::thread` makes it), `exec` (`execve` of `/bin/true` after start),
+//! `ioctl-kvm` (`KVM_GET_API_VERSION` on a closed descriptor: EBADF when the
+//! filter lets it through), `ioctl-tty` (`FIONREAD` on stdin).
 
 fn result(rc: libc::c_long) -> String {
     if rc < 0 {
@@ -76,6 +78,16 @@ fn main() {
                 Ok(Ok(v)) => v,
                 _ => -1,
             },
+            "ioctl-kvm" => libc::syscall(libc::SYS_ioctl, -1, 0xAE00 as libc::c_ulong, 0),
+            "ioctl-tty" => {
+                let mut n: libc::c_int = 0;
+                libc::syscall(
+                    libc::SYS_ioctl,
+                    0,
+                    libc::FIONREAD,
+                    &mut n as *mut libc::c_int,
+                )
+            }
             "exec" => {
                 let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
                 let envp = [std::ptr::null::<libc::c_char>()];

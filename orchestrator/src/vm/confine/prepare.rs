@@ -14,6 +14,8 @@ use super::seccomp::{self, AuditLog, SeccompFilter, SeccompLevel};
 use crate::vm::config::VmConfig;
 use crate::vm::runtime::RuntimeDir;
 
+const KVM_DEVICE: &str = "/dev/kvm";
+
 /// Everything the VM's processes are confined with, prepared before any starts.
 pub struct Confinement {
     jailed: bool,
@@ -31,6 +33,8 @@ pub struct Confinement {
     /// The runtime directory, the only host directory the jailed VMM sees
     /// besides `/usr` (see `JailSpec::minimal_root`).
     minimal_root: Option<PathBuf>,
+    /// The group QEMU keeps to open `/dev/kvm` (see [`Confinement::open_kvm`]).
+    kvm_group: Option<u32>,
 }
 
 impl Confinement {
@@ -61,6 +65,7 @@ impl Confinement {
                 level: c.seccomp,
                 audit,
                 minimal_root: None,
+                kvm_group: None,
             });
         }
         // SAFETY: geteuid cannot fail.
@@ -120,7 +125,26 @@ impl Confinement {
             level: c.seccomp,
             audit,
             minimal_root: Some(dir.path().to_path_buf()),
+            kvm_group: None,
         })
+    }
+
+    /// Lets the jailed QEMU open `/dev/kvm` when its mode grants that to its
+    /// group only (Debian's `root:kvm 0660`): QEMU keeps that one group as a
+    /// supplementary group, and no other. Nothing changes when the device is
+    /// open to all, or when the VM is not jailed (the caller's groups stay).
+    pub fn open_kvm(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if !self.jailed {
+            return;
+        }
+        if let Ok(m) = std::fs::metadata(KVM_DEVICE) {
+            let group_rw = m.mode() & 0o060 == 0o060;
+            let other_rw = m.mode() & 0o006 == 0o006;
+            if group_rw && !other_rw && m.gid() != 0 {
+                self.kvm_group = Some(m.gid());
+            }
+        }
     }
 
     /// The path to exec `program` by: itself when the jail uid can reach it,
@@ -155,9 +179,14 @@ impl Confinement {
     }
 
     pub fn spec(&self, filter: SeccompFilter) -> Result<JailSpec, JailError> {
+        let groups = match (filter.kind, self.kvm_group) {
+            (seccomp::ProcessKind::Qemu, Some(gid)) => vec![gid],
+            _ => Vec::new(),
+        };
         Ok(JailSpec {
             namespaces: self.jailed,
             ids: self.ids,
+            groups,
             binds: self.binds.clone(),
             cgroup_procs: self
                 .cgroup_dirs

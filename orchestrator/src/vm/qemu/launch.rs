@@ -65,6 +65,9 @@ impl QemuBackend {
             Transport::Serial => Arc::new(SerialChannel::new(dir.file(SERIAL_SOCKET))),
         };
         let mut confinement = Confinement::prepare(config, dir)?;
+        if accel == Accel::Kvm {
+            confinement.open_kvm();
+        }
         let mut inst = QemuInstance {
             accel,
             children: Vec::new(),

@@ -19,6 +19,8 @@ const HOSTNAME: &[u8] = b"ironclaw-vm";
 pub(super) struct ChildPlan {
     pub namespaces: bool,
     pub ids: Option<(u32, u32)>,
+    /// Supplementary groups to keep (prepared before the fork).
+    pub groups: Vec<u32>,
     /// (source, target, executable) read-only bind mounts.
     pub binds: Vec<(CString, CString, bool)>,
     pub cgroup_procs: Vec<OwnedFd>,
@@ -59,7 +61,7 @@ impl ChildPlan {
             sys::sethostname(HOSTNAME).map_err(|e| fail(rep, JailStep::Hostname, e))?;
         }
         if let Some((uid, gid)) = self.ids {
-            sys::clear_groups().map_err(|e| fail(rep, JailStep::SetGroups, e))?;
+            sys::set_groups(&self.groups).map_err(|e| fail(rep, JailStep::SetGroups, e))?;
             sys::setresgid(gid).map_err(|e| fail(rep, JailStep::SetGid, e))?;
             sys::setresuid(uid).map_err(|e| fail(rep, JailStep::SetUid, e))?;
             if self.namespaces {

@@ -12,7 +12,8 @@
 //! 4. mounts made private, a fresh `/proc` for the new PID namespace, and the
 //!    boot files bind-mounted read-only into the runtime directory (so an
 //!    unprivileged uid can read an initramfs cached under a private home);
-//! 5. hostname, then an unprivileged uid/gid with no supplementary groups;
+//! 5. hostname, then an unprivileged uid/gid with no supplementary groups
+//!    but those the spec keeps (`/dev/kvm`'s for QEMU with KVM);
 //! 6. `no_new_privs` and the seccomp filter ([`super::seccomp`]), last, so it
 //!    covers everything from `exec` on.
 //!
@@ -64,6 +65,10 @@ pub struct JailSpec {
     pub namespaces: bool,
     /// `(uid, gid)` to switch to; `None` keeps the orchestrator's.
     pub ids: Option<(u32, u32)>,
+    /// Supplementary groups kept after the uid change: the group of a device
+    /// the process must open (`/dev/kvm`'s, with KVM). Every other group is
+    /// dropped.
+    pub groups: Vec<u32>,
     pub binds: Vec<Bind>,
     /// `cgroup.procs` of the VM's cgroup(s).
     pub cgroup_procs: Vec<OwnedFd>,
@@ -179,6 +184,7 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
     let mut plan = ChildPlan {
         namespaces,
         ids: spec.ids,
+        groups: spec.groups,
         binds,
         cgroup_procs: spec.cgroup_procs,
         seccomp: spec.seccomp,

@@ -128,10 +128,10 @@ pub(super) fn sethostname(name: &[u8]) -> Result<(), i32> {
     check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) })
 }
 
-/// Drops every supplementary group.
-pub(super) fn clear_groups() -> Result<(), i32> {
-    // SAFETY: an empty list needs no buffer.
-    check(unsafe { libc::setgroups(0, std::ptr::null()) })
+/// Sets the supplementary groups to exactly `groups` (none: every one dropped).
+pub(super) fn set_groups(groups: &[u32]) -> Result<(), i32> {
+    // SAFETY: a buffer of `groups.len()` gids (gid_t is u32), alive for the call.
+    check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })
 }
 
 pub(super) fn setresgid(gid: libc::gid_t) -> Result<(), i32> {

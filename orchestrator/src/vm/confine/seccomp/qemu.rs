@@ -156,10 +156,23 @@ pub const GROUPS: &[Group] = &[
     },
 ];
 
+/// The `ioctl` type of every KVM request (`KVMIO`, `linux/kvm.h`).
+pub const KVMIO: u64 = 0xAE;
+
+/// `ioctl` requests of KVM's family only: the type byte (bits 8–15 of the
+/// request, argument 1) is [`KVMIO`]. QEMU under TCG needs no `ioctl` at
+/// all; with KVM it talks to `/dev/kvm`, its VM and vCPU descriptors, and
+/// nothing else gets an `ioctl` through (a terminal, a device, a socket).
+pub const KVM_IOCTLS: ArgRule = ArgRule::Masked {
+    arg: 1,
+    mask: 0xff00,
+    value: KVMIO << 8,
+};
+
 /// Added with `-accel kvm` only (not traced here: KVM is not usable on the
 /// development machines; from QEMU's KVM accelerator: VM/vCPU ioctls and the
 /// SIG_IPI kick between vCPU threads).
 pub const KVM_GROUPS: &[Group] = &[Group {
-    why: "KVM: /dev/kvm ioctls, vCPU kicks",
-    calls: &[sys!(SYS_ioctl), sys!(SYS_rt_sigtimedwait)],
+    why: "KVM: /dev/kvm, VM and vCPU ioctls (KVM's request family only), vCPU kicks",
+    calls: &[sys!(SYS_ioctl, KVM_IOCTLS), sys!(SYS_rt_sigtimedwait)],
 }];
