@@ -165,6 +165,18 @@ fn python_sdk_pause_and_connect() {
     stop_and_check(server);
 }
 
+/// `create_snapshot`, `list_snapshots`, `Sandbox.create(<snapshot id>)`,
+/// `fork` and `delete_snapshot`: the sandboxes made from a snapshot have
+/// its file and its counting process, still counting; a deleted snapshot
+/// is not listed, and the sandboxes made from it run on.
+#[test]
+fn python_sdk_snapshots_and_fork() {
+    let python = python();
+    let server = Server::start("e2b-snapshots", true, &["--e2b"]);
+    run_script(&python, "snapshots.py", &server, &[]);
+    stop_and_check(server);
+}
+
 /// A paused sandbox outlives a restart of the service: after it, the same
 /// API key lists it paused and `Sandbox.connect` resumes it, its file and
 /// its counting process there.

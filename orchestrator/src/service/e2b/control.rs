@@ -3,7 +3,8 @@
 //! inspect, list, kill, set the timeout; pause, and connect (which resumes
 //! a paused sandbox) on the service's pause and resume: the same id and the
 //! same `envdAccessToken` after a resume, its memory (running processes)
-//! and files as they were.
+//! and files as they were. A `templateID` that is one of the caller's
+//! snapshots (see [`super::snapshots`]) creates the sandbox from it.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +37,15 @@ const HEALTHY_GUEST_WAIT: Duration = Duration::from_secs(10);
 const DEFAULT_LIST_LIMIT: usize = 100;
 const MAX_LIST_LIMIT: usize = 1000;
 
+/// `template` names an image: the default (`base`), none, or one of
+/// `ironclaw image list`.
+pub(super) fn is_image(template: &str) -> bool {
+    template == BASE_TEMPLATE
+        || template == NO_IMAGE
+        || (crate::userland::validate_name(template).is_ok()
+            && crate::userland::find(template).is_ok())
+}
+
 /// The image a template names; a clear error when there is none by that name.
 fn image_of(service: &Service, template: &str) -> Result<String, ApiError> {
     if template.is_empty() {
@@ -44,18 +54,14 @@ fn image_of(service: &Service, template: &str) -> Result<String, ApiError> {
     if template == BASE_TEMPLATE {
         return Ok(service.default_image().to_string());
     }
-    if template == NO_IMAGE {
-        return Ok(template.to_string());
-    }
-    let known =
-        crate::userland::validate_name(template).is_ok() && crate::userland::find(template).is_ok();
-    if !known {
+    if !is_image(template) {
         return Err(ApiError::new(
             404,
             format!(
                 "template {template:?} not found: IronClaw's templates are its image names \
-                 (`ironclaw image list`; `{BASE_TEMPLATE}` is the default image); \
-                 building templates through the E2B API is not supported"
+                 (`ironclaw image list`; `{BASE_TEMPLATE}` is the default image) and your \
+                 snapshots' ids and names (Sandbox.list_snapshots()); building templates \
+                 through the E2B API is not supported"
             ),
         ));
     }
@@ -101,7 +107,7 @@ fn detail(service: &Service, info: &SandboxInfo, token: Option<String>) -> Sandb
     }
 }
 
-fn created(service: &Service, info: &SandboxInfo, token: String) -> SandboxCreated {
+pub(super) fn created(service: &Service, info: &SandboxInfo, token: String) -> SandboxCreated {
     SandboxCreated {
         template_id: template_of(service, &info.image),
         sandbox_id: info.id.clone(),
@@ -170,13 +176,22 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<SandboxCreated>), ApiError> {
     let req: NewSandbox = json_body(body).await?;
     refuse_unsupported(&req)?;
-    let image = image_of(&s.service, &req.template_id)?;
+    // A template is an image, or else one of the caller's snapshots (by id
+    // or name: `Sandbox.create(<snapshot id>)`), restored with its memory.
+    let (image, from_snapshot) = if !is_image(&req.template_id)
+        && s.service.get_snapshot(&owner, &req.template_id).is_ok()
+    {
+        (None, Some(req.template_id.clone()))
+    } else {
+        (Some(image_of(&s.service, &req.template_id)?), None)
+    };
     let info = s
         .service
         .create(
             &owner,
             CreateSandbox {
-                image: Some(image),
+                image,
+                from_snapshot,
                 env: req.env_vars.unwrap_or_default(),
                 labels: req.metadata.unwrap_or_default(),
                 timeout_s: req.timeout,
@@ -191,7 +206,7 @@ pub async fn create(
 
 /// A service error as the control plane answers it: a paused sandbox's
 /// 409 says how an E2B caller resumes it.
-fn control_error(e: ServiceError, id: &str) -> ApiError {
+pub(super) fn control_error(e: ServiceError, id: &str) -> ApiError {
     if e.code == ErrorCode::SandboxPaused {
         return ApiError::new(
             409,
@@ -256,7 +271,7 @@ pub async fn set_timeout(
 
 /// A `timeout` (seconds from now) the service would take: checked before
 /// a resume, so a wrong one leaves the sandbox paused.
-fn check_timeout(service: &Service, timeout: u64) -> Result<(), ApiError> {
+pub(super) fn check_timeout(service: &Service, timeout: u64) -> Result<(), ApiError> {
     let max = service.config().max_timeout;
     if timeout == 0 || Duration::from_secs(timeout) > max {
         return Err(ApiError::new(

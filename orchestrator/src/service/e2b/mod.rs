@@ -8,7 +8,8 @@
 //!   JSON, errors `{"code": <int>, "message"}`. The caller is checked like
 //!   the native API's: on TCP the `X-API-KEY` header must be one of the
 //!   service's tokens (constant time; that token's tenant owns what it
-//!   creates), on the unix socket the peer's uid.
+//!   creates), on the unix socket the peer's uid. Snapshots and forks:
+//!   [`snapshots`].
 //! - **envd** (the agent E2B runs in each sandbox): the Connect RPCs
 //!   `process.Process/*` ([`process`]) and `filesystem.Filesystem/*`
 //!   ([`filesystem`]) framed by [`connect`], `GET/POST /files` and
@@ -24,6 +25,7 @@ mod control;
 mod files;
 mod filesystem;
 mod process;
+mod snapshots;
 pub mod types;
 
 use std::sync::Arc;
@@ -35,7 +37,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -249,14 +251,20 @@ pub fn router(service: Service, tokens: Tokens) -> Router {
         .route("/v2/sandboxes/{id}/connect", post(control::connect))
         .route("/sandboxes/{id}/pause", post(control::pause))
         .route("/sandboxes/{id}/resume", post(control::resume))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork))
         .route("/sandboxes/{id}/{action}", any(unsupported))
         .route("/v2/sandboxes/{id}/{action}", any(unsupported))
         .route("/sandboxes/metrics", any(unsupported))
         .route("/templates", any(unsupported))
-        .route("/templates/{*rest}", any(unsupported))
+        // E2B's snapshots are templates: `delete_snapshot` deletes one.
+        .route(
+            "/templates/{*rest}",
+            delete(snapshots::delete).fallback(unsupported),
+        )
         .route("/v2/templates", any(unsupported))
         .route("/v3/templates", any(unsupported))
-        .route("/snapshots", any(unsupported))
+        .route("/snapshots", get(snapshots::list))
         .route("/volumes", any(unsupported))
         .route("/volumes/{*rest}", any(unsupported))
         .route("/secrets", any(unsupported))

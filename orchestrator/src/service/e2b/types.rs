@@ -3,7 +3,8 @@
 //!
 //! - control plane: the SDK's generated OpenAPI client
 //!   (`e2b/api/client/models/{new_sandbox_v2,sandbox,sandbox_detail,listed_sandbox,
-//!   sandbox_pause_request,connect_sandbox_v2,resumed_sandbox}.py`);
+//!   sandbox_pause_request,connect_sandbox_v2,resumed_sandbox,sandbox_snapshot_request,
+//!   snapshot_info,sandbox_fork_request,sandbox_fork_result}.py`);
 //! - envd: the protobuf messages of `spec/envd/process/process.proto` and
 //!   `spec/envd/filesystem/filesystem.proto` in their canonical JSON form
 //!   (lowerCamel field names, enums by name, `bytes` as base64, `int64` as
@@ -152,6 +153,64 @@ pub struct ListQuery {
     pub template: Option<String>,
     /// Only sandboxes started at or after this time (RFC 3339).
     pub started_after: Option<String>,
+}
+
+/// `POST /sandboxes/{id}/snapshots`.
+#[derive(Debug, Default, Deserialize)]
+pub struct SnapshotBody {
+    /// A name to create sandboxes from it by, besides its id.
+    pub name: Option<String>,
+    /// `false` (the SDK's `mode="filesystem"`): the files only.
+    pub memory: Option<bool>,
+}
+
+/// A snapshot, as create-snapshot and `GET /snapshots` answer it.
+#[derive(Debug, Serialize)]
+pub struct SnapshotEntry {
+    /// The native snapshot id (`snap-…`): `Sandbox.create(<it>)` makes a
+    /// sandbox from it.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    /// Its name, if it has one (it works wherever the id does).
+    pub names: Vec<String>,
+}
+
+/// `GET /snapshots` query.
+#[derive(Debug, Default, Deserialize)]
+pub struct SnapshotListQuery {
+    /// Only snapshots of this sandbox.
+    #[serde(rename = "sandboxID")]
+    pub sandbox_id: Option<String>,
+    /// Only the snapshot with this id or name.
+    pub name: Option<String>,
+    pub limit: Option<usize>,
+    #[serde(rename = "nextToken")]
+    pub next_token: Option<String>,
+}
+
+/// `POST /sandboxes/{id}/fork`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ForkBody {
+    /// Lifetime of each fork in seconds.
+    pub timeout: Option<u64>,
+    /// How many forks (1 to 20; 1 when absent).
+    pub count: Option<u32>,
+}
+
+/// One fork's outcome: its sandbox, or why it did not start.
+#[derive(Debug, Serialize)]
+pub struct ForkEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxCreated>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+/// E2B's error shape.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    pub message: String,
 }
 
 // ---- envd: process ----
