@@ -133,7 +133,8 @@ impl Service {
             .map_err(|e| invalid(format!("its machine cannot be made here: {e}")))?;
         let (key, _) = crate::vm::prototype::key_for(&config)
             .map_err(|e| invalid(format!("its machine cannot be made here: {e}")))?;
-        if key != meta.machine.key || config.kernel != meta.machine.kernel {
+        // The key hashes the kernel's, initramfs', image's and VMM's identities.
+        if key != meta.machine.key {
             return Err(invalid(format!(
                 "it was taken with another kernel, initramfs, image or VMM than this service \
                  runs now (kernel {}, image {}; machine {} then, {key} now)",

@@ -533,20 +533,28 @@ pub async fn list(
         Some("desc") => all.reverse(),
         Some(o) => return Err(ApiError::new(400, format!("order {o:?}: asc or desc"))),
     }
-    let start = match q.next_token.as_deref() {
+    page(&all, q.next_token.as_deref(), q.limit)
+}
+
+/// One page of `items` as the E2B API lists: from `next_token` (an offset
+/// this service gave), `limit` at a time (default 100, at most 1000), with
+/// `x-next-token` when more follow.
+pub(super) fn page<T: serde::Serialize>(
+    items: &[T],
+    next_token: Option<&str>,
+    limit: Option<usize>,
+) -> Result<Response, ApiError> {
+    let start = match next_token {
         None | Some("") => 0,
         Some(t) => t.parse::<usize>().map_err(|_| {
             ApiError::new(400, format!("nextToken {t:?} is not one this service gave"))
         })?,
     };
-    let limit = q
-        .limit
-        .unwrap_or(DEFAULT_LIST_LIMIT)
-        .clamp(1, MAX_LIST_LIMIT);
-    let end = (start + limit).min(all.len());
-    let page: Vec<&SandboxDetail> = all.iter().skip(start).take(limit).collect();
+    let limit = limit.unwrap_or(DEFAULT_LIST_LIMIT).clamp(1, MAX_LIST_LIMIT);
+    let end = (start + limit).min(items.len());
+    let page: Vec<&T> = items.iter().skip(start).take(limit).collect();
     let mut response = Json(page).into_response();
-    if end < all.len() {
+    if end < items.len() {
         if let Ok(v) = HeaderValue::from_str(&end.to_string()) {
             response.headers_mut().insert("x-next-token", v);
         }

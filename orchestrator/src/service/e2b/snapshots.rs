@@ -14,11 +14,11 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, Uri};
+use axum::response::Response;
 use axum::Json;
 
-use super::control::{check_timeout, control_error, created, is_image};
+use super::control::{check_timeout, control_error, created, is_image, page};
 use super::types::{
     ErrorBody, ForkBody, ForkEntry, SnapshotBody, SnapshotEntry, SnapshotListQuery,
 };
@@ -28,9 +28,6 @@ use crate::service::types::{CreateSandbox, CreateSnapshot, SnapshotInfo};
 
 /// Forks one call may make: the SDK's bound (1 to 20).
 const MAX_FORKS: u32 = 20;
-/// Snapshots a list answers with when the query sets no limit.
-const DEFAULT_LIST_LIMIT: usize = 100;
-const MAX_LIST_LIMIT: usize = 1000;
 
 fn entry(info: &SnapshotInfo) -> SnapshotEntry {
     SnapshotEntry {
@@ -95,10 +92,11 @@ pub async fn list(
     let q: SnapshotListQuery = axum::extract::Query::try_from_uri(&uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::new(400, format!("invalid query: {}", e.body_text())))?;
-    let mut all: Vec<SnapshotInfo> = s
+    // The service lists oldest first.
+    let all: Vec<SnapshotEntry> = s
         .service
         .list_snapshots(&owner)
-        .into_iter()
+        .iter()
         .filter(|i| {
             q.sandbox_id
                 .as_ref()
@@ -109,27 +107,9 @@ pub async fn list(
                 .as_ref()
                 .is_none_or(|n| &i.id == n || i.name.as_ref() == Some(n))
         })
+        .map(entry)
         .collect();
-    all.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    let start = match q.next_token.as_deref() {
-        None | Some("") => 0,
-        Some(t) => t.parse::<usize>().map_err(|_| {
-            ApiError::new(400, format!("nextToken {t:?} is not one this service gave"))
-        })?,
-    };
-    let limit = q
-        .limit
-        .unwrap_or(DEFAULT_LIST_LIMIT)
-        .clamp(1, MAX_LIST_LIMIT);
-    let end = (start + limit).min(all.len());
-    let page: Vec<SnapshotEntry> = all.iter().skip(start).take(limit).map(entry).collect();
-    let mut response = Json(page).into_response();
-    if end < all.len() {
-        if let Ok(v) = HeaderValue::from_str(&end.to_string()) {
-            response.headers_mut().insert("x-next-token", v);
-        }
-    }
-    Ok(response)
+    page(&all, q.next_token.as_deref(), q.limit)
 }
 
 /// `DELETE /templates/{id}`: the caller's snapshot by id or name → 204;
