@@ -60,6 +60,7 @@ pub struct RunArgs {
 
 /// Runs the command; returns its exit status as the process exit code.
 pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
+    let t_start = std::time::Instant::now();
     let mut env = BTreeMap::new();
     for kv in &args.env {
         let (k, v) = kv
@@ -96,6 +97,7 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
     getrandom::getrandom(&mut id_bytes).context("random VM id")?;
     let id = format!("run-{}", hex::encode(id_bytes));
     let config = machine::vm_config(&id, &args.machine, Some(&args.image), args.timeout).await?;
+    let t_config = t_start.elapsed();
 
     let mut signals = Signals::new()?;
     let progress = |msg: &str| eprintln!("ironclaw: {msg}");
@@ -106,6 +108,7 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
             vm::prototype::spawn_from_prototype(&id, &config, &progress).await
         }
     };
+    let t_spawn = std::time::Instant::now();
     let vm = tokio::select! {
         vm = spawn => vm?,
         sig = signals.recv() => {
@@ -136,13 +139,17 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         timeout_ms: Some(config.exec_timeout_ms),
         keep_background: false,
     };
+    let spawned = t_spawn.elapsed();
+    let mut exec_time = std::time::Duration::ZERO;
     let work = async {
         for (local, guest) in &copy_in {
             copy_file_in(vm.agent(), local, guest)
                 .await
                 .with_context(|| format!("--copy-in {}:{guest}", local.display()))?;
         }
+        let t_exec = std::time::Instant::now();
         let code = stream_exec(vm.agent(), req).await?;
+        exec_time = t_exec.elapsed();
         for (guest, local) in &copy_out {
             vm.agent()
                 .get_file_with(guest, local, copy_out_options)
@@ -155,7 +162,24 @@ pub async fn run(args: RunArgs, verbose: bool) -> anyhow::Result<i32> {
         r = work => r,
         sig = signals.recv() => Ok(128 + sig),
     };
+    let timings = vm.timings;
+    let t_destroy = std::time::Instant::now();
     vm::destroy_vm(vm).await?;
+    if verbose {
+        // One line `ironclaw bench --only run` reads (all in ms).
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        eprintln!(
+            "ironclaw: timings: config {:.1} ms, prototype {:.1} ms, launch {:.1} ms, \
+             connect {:.1} ms, exec {:.1} ms, destroy {:.1} ms, total {:.1} ms",
+            ms(t_config),
+            ms(spawned.saturating_sub(timings.total)),
+            ms(timings.launch),
+            ms(timings.boot),
+            ms(exec_time),
+            ms(t_destroy.elapsed()),
+            ms(t_start.elapsed()),
+        );
+    }
     gave_up(outcome, "the VM was destroyed")
 }
 

@@ -22,6 +22,7 @@ mod load;
 mod service;
 mod snapshot;
 mod soak;
+mod speed;
 mod stats;
 mod userland;
 
@@ -60,6 +61,14 @@ pub enum Section {
     Service,
     /// Snapshots of live sandboxes: snapshot, fork, pause, resume.
     Snapshots,
+    /// Exec round trip of `true` on running VMs (vsock, virtio-serial, image), with its parts.
+    Exec,
+    /// Warm-pool acquire → first exec result, with its parts.
+    Pool,
+    /// `ironclaw run -- true`, wall clock, with its phases.
+    Run,
+    /// 64 MiB file transfers both ways (vsock and virtio-serial).
+    Transfer,
 }
 
 /// The line the guest prints first thing in `/init`.
@@ -265,6 +274,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Section::Userland => userland::section(&config, runs, args.execs.clamp(1, 10)).await?,
             Section::Service => service::section(&config, args.execs.max(20)).await?,
             Section::Snapshots => snapshot::section(&config, runs).await?,
+            Section::Exec => speed::exec_section(&config, args.execs).await?,
+            Section::Pool => speed::pool_section(&config, runs).await?,
+            Section::Run => speed::run_section(runs).await?,
+            Section::Transfer => speed::transfer_section(&config, runs).await?,
         };
         return write_report(&report, args.output.as_deref());
     }
@@ -388,17 +401,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     let par_all = par.iter().max().copied().unwrap_or_default();
 
-    // Exec round trip on one running VM.
-    let handle =
-        vm::spawn_vm_with_config(&format!("bench-{}-exec", std::process::id()), &config).await?;
-    let mut execs = Vec::new();
-    for _ in 0..args.execs.max(1) {
-        let t0 = Instant::now();
-        handle.agent().run(vm::exec_request(["true"]), None).await?;
-        execs.push(t0.elapsed());
-    }
-    vm::destroy_vm(handle).await?;
-
     let (bare_m, cold_m) = (median(bare.clone()), median(cold.clone()));
     let launch_m = median(boot_parts.iter().map(|t| t.launch).collect());
     let ratio = cold_m.as_secs_f64() / bare_m.as_secs_f64();
@@ -451,10 +453,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          | {n} clones restored in parallel: all first results after (ms) | {} |\n\
          | same, median per clone (ms) | {} |\n\
          | host memory (PSS) per idle pooled VM, MiB | {:.1} |\n\
-         | host CPU per idle pooled VM over 3 s, % of one core (each VM) | {} |\n\n\
-         ## Exec round trip\n\n\
-         | measurement | median ms | samples |\n|---|---:|---:|\n\
-         | `true` on a running VM (exec request → exit status) | {} | {} |\n",
+         | host CPU per idle pooled VM over 3 s, % of one core (each VM) | {} |\n",
         config.memory_mib,
         config.vcpus,
         ms(bare_m),
@@ -486,9 +485,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|c| format!("{:.1}", c * 100.0))
             .collect::<Vec<_>>()
             .join(", "),
-        ms(median(execs.clone())),
-        execs.len(),
     );
+    let report = report + &speed::exec_section(&config, args.execs).await?;
+    let report = report + &speed::pool_section(&config, runs).await?;
+    let report = report + &speed::run_section(runs).await?;
+    let report = report + &speed::transfer_section(&config, runs).await?;
     let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     let report = report + &service::section(&config, args.execs.max(20)).await?;
     let report = report + &snapshot::section(&config, runs).await?;

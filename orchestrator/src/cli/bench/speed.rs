@@ -1,0 +1,476 @@
+//! The speed sections of `ironclaw bench` (issue 14): the exec round trip on
+//! a running VM and where it goes, warm-pool acquire → first result, the
+//! wall clock of a whole `ironclaw run -- true` with its phases, and 64 MiB
+//! file transfers both ways. Each figure is shown next to its reference from
+//! the same run.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use ironclaw_orchestrator::agent::{AgentClient, ExecEvent};
+use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
+use ironclaw_orchestrator::vm::{self, prototype, VmConfig};
+
+use super::stats::{median, ms};
+
+/// One exec of `argv`, split at the guest's `Started`: (request → started,
+/// started → exit status, whole round trip).
+async fn timed_exec(
+    agent: &AgentClient,
+    argv: &[&str],
+) -> anyhow::Result<(Duration, Duration, Duration)> {
+    let t0 = Instant::now();
+    let mut session = agent.exec(vm::exec_request(argv.iter().copied())).await?;
+    let mut started = None;
+    loop {
+        match session.next_event().await? {
+            ExecEvent::Started { .. } => started = Some(t0.elapsed()),
+            ExecEvent::Stdout(_) | ExecEvent::Stderr(_) => {}
+            ExecEvent::Exit(status) => {
+                let total = t0.elapsed();
+                if status.code != Some(0) {
+                    bail!("{argv:?} failed in the guest: {status:?}");
+                }
+                let started = started.unwrap_or(total);
+                return Ok((started, total - started, total));
+            }
+        }
+    }
+}
+
+/// A `stat /` round trip: the transport and the agent's dispatch, no process.
+async fn timed_stat(agent: &AgentClient) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    agent.stat("/").await.map_err(|e| anyhow!("stat /: {e}"))?;
+    Ok(t0.elapsed())
+}
+
+/// Medians of exec round trips and their parts on one VM.
+struct ExecFigures {
+    stat: Duration,
+    to_started: Duration,
+    started_to_exit: Duration,
+    total: Duration,
+    samples: usize,
+}
+
+async fn exec_figures(agent: &AgentClient, samples: usize) -> anyhow::Result<ExecFigures> {
+    // Warm-up: the first execs pay for translating the path (TCG).
+    for _ in 0..3 {
+        timed_exec(agent, &["true"]).await?;
+    }
+    let (mut stat, mut a, mut b, mut t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..samples {
+        stat.push(timed_stat(agent).await?);
+        let (x, y, z) = timed_exec(agent, &["true"]).await?;
+        a.push(x);
+        b.push(y);
+        t.push(z);
+    }
+    Ok(ExecFigures {
+        stat: median(stat),
+        to_started: median(a),
+        started_to_exit: median(b),
+        total: median(t),
+        samples,
+    })
+}
+
+fn exec_row(what: &str, f: &ExecFigures) -> String {
+    format!(
+        "| {what} | {} | {} | {} | {} | {} |\n",
+        ms(f.total),
+        ms(f.stat),
+        ms(f.to_started),
+        ms(f.started_to_exit),
+        f.samples
+    )
+}
+
+/// The exec round trip section.
+pub async fn exec_section(config: &VmConfig, samples: usize) -> anyhow::Result<String> {
+    let pid = std::process::id();
+    let samples = samples.max(5);
+    // A cold-booted VM: the vsock transport.
+    let vm = vm::spawn_vm_with_config(&format!("bench-{pid}-exec"), config).await?;
+    let cold = exec_figures(vm.agent(), samples).await;
+    vm::destroy_vm(vm).await?;
+    let cold = cold?;
+    // A prototype clone (what `run`, the pool and the service use): virtio-serial.
+    let proto = prototype::ensure(config, &|m| eprintln!("bench: {m}")).await?;
+    let clone = prototype::restore(&proto, &format!("bench-{pid}-exec-clone"), config).await?;
+    let serial = exec_figures(clone.agent(), samples).await;
+    vm::destroy_vm(clone).await?;
+    let serial = serial?;
+    // The same on a clone of the default image (Debian's dynamic `true`).
+    let image = match ironclaw_orchestrator::userland::default_image() {
+        Some(image) => {
+            let config = VmConfig {
+                rootfs: Some(image),
+                ..config.clone()
+            };
+            let proto = prototype::ensure(&config, &|m| eprintln!("bench: {m}")).await?;
+            let clone =
+                prototype::restore(&proto, &format!("bench-{pid}-exec-img"), &config).await?;
+            let f = exec_figures(clone.agent(), samples).await;
+            vm::destroy_vm(clone).await?;
+            Some(f?)
+        }
+        None => None,
+    };
+    eprintln!(
+        "bench: exec round trip of `true`: {} ms (vsock), {} ms (serial clone)",
+        ms(cold.total),
+        ms(serial.total)
+    );
+    let mut text = format!(
+        "\n## Exec round trip\n\n\
+         Medians of {samples} samples on one running VM each, after 3 warm-up execs. The reference \
+         for the round trip is a `stat /` request on the same VM: the same transport and agent \
+         dispatch, no process. \"to `Started`\" is the request until the guest reports the process \
+         started (transport there, the agent's spawn); \"`Started` → exit\" the rest (the process \
+         runs and is reaped, its pipes closed, the exit status reported).\n\n\
+         | measurement | round trip ms | `stat /` ms | to `Started` ms | `Started` → exit ms | samples |\n\
+         |---|---:|---:|---:|---:|---:|\n"
+    );
+    text += &exec_row(
+        "`true` on a running VM, vsock (cold boot, initramfs busybox)",
+        &cold,
+    );
+    text += &exec_row(
+        "`true` on a prototype clone, virtio-serial (initramfs busybox)",
+        &serial,
+    );
+    if let Some(f) = &image {
+        text += &exec_row(
+            "`true` on a prototype clone of the default image (Debian coreutils, dynamic)",
+            f,
+        );
+    }
+    text += &format!(
+        "\n**Exec round trip of `true` (vsock, busybox): {} ms** (goal: under 5 ms).\n",
+        ms(cold.total)
+    );
+    Ok(text)
+}
+
+/// The warm-pool section: acquire → first result, and its parts.
+pub async fn pool_section(config: &VmConfig, runs: usize) -> anyhow::Result<String> {
+    let pool = Pool::start(
+        config,
+        PoolConfig {
+            size: 2,
+            max_memory_mib: 8192,
+        },
+    )
+    .await?;
+    let runs = runs.max(5);
+    let result = async {
+        let (mut acquire, mut first, mut total, mut second) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            if !pool.wait_ready(2, Duration::from_secs(120)).await {
+                bail!("the pool did not fill: {:?}", pool.stats());
+            }
+            let t0 = Instant::now();
+            let vm = pool.acquire().await?;
+            let t1 = Instant::now();
+            let out = vm.agent().run(vm::exec_request(["true"]), None).await;
+            let t2 = Instant::now();
+            let again = timed_exec(vm.agent(), &["true"]).await;
+            pool.release(vm).await?;
+            out?;
+            acquire.push(t1 - t0);
+            first.push(t2 - t1);
+            total.push(t2 - t0);
+            second.push(again?.2);
+        }
+        Ok((acquire, first, total, second))
+    }
+    .await;
+    let stats = pool.stats();
+    pool.shutdown().await?;
+    let (acquire, first, total, second) = result?;
+    let list = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
+    eprintln!(
+        "bench: pool acquire → first result {} ms",
+        ms(median(total.clone()))
+    );
+    Ok(format!(
+        "\n## Warm pool: acquire → first result\n\n\
+         A pool of 2 prototype clones (initramfs, virtio-serial), refilled between the {runs} runs.\n\n\
+         | measurement | median ms | runs (ms) |\n|---|---:|---|\n\
+         | warm-pool `acquire` → first exec result of `true` | {} | {} |\n\
+         | of which `acquire` (reseed: entropy and clock, one round trip) | {} | {} |\n\
+         | of which the first exec of `true` | {} | {} |\n\
+         | reference: a second exec of `true` in the same VM | {} | {} |\n\n\
+         **Warm-pool acquire → first result: {} ms** (goal: under 10 ms). Pool stats: {:?}.\n",
+        ms(median(total.clone())),
+        list(&total),
+        ms(median(acquire.clone())),
+        list(&acquire),
+        ms(median(first.clone())),
+        list(&first),
+        ms(median(second.clone())),
+        list(&second),
+        ms(median(total.clone())),
+        stats,
+    ))
+}
+
+/// The phases `ironclaw run --verbose` reports on its `timings:` line.
+const RUN_PHASES: &[&str] = &[
+    "config", "prototype", "launch", "connect", "exec", "destroy", "total",
+];
+
+/// Parses `ironclaw: timings: config 1.0 ms, prototype …` into the values of [`RUN_PHASES`].
+fn parse_run_timings(stderr: &str) -> Option<Vec<f64>> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("ironclaw: timings: "))?;
+    let mut values = Vec::new();
+    for phase in RUN_PHASES {
+        let part = line
+            .split(", ")
+            .find_map(|p| p.strip_prefix(&format!("{phase} ")))?;
+        values.push(part.trim_end_matches(" ms").parse().ok()?);
+    }
+    Some(values)
+}
+
+/// `ironclaw run -- true` as a user runs it (a new process, the default
+/// image when built, a prototype clone), wall clock, with its phases.
+pub async fn run_section(runs: usize) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("finding the ironclaw binary")?;
+    let runs = runs.max(5);
+    let wall = |args: &[&str]| {
+        let t0 = Instant::now();
+        let out = std::process::Command::new(&exe)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("running ironclaw {args:?}"))?;
+        let d = t0.elapsed();
+        if !out.status.success() {
+            bail!(
+                "ironclaw {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok::<_, anyhow::Error>((d, String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    // Builds the prototype if needed (not measured).
+    tokio::task::block_in_place(|| wall(&["run", "--", "true"]))?;
+    let (mut plain, mut start, mut phases) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (d, _) = tokio::task::block_in_place(|| wall(&["run", "--", "true"]))?;
+        plain.push(d);
+        let (d, _) = tokio::task::block_in_place(|| wall(&["--version"]))?;
+        start.push(d);
+        let (d, err) = tokio::task::block_in_place(|| wall(&["run", "--verbose", "--", "true"]))?;
+        let mut p = parse_run_timings(&err)
+            .ok_or_else(|| anyhow!("no timings line from `run --verbose`:\n{err}"))?;
+        p.push(d.as_secs_f64() * 1e3);
+        phases.push(p);
+    }
+    let list = |v: &[Duration]| v.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ");
+    let col = |i: usize| {
+        let mut v: Vec<f64> = phases.iter().map(|p| p[i]).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let wall_m = median(plain.clone());
+    eprintln!("bench: `ironclaw run -- true` {} ms (median)", ms(wall_m));
+    let n = RUN_PHASES.len();
+    let total_in = col(n - 1);
+    let outside = col(n);
+    let names = [
+        "set-up: flags → `VmConfig` (tool and image look-ups, initramfs cache key)",
+        "prototype: cache look-up, lock, integrity check (stamps)",
+        "launch: runtime dir, confinement, QEMU start, incoming migration, `cont`",
+        "connect: agent hello + reseed (entropy, clock)",
+        "first exec of `true` in the clone (cold TCG translation cache)",
+        "destroy: kill and reap QEMU, remove cgroup and runtime dir",
+    ];
+    let mut rows = String::new();
+    for (i, name) in names.iter().enumerate() {
+        rows += &format!("| {name} | {:.1} |\n", col(i));
+    }
+    Ok(format!(
+        "\n## `ironclaw run -- true`\n\n\
+         The whole CLI process as a user runs it (`ironclaw run -- true`: a clone of the \
+         prototype of the default machine and image), wall clock, {runs} runs, against a process \
+         that does nothing (`ironclaw --version`) in the same run.\n\n\
+         | measurement | median ms | runs (ms) |\n|---|---:|---|\n\
+         | `ironclaw run -- true`, wall clock | {} | {} |\n\
+         | reference: `ironclaw --version` (process start and exit) | {} | {} |\n\n\
+         Where the time goes (`ironclaw run --verbose` prints its phases; medians of {runs}):\n\n\
+         | phase | median ms |\n|---|---:|\n{rows}\
+         | sum of the phases inside `run` | {total_in:.1} |\n\
+         | the process around them (start, runtime, exit), wall clock minus the sum | {:.1} |\n\n\
+         **`ironclaw run -- true`: {} ms** (goal: under 200 ms).\n",
+        ms(wall_m),
+        list(&plain),
+        ms(median(start.clone())),
+        list(&start),
+        outside - total_in,
+        ms(wall_m),
+    ))
+}
+
+/// Bytes moved each way in the throughput measurement.
+const TRANSFER_BYTES: usize = 64 << 20;
+
+fn mib_per_s(d: Duration) -> f64 {
+    (TRANSFER_BYTES as f64 / (1 << 20) as f64) / d.as_secs_f64()
+}
+
+/// Incompressible bytes from host memory, so only the protocol path is measured.
+fn transfer_data() -> Vec<u8> {
+    let mut data = vec![0u8; TRANSFER_BYTES];
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    for chunk in data.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    data
+}
+
+/// 64 MiB up and down on `agent`, `runs` times: (upload, download) durations.
+pub async fn transfers(
+    agent: &AgentClient,
+    data: &[u8],
+    runs: usize,
+) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+    let (mut up, mut down) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let t0 = Instant::now();
+        agent
+            .put(&mut &data[..], "/root/bench.bin", 0o644)
+            .await
+            .map_err(|e| anyhow!("upload: {e}"))?;
+        up.push(t0.elapsed());
+        let t0 = Instant::now();
+        let mut sink = CheckSink::default();
+        agent
+            .get("/root/bench.bin", &mut sink)
+            .await
+            .map_err(|e| anyhow!("download: {e}"))?;
+        down.push(t0.elapsed());
+        if sink.len != data.len() as u64 {
+            bail!("download: {} bytes, {} uploaded", sink.len, data.len());
+        }
+    }
+    agent
+        .remove("/root/bench.bin", false)
+        .await
+        .map_err(|e| anyhow!("removing the file: {e}"))?;
+    Ok((up, down))
+}
+
+/// Counts what it is given.
+#[derive(Default)]
+struct CheckSink {
+    len: u64,
+}
+
+impl tokio::io::AsyncWrite for CheckSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.len += buf.len() as u64;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// The file transfer section: 64 MiB each way into the image's overlay, over
+/// vsock (a cold-booted VM) and virtio-serial (a prototype clone).
+pub async fn transfer_section(base: &VmConfig, runs: usize) -> anyhow::Result<String> {
+    let Some(image) = ironclaw_orchestrator::userland::default_image() else {
+        return Ok("\n## File transfer\n\n\
+                   Not measured: no default image in the cache (`ironclaw image build`).\n"
+            .into());
+    };
+    let config = VmConfig {
+        rootfs: Some(image),
+        ..base.clone()
+    };
+    let pid = std::process::id();
+    let runs = runs.clamp(3, 5);
+    let data = transfer_data();
+    let vm = vm::spawn_vm_with_config(&format!("bench-{pid}-xfer"), &config).await?;
+    let vsock = transfers(vm.agent(), &data, runs).await;
+    vm::destroy_vm(vm).await?;
+    let (vup, vdown) = vsock?;
+    let proto = prototype::ensure(&config, &|m| eprintln!("bench: {m}")).await?;
+    let clone = prototype::restore(&proto, &format!("bench-{pid}-xfer-clone"), &config).await?;
+    let serial = transfers(clone.agent(), &data, runs).await;
+    vm::destroy_vm(clone).await?;
+    let (sup, sdown) = serial?;
+    let rate = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{:.1}", mib_per_s(*d)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let m = |v: &[Duration]| mib_per_s(median(v.to_vec()));
+    eprintln!(
+        "bench: 64 MiB vsock up {:.1} down {:.1}, serial up {:.1} down {:.1} MiB/s",
+        m(&vup),
+        m(&vdown),
+        m(&sup),
+        m(&sdown)
+    );
+    Ok(format!(
+        "\n## File transfer\n\n\
+         64 MiB of incompressible bytes from host memory into a file of the default image's \
+         tmpfs overlay (`put`, `/root/bench.bin`) and back into host memory (`get`), {runs} runs \
+         each way.\n\n\
+         | measurement | median MiB/s | runs (MiB/s) |\n|---|---:|---|\n\
+         | upload 64 MiB, vsock (cold-booted VM) | {:.1} | {} |\n\
+         | download 64 MiB, vsock | {:.1} | {} |\n\
+         | upload 64 MiB, virtio-serial (prototype clone) | {:.1} | {} |\n\
+         | download 64 MiB, virtio-serial | {:.1} | {} |\n\n\
+         **Upload {:.1} MiB/s, download {:.1} MiB/s over vsock** (goal: at least 200 MiB/s each way).\n",
+        m(&vup),
+        rate(&vup),
+        m(&vdown),
+        rate(&vdown),
+        m(&sup),
+        rate(&sup),
+        m(&sdown),
+        rate(&sdown),
+        m(&vup),
+        m(&vdown),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn run_timings_line_is_parsed() {
+        let err = "x\nironclaw: timings: config 1.5 ms, prototype 2.0 ms, launch 100.0 ms, \
+                   connect 40.0 ms, exec 80.0 ms, destroy 10.0 ms, total 233.5 ms\n";
+        assert_eq!(
+            super::parse_run_timings(err).unwrap(),
+            vec![1.5, 2.0, 100.0, 40.0, 80.0, 10.0, 233.5]
+        );
+        assert!(super::parse_run_timings("nothing").is_none());
+    }
+}
