@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use ironclaw_protocol::{
     check_data_frame, Frame, FrameCodec, FrameKind, Message, ProtocolError, SendCredit,
     PROTOCOL_VERSION, SESSION_STREAM,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
-use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 
 use crate::exec;
@@ -61,8 +61,9 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
                 eprintln!("ironclaw-guest: agent listening on vsock port {port}");
                 tokio::spawn(announce_ready());
                 loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
+                    let accepted = std::future::poll_fn(|cx| listener.poll_accept_std(cx)).await;
+                    match accepted.and_then(vsock_session) {
+                        Ok(stream) => {
                             tokio::spawn(serve_session(stream, false));
                         }
                         Err(e) => eprintln!("ironclaw-guest: accept: {e}"),
@@ -83,6 +84,46 @@ pub fn serve(listen: Listen) -> std::io::Result<()> {
             }
         }
     })
+}
+
+/// What the agent asks of the vsock transport for each connection: the
+/// credit it advertises for data from the host (the kernel's default is
+/// 256 KiB, which stalls an upload every 256 KiB on a host round trip). The
+/// memory it allows the kernel to queue for the session is bounded by this.
+const VSOCK_BUFFER: u64 = 2 * 1024 * 1024;
+
+/// `<linux/vm_sockets.h>` (level `AF_VSOCK`); not in the libc crate.
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+
+/// An accepted vsock connection as a session's stream: a larger receive
+/// buffer, and vectored writes (see [`crate::fdstream`]).
+fn vsock_session(
+    (stream, _): (vsock::VsockStream, tokio_vsock::VsockAddr),
+) -> std::io::Result<crate::fdstream::FdStream> {
+    let fd = std::os::fd::OwnedFd::from(stream);
+    // The maximum first: a size above it would be cut down to it.
+    for opt in [SO_VM_SOCKETS_BUFFER_MAX_SIZE, SO_VM_SOCKETS_BUFFER_SIZE] {
+        let size = VSOCK_BUFFER;
+        // SAFETY: setsockopt on a socket we own, from a u64 that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::AF_VSOCK,
+                opt,
+                std::ptr::from_ref(&size).cast(),
+                std::mem::size_of::<u64>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            // Only slower; the session works with the default.
+            eprintln!(
+                "ironclaw-guest: vsock buffer size: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    crate::fdstream::FdStream::new(fd)
 }
 
 /// Whether the kernel command line selects the virtio-serial transport.
@@ -133,13 +174,9 @@ pub async fn serve_session<S: AsyncRead + AsyncWrite + Send + 'static>(stream: S
     let mut frames = FramedRead::new(r, FrameCodec::new());
     let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
 
+    // Every frame queued meanwhile leaves with the next write.
     let writer = tokio::spawn(async move {
-        let mut sink = FramedWrite::new(w, FrameCodec::new());
-        while let Some(frame) = out_rx.recv().await {
-            if sink.send(frame).await.is_err() {
-                break;
-            }
-        }
+        let _ = ironclaw_protocol::write_frames(w, &mut out_rx).await;
     });
 
     let mut session = Session {

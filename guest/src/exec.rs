@@ -1,15 +1,16 @@
 //! Running one command for the host: streamed output, stdin, timeout, kill.
 
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
 use ironclaw_protocol::{ExecRequest, ExitStatus, Frame, FrameKind, Message, DATA_CHUNK};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::{ChildStdin, Command};
+use tokio::net::unix::pipe;
 use tokio_util::sync::CancellationToken;
 
 use crate::pgroup::ProcessGroup;
+use crate::spawn::{self, SpawnSpec};
 use crate::stream::{Input, InputRx, StreamOut};
 
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -18,35 +19,33 @@ const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 /// its OOM killer takes the command, never the agent (-1000, see `init`).
 pub const COMMAND_OOM_SCORE_ADJ: &[u8] = b"500";
 
-/// In the forked child, before exec: a session (and so a process group) of
-/// its own, and the command's OOM score. Only async-signal-safe calls.
-fn detach_and_expose() -> std::io::Result<()> {
-    // SAFETY: setsid(2) takes no pointers; the child is not yet a group
-    // leader (nothing called setpgid), so it succeeds.
-    if unsafe { libc::setsid() } < 0 {
-        return Err(std::io::Error::last_os_error());
+/// The command of `req`: its program looked up in its `PATH`, its
+/// environment (the base, then the request's), its directory.
+fn prepare(req: &ExecRequest) -> std::io::Result<SpawnSpec> {
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("PATH", BASE_PATH);
+    env.insert("HOME", "/root");
+    env.insert("LANG", "C.UTF-8");
+    for (k, v) in &req.env {
+        env.insert(k, v);
     }
-    // SAFETY: a NUL-terminated literal path; open/write/close are
-    // async-signal-safe and the buffer outlives the write.
-    unsafe {
-        let fd = libc::open(
-            c"/proc/self/oom_score_adj".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        );
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let n = libc::write(
-            fd,
-            COMMAND_OOM_SCORE_ADJ.as_ptr().cast(),
-            COMMAND_OOM_SCORE_ADJ.len(),
-        );
-        libc::close(fd);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    let cwd = req.cwd.as_deref().unwrap_or("/root");
+    let program = spawn::find_program(&req.argv[0], env["PATH"], Path::new(cwd))?;
+    Ok(SpawnSpec {
+        program: spawn::c_string("the program path", program.as_os_str().as_encoded_bytes())?,
+        argv: req
+            .argv
+            .iter()
+            .map(|a| spawn::c_string("an argument", a.as_bytes()))
+            .collect::<Result<_, _>>()?,
+        env: env
+            .iter()
+            .map(|(k, v)| spawn::env_entry(k, v))
+            .collect::<Result<_, _>>()?,
+        cwd: spawn::c_string("the working directory", cwd.as_bytes())?,
+        stdin_piped: req.stdin,
+        oom_score_adj: COMMAND_OOM_SCORE_ADJ,
+    })
 }
 
 /// Starts `req` on the stream of `out`, its stdin fed from `stdin` when the
@@ -60,29 +59,9 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
         tokio::spawn(async move { out.finish(&msg).await });
         return None;
     };
-    let mut cmd = Command::new(program);
-    cmd.args(&req.argv[1..])
-        .env_clear()
-        .env("PATH", BASE_PATH)
-        .env("HOME", "/root")
-        .env("LANG", "C.UTF-8")
-        .envs(&req.env)
-        .current_dir(req.cwd.as_deref().unwrap_or("/root"))
-        .stdin(if req.stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // SAFETY: the closure only makes async-signal-safe system calls (see
-    // detach_and_expose) and touches no memory shared with the parent.
-    unsafe {
-        cmd.pre_exec(detach_and_expose);
-    }
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
+    let spawned = prepare(&req).and_then(|spec| spawn::spawn(&spec));
+    let spawned = match spawned {
+        Ok(s) => s,
         Err(e) => {
             let msg = Message::Error {
                 message: format!("exec {program:?}: {e}"),
@@ -91,14 +70,34 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
             return None;
         }
     };
-    let pid = child.id().expect("a just-spawned child has a pid");
-    let handle = ProcessGroup { pgid: pid as i32 };
+    let pid = spawned.pid as u32;
+    let handle = ProcessGroup { pgid: spawned.pid };
+    let mut child = spawn::Child::new(spawned.pid);
+    let pipes = (|| {
+        Ok::<_, std::io::Error>((
+            spawned.stdin.map(pipe::Sender::from_owned_fd).transpose()?,
+            pipe::Receiver::from_owned_fd(spawned.stdout)?,
+            pipe::Receiver::from_owned_fd(spawned.stderr)?,
+        ))
+    })();
+    let (child_stdin, stdout, stderr) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            handle.kill();
+            let msg = Message::Error {
+                message: format!("exec {program:?}: the output pipes: {e}"),
+            };
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+                out.finish(&msg).await
+            });
+            return None;
+        }
+    };
 
-    if let (Some(child_stdin), Some(input)) = (child.stdin.take(), stdin) {
+    if let (Some(child_stdin), Some(input)) = (child_stdin, stdin) {
         tokio::spawn(feed_stdin(child_stdin, input));
     }
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
     let timeout = req.timeout_ms.map(Duration::from_millis);
     let keep_background = req.keep_background;
 
@@ -160,7 +159,7 @@ pub fn start(out: StreamOut, req: ExecRequest, stdin: Option<InputRx>) -> Option
 /// task (and, once the window is full, the host's writer of this stream);
 /// one that closed its stdin just loses the rest, which is still credited so
 /// the host's writer is not left waiting.
-async fn feed_stdin(mut child_stdin: ChildStdin, mut input: InputRx) {
+async fn feed_stdin(mut child_stdin: pipe::Sender, mut input: InputRx) {
     let mut open = true;
     while let Some(item) = input.recv().await {
         let Input::Data(data) = item else { break };

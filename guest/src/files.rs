@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use ironclaw_protocol::{
     DirEntry, FileKind, FileStat, Frame, FrameKind, Message, DIR_BATCH, FILE_CHUNK,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::io::Write;
 
 use crate::stream::{Input, InputRx, StreamOut};
 
@@ -148,21 +148,25 @@ async fn put(id: u32, path: &str, mode: u32, mut input: InputRx) -> Result<u64, 
     ));
     // A new file, never one the command planted there (a FIFO would block
     // the open, a link would redirect the write).
-    let mut file = tokio::fs::OpenOptions::new()
+    // A new file, never one the command planted there (a FIFO would block
+    // the open, a link would redirect the write).
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(&tmp)
-        .await
         .map_err(|e| format!("put {path}: creating {}: {e}", tmp.display()))?;
     let written = async {
         let mut total = 0u64;
         loop {
             match input.recv().await {
                 Some(Input::Data(chunk)) => {
-                    file.write_all(&chunk)
-                        .await
+                    // Straight from the frame into the file: one copy, no
+                    // hop to a blocking thread (a tmpfs or page-cache write
+                    // is a memory copy; a chunk is at most FILE_CHUNK).
+                    (&file)
+                        .write_all(&chunk)
                         .map_err(|e| format!("put {path}: writing after {total} bytes: {e}"))?;
                     total += chunk.len() as u64;
                     input.consumed(chunk.len()).await;
@@ -175,15 +179,10 @@ async fn put(id: u32, path: &str, mode: u32, mut input: InputRx) -> Result<u64, 
                 }
             }
         }
-        file.flush()
-            .await
-            .map_err(|e| format!("put {path}: writing: {e}"))?;
         // Exact bits, whatever the agent's umask.
-        tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode & 0o7777))
-            .await
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
             .map_err(|e| format!("put {path}: setting mode {mode:o}: {e}"))?;
-        tokio::fs::rename(&tmp, &target)
-            .await
+        std::fs::rename(&tmp, &target)
             .map_err(|e| format!("put {path}: moving into place: {e}"))?;
         Ok(total)
     }
@@ -201,7 +200,6 @@ async fn get(path: &str, out: &StreamOut) -> Result<u64, String> {
         .await
         .map_err(|e| format!("get {path}: {e}"))?
         .map_err(|e| format!("get {path}: {e}; only regular files are sent"))?;
-    let mut file = tokio::fs::File::from_std(file);
     send(
         out,
         Frame::control(id, &Message::Stat(stat_of(&meta, None))),
@@ -209,27 +207,45 @@ async fn get(path: &str, out: &StreamOut) -> Result<u64, String> {
     .await?;
     let mut total = 0u64;
     loop {
-        let mut buf = BytesMut::zeroed(FILE_CHUNK);
-        let mut filled = 0;
+        // Read straight into the frame's body: no zeroing, no copy from a
+        // blocking thread's buffer; the writer hands it to the kernel as is.
+        let mut buf = BytesMut::with_capacity(FILE_CHUNK);
         // Full chunks: fewer, larger frames.
-        while filled < FILE_CHUNK {
-            let n = file
-                .read(&mut buf[filled..])
-                .await
+        while buf.len() < FILE_CHUNK {
+            let n = read_into(&file, &mut buf)
                 .map_err(|e| format!("get {path}: reading after {total} bytes: {e}"))?;
             if n == 0 {
                 break;
             }
-            filled += n;
         }
+        let filled = buf.len();
         if filled == 0 {
             return Ok(total);
         }
-        buf.truncate(filled);
         total += filled as u64;
         send(out, Frame::data(id, FrameKind::FileData, buf.freeze())).await?;
         if filled < FILE_CHUNK {
             return Ok(total);
+        }
+    }
+}
+
+/// One `read(2)` of `file` into the spare capacity of `buf`; the bytes read.
+fn read_into(file: &std::fs::File, buf: &mut BytesMut) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let spare = buf.spare_capacity_mut();
+    loop {
+        // SAFETY: read(2) writes at most spare.len() bytes into the spare
+        // capacity, which may be uninitialized.
+        let n = unsafe { libc::read(file.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len()) };
+        if n >= 0 {
+            // SAFETY: the kernel initialized n bytes past the current length.
+            unsafe { buf.set_len(buf.len() + n as usize) };
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }

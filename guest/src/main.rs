@@ -7,12 +7,14 @@
 
 mod agent;
 mod exec;
+mod fdstream;
 mod files;
 mod init;
 mod pgroup;
 mod reseed;
 mod rootfs;
 mod serial;
+mod spawn;
 mod stream;
 
 use std::path::PathBuf;

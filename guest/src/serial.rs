@@ -14,12 +14,9 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use crate::fdstream::FdStream;
 
 /// Finds the port named `name` under /sys/class/virtio-ports, waiting for the
 /// driver to probe it.
@@ -49,9 +46,7 @@ pub struct SerialPort {
 /// One session's view of the port: a fresh reactor registration of a
 /// duplicate of the port's descriptor, so a hang-up seen by an earlier
 /// session cannot leave this one permanently "ready".
-pub struct SerialSession {
-    fd: AsyncFd<OwnedFd>,
-}
+pub type SerialSession = FdStream;
 
 impl SerialPort {
     pub fn open(path: &std::path::Path) -> io::Result<SerialPort> {
@@ -76,11 +71,7 @@ impl SerialPort {
     /// after [`SerialPort::wait_for_host`]; the session ends at EOF, i.e.
     /// when the host goes away.
     pub fn session(&self) -> io::Result<SerialSession> {
-        let fd = self.fd.try_clone()?;
-        // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, as the
-        // same descriptor, for the AsyncFd's whole life.
-        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
-        Ok(SerialSession { fd })
+        FdStream::new(self.fd.try_clone()?)
     }
 
     /// Waits until a host is connected to the other end. The port gives no
@@ -100,68 +91,5 @@ impl SerialPort {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-}
-
-impl AsyncRead for SerialSession {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_read_ready(cx))?;
-            let unfilled = buf.initialize_unfilled();
-            let res = guard.try_io(|fd| {
-                // SAFETY: reading into the initialized, unfilled part of buf.
-                let n = unsafe {
-                    libc::read(fd.as_raw_fd(), unfilled.as_mut_ptr().cast(), unfilled.len())
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match res {
-                Ok(Ok(n)) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-impl AsyncWrite for SerialSession {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            let res = guard.try_io(|fd| {
-                // SAFETY: writing from a valid slice.
-                let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr().cast(), data.len()) };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(n as usize)
-                }
-            });
-            match res {
-                Ok(r) => return Poll::Ready(r),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
     }
 }

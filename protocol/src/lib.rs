@@ -27,6 +27,7 @@ mod files;
 mod flow;
 mod frame;
 mod message;
+mod write;
 
 pub use files::{DirEntry, FileKind, FileStat, DIR_BATCH, FILE_CHUNK};
 pub use flow::{
@@ -35,6 +36,7 @@ pub use flow::{
 };
 pub use frame::{Frame, FrameCodec, FrameKind, ProtocolError, FRAME_HEADER_LEN, MAX_FRAME_LEN};
 pub use message::{ExecRequest, ExitStatus, Message};
+pub use write::{write_frames, write_segments, FrameBatch, MAX_BATCH_BYTES, MAX_BATCH_FRAMES};
 
 /// Version of the protocol spoken by this build. Bumped on any incompatible change.
 /// Version 2 added per-stream credit windows ([`Message::Credit`]).
