@@ -216,12 +216,12 @@ impl AgentClient {
 
         let (out_tx, mut out_rx) = mpsc::channel::<Frame>(64);
         let streams: Streams = Arc::default();
+        // Frames queued by many requests leave in batches, large bodies
+        // without a copy (see `ironclaw_protocol::write_frames`).
+        let writer = writer.into_inner();
         let write_task = tokio::spawn(async move {
-            while let Some(frame) = out_rx.recv().await {
-                if let Err(e) = writer.send(frame).await {
-                    tracing::debug!("agent writer: {e}");
-                    break;
-                }
+            if let Err(e) = ironclaw_protocol::write_frames(writer, &mut out_rx).await {
+                tracing::debug!("agent writer: {e}");
             }
         });
         let streams_r = streams.clone();
