@@ -35,7 +35,23 @@ pub enum Listen {
     Unix(PathBuf),
 }
 
+/// Frame buffers (up to a file chunk, a read buffer of a few) are allocated
+/// and freed all the time. Left to glibc's defaults, buffers this large are
+/// `mmap`ed or trimmed back to the kernel when freed, and every page of the
+/// next one is faulted in again: under TCG each fault is an emulated
+/// exception, and a 256 KiB chunk is 64 of them. Kept in the heap, freed
+/// buffers are reused as they are. What is kept is bounded by the trim threshold.
+fn keep_buffers_in_the_heap() {
+    // SAFETY: mallopt only changes allocator parameters; called before the
+    // runtime starts any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+    }
+}
+
 pub fn serve(listen: Listen) -> std::io::Result<()> {
+    keep_buffers_in_the_heap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

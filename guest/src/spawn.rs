@@ -161,7 +161,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 }
 
 /// Stack for the child until `execve` (it only makes system calls).
-const CHILD_STACK: usize = 64 * 1024;
+const CHILD_STACK: usize = 32 * 1024;
 
 /// Starts `spec`; returns when the child has called `execve` (or failed).
 pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
@@ -196,13 +196,14 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         stderr: stderr_w.as_raw_fd(),
         failure: AtomicI32::new(0),
     };
-    let mut stack = vec![0u8; CHILD_STACK];
+    // Not zeroed: the child only pushes onto it.
+    let mut stack: Vec<std::mem::MaybeUninit<u8>> = Vec::with_capacity(CHILD_STACK);
     // SAFETY: the stack grows down from its (16-byte aligned) end; it and
     // `args` outlive the child's use of them: with CLONE_VFORK, clone returns
     // only once the child has exec'd or exited. All signals are blocked
     // around the clone, so none is handled in the child before it reset them.
     let pid = unsafe {
-        let top = stack.as_mut_ptr().add(CHILD_STACK);
+        let top = stack.as_mut_ptr().add(CHILD_STACK).cast::<u8>();
         let top = top.sub(top as usize % 16);
         let mut all: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
