@@ -423,3 +423,88 @@ async fn a_listing_is_bounded_in_bytes() {
     );
     assert!(sent <= super::files::MAX_LIST_BYTES + 2 * (900 * 1024 + 4096));
 }
+
+/// An upload through the host's batched writer reaches the guest whole and
+/// in order, in chunks within the file chunk size and the credit given; a
+/// guest that then forges a frame above the size limit still ends the session.
+#[tokio::test]
+async fn an_upload_arrives_whole_and_in_order_and_a_forged_oversize_frame_is_refused() {
+    use ironclaw_protocol::{CREDIT_THRESHOLD, FILE_CHUNK};
+    let (client, mut guest) = FakeGuest::start().await;
+    let data: Vec<u8> = (0..(3 * STREAM_WINDOW as usize + 12345))
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let upload = {
+        let client = client.clone();
+        let data = data.clone();
+        tokio::spawn(async move { client.put(&mut &data[..], "/x", 0o644).await })
+    };
+    let id = match guest.message().await {
+        (id, Message::PutFile { path, mode }) => {
+            assert_eq!((path.as_str(), mode), ("/x", 0o644));
+            id
+        }
+        other => panic!("expected a put, got {other:?}"),
+    };
+    let mut got = Vec::new();
+    let (mut outstanding, mut consumed) = (0usize, 0usize);
+    loop {
+        let f = tokio::time::timeout(WAIT, guest.r.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(f.stream, id);
+        match f.kind {
+            FrameKind::FileData => {
+                assert!(!f.body.is_empty() && f.body.len() <= FILE_CHUNK);
+                outstanding += f.body.len();
+                assert!(outstanding <= STREAM_WINDOW as usize, "beyond the credit");
+                got.extend_from_slice(&f.body);
+                consumed += f.body.len();
+                if consumed >= CREDIT_THRESHOLD as usize {
+                    outstanding -= consumed;
+                    let bytes = consumed as u32;
+                    consumed = 0;
+                    guest
+                        .send(Frame::control(id, &Message::Credit { bytes }))
+                        .await;
+                }
+            }
+            FrameKind::Control => match f.message().unwrap() {
+                Message::DataEnd => break,
+                other => panic!("unexpected {other:?}"),
+            },
+            other => panic!("unexpected {other:?} frame"),
+        }
+    }
+    assert!(got == data, "the bytes differ from what was put");
+    guest
+        .send(Frame::control(
+            id,
+            &Message::FileDone {
+                count: data.len() as u64,
+            },
+        ))
+        .await;
+    assert_eq!(upload.await.unwrap().unwrap(), data.len() as u64);
+
+    let mut session = client.exec(req("x")).await.unwrap();
+    guest.exec_request().await;
+    // A length prefix above the limit, written raw.
+    let forged = ((MAX_FRAME_LEN + 1) as u32).to_be_bytes();
+    tokio::io::AsyncWriteExt::write_all(guest.w.get_mut(), &forged)
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::flush(guest.w.get_mut())
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(WAIT, session.next_event())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::SessionFailed(why) if why.contains("exceeds the limit")),
+        "{err}"
+    );
+}

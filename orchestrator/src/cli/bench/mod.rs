@@ -274,10 +274,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Section::Userland => userland::section(&config, runs, args.execs.clamp(1, 10)).await?,
             Section::Service => service::section(&config, args.execs.max(20)).await?,
             Section::Snapshots => snapshot::section(&config, runs).await?,
-            Section::Exec => speed::exec_section(&config, args.execs).await?,
+            Section::Exec => {
+                let reference = reference_config(&args.machine).await?;
+                speed::exec_section(&config, args.execs, reference.as_ref()).await?
+            }
             Section::Pool => speed::pool_section(&config, runs).await?,
             Section::Run => speed::run_section(runs).await?,
-            Section::Transfer => speed::transfer_section(&config, runs).await?,
+            Section::Transfer => {
+                let reference = reference_config(&args.machine).await?;
+                speed::transfer_section(&config, runs, reference.as_ref()).await?
+            }
         };
         return write_report(&report, args.output.as_deref());
     }
@@ -486,14 +492,38 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    let report = report + &speed::exec_section(&config, args.execs).await?;
+    let report = report + &speed::exec_section(&config, args.execs, None).await?;
     let report = report + &speed::pool_section(&config, runs).await?;
     let report = report + &speed::run_section(runs).await?;
-    let report = report + &speed::transfer_section(&config, runs).await?;
+    let report = report + &speed::transfer_section(&config, runs, None).await?;
     let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     let report = report + &service::section(&config, args.execs.max(20)).await?;
     let report = report + &snapshot::section(&config, runs).await?;
     write_report(&report, args.output.as_deref())
+}
+
+/// With `$IRONCLAW_BENCH_REFERENCE_GUEST` (another build of the guest agent):
+/// the same machine booting that agent, measured alternately with this one
+/// (before/after figures from one run, on a machine whose load drifts).
+async fn reference_config(machine: &MachineArgs) -> anyhow::Result<Option<VmConfig>> {
+    let Some(reference) = std::env::var_os("IRONCLAW_BENCH_REFERENCE_GUEST") else {
+        return Ok(None);
+    };
+    let own = std::env::var_os("IRONCLAW_GUEST_BIN");
+    // The initramfs is generated from $IRONCLAW_GUEST_BIN; nothing else runs yet.
+    std::env::set_var("IRONCLAW_GUEST_BIN", &reference);
+    let config = machine::vm_config("bench-ref", machine, None, None).await;
+    match own {
+        Some(own) => std::env::set_var("IRONCLAW_GUEST_BIN", own),
+        None => std::env::remove_var("IRONCLAW_GUEST_BIN"),
+    }
+    let config = config?;
+    eprintln!(
+        "bench: reference guest {} (initramfs {})",
+        std::path::Path::new(&reference).display(),
+        config.initramfs.display()
+    );
+    Ok(Some(config))
 }
 
 fn write_report(report: &str, output: Option<&std::path::Path>) -> anyhow::Result<()> {

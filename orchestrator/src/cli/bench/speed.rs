@@ -55,25 +55,42 @@ struct ExecFigures {
 }
 
 async fn exec_figures(agent: &AgentClient, samples: usize) -> anyhow::Result<ExecFigures> {
+    let mut figures = exec_figures_alternating(&[agent], samples).await?;
+    Ok(figures.remove(0))
+}
+
+/// [`exec_figures`] for several VMs, sample by sample in turn, so that a
+/// drifting machine load hits them alike.
+async fn exec_figures_alternating(
+    agents: &[&AgentClient],
+    samples: usize,
+) -> anyhow::Result<Vec<ExecFigures>> {
     // Warm-up: the first execs pay for translating the path (TCG).
-    for _ in 0..3 {
-        timed_exec(agent, &["true"]).await?;
+    for agent in agents {
+        for _ in 0..3 {
+            timed_exec(agent, &["true"]).await?;
+        }
     }
-    let (mut stat, mut a, mut b, mut t) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut all = vec![(Vec::new(), Vec::new(), Vec::new(), Vec::new()); agents.len()];
     for _ in 0..samples {
-        stat.push(timed_stat(agent).await?);
-        let (x, y, z) = timed_exec(agent, &["true"]).await?;
-        a.push(x);
-        b.push(y);
-        t.push(z);
+        for (agent, (stat, a, b, t)) in agents.iter().zip(all.iter_mut()) {
+            stat.push(timed_stat(agent).await?);
+            let (x, y, z) = timed_exec(agent, &["true"]).await?;
+            a.push(x);
+            b.push(y);
+            t.push(z);
+        }
     }
-    Ok(ExecFigures {
-        stat: median(stat),
-        to_started: median(a),
-        started_to_exit: median(b),
-        total: median(t),
-        samples,
-    })
+    Ok(all
+        .into_iter()
+        .map(|(stat, a, b, t)| ExecFigures {
+            stat: median(stat),
+            to_started: median(a),
+            started_to_exit: median(b),
+            total: median(t),
+            samples,
+        })
+        .collect())
 }
 
 fn exec_row(what: &str, f: &ExecFigures) -> String {
@@ -87,21 +104,54 @@ fn exec_row(what: &str, f: &ExecFigures) -> String {
     )
 }
 
-/// The exec round trip section.
-pub async fn exec_section(config: &VmConfig, samples: usize) -> anyhow::Result<String> {
+/// The exec round trip section; with `reference`, the same machine booting
+/// another build of the agent, measured alternately on the same rows.
+pub async fn exec_section(
+    config: &VmConfig,
+    samples: usize,
+    reference: Option<&VmConfig>,
+) -> anyhow::Result<String> {
     let pid = std::process::id();
     let samples = samples.max(5);
     // A cold-booted VM: the vsock transport.
     let vm = vm::spawn_vm_with_config(&format!("bench-{pid}-exec"), config).await?;
-    let cold = exec_figures(vm.agent(), samples).await;
+    let ref_vm = match reference {
+        Some(r) => Some(vm::spawn_vm_with_config(&format!("bench-{pid}-exec-ref"), r).await?),
+        None => None,
+    };
+    let mut agents = vec![vm.agent()];
+    agents.extend(ref_vm.as_ref().map(|v| v.agent()));
+    let cold = exec_figures_alternating(&agents, samples).await;
     vm::destroy_vm(vm).await?;
-    let cold = cold?;
-    // A prototype clone (what `run`, the pool and the service use): virtio-serial.
+    if let Some(v) = ref_vm {
+        vm::destroy_vm(v).await?;
+    }
+    let mut cold = cold?;
+    let cold_ref = (cold.len() > 1).then(|| cold.remove(1));
+    let cold = cold.remove(0);
+    // A prototype clone (what `run`, the pool and the service use):
+    // virtio-serial. Each clone is restored before the other prototype is
+    // ensured (a prototype of the same machine with another initramfs
+    // supersedes it on disk; a running clone does not need its files).
     let proto = prototype::ensure(config, &|m| eprintln!("bench: {m}")).await?;
     let clone = prototype::restore(&proto, &format!("bench-{pid}-exec-clone"), config).await?;
-    let serial = exec_figures(clone.agent(), samples).await;
+    let ref_clone = match reference {
+        Some(r) => {
+            let proto = prototype::ensure(r, &|m| eprintln!("bench: {m}")).await?;
+            Some(prototype::restore(&proto, &format!("bench-{pid}-exec-clone-ref"), r).await?)
+        }
+        None => None,
+    };
+    let mut agents = vec![clone.agent()];
+    agents.extend(ref_clone.as_ref().map(|v| v.agent()));
+    let serial = exec_figures_alternating(&agents, samples).await;
     vm::destroy_vm(clone).await?;
-    let serial = serial?;
+    if let Some(v) = ref_clone {
+        vm::destroy_vm(v).await?;
+    }
+    let mut serial = serial?;
+    let serial_ref = (serial.len() > 1).then(|| serial.remove(1));
+    let serial = serial.remove(0);
     // The same on a clone of the default image (Debian's dynamic `true`).
     let image = match ironclaw_orchestrator::userland::default_image() {
         Some(image) => {
@@ -137,10 +187,16 @@ pub async fn exec_section(config: &VmConfig, samples: usize) -> anyhow::Result<S
         "`true` on a running VM, vsock (cold boot, initramfs busybox)",
         &cold,
     );
+    if let Some(f) = &cold_ref {
+        text += &exec_row("same, the reference agent build (alternating samples)", f);
+    }
     text += &exec_row(
         "`true` on a prototype clone, virtio-serial (initramfs busybox)",
         &serial,
     );
+    if let Some(f) = &serial_ref {
+        text += &exec_row("same, the reference agent build (alternating samples)", f);
+    }
     if let Some(f) = &image {
         text += &exec_row(
             "`true` on a prototype clone of the default image (Debian coreutils, dynamic)",
@@ -338,36 +394,41 @@ fn transfer_data() -> Vec<u8> {
     data
 }
 
-/// 64 MiB up and down on `agent`, `runs` times: (upload, download) durations.
+/// 64 MiB up and down on each of `agents`, in turn, `runs` times: (upload,
+/// download) durations per agent.
 pub async fn transfers(
-    agent: &AgentClient,
+    agents: &[&AgentClient],
     data: &[u8],
     runs: usize,
-) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
-    let (mut up, mut down) = (Vec::new(), Vec::new());
+) -> anyhow::Result<Vec<(Vec<Duration>, Vec<Duration>)>> {
+    let mut all = vec![(Vec::new(), Vec::new()); agents.len()];
     for _ in 0..runs {
-        let t0 = Instant::now();
-        agent
-            .put(&mut &data[..], "/root/bench.bin", 0o644)
-            .await
-            .map_err(|e| anyhow!("upload: {e}"))?;
-        up.push(t0.elapsed());
-        let t0 = Instant::now();
-        let mut sink = CheckSink::default();
-        agent
-            .get("/root/bench.bin", &mut sink)
-            .await
-            .map_err(|e| anyhow!("download: {e}"))?;
-        down.push(t0.elapsed());
-        if sink.len != data.len() as u64 {
-            bail!("download: {} bytes, {} uploaded", sink.len, data.len());
+        for (agent, (up, down)) in agents.iter().zip(all.iter_mut()) {
+            let t0 = Instant::now();
+            agent
+                .put(&mut &data[..], "/root/bench.bin", 0o644)
+                .await
+                .map_err(|e| anyhow!("upload: {e}"))?;
+            up.push(t0.elapsed());
+            let t0 = Instant::now();
+            let mut sink = CheckSink::default();
+            agent
+                .get("/root/bench.bin", &mut sink)
+                .await
+                .map_err(|e| anyhow!("download: {e}"))?;
+            down.push(t0.elapsed());
+            if sink.len != data.len() as u64 {
+                bail!("download: {} bytes, {} uploaded", sink.len, data.len());
+            }
         }
     }
-    agent
-        .remove("/root/bench.bin", false)
-        .await
-        .map_err(|e| anyhow!("removing the file: {e}"))?;
-    Ok((up, down))
+    for agent in agents {
+        agent
+            .remove("/root/bench.bin", false)
+            .await
+            .map_err(|e| anyhow!("removing the file: {e}"))?;
+    }
+    Ok(all)
 }
 
 /// Counts what it is given.
@@ -400,29 +461,51 @@ impl tokio::io::AsyncWrite for CheckSink {
 }
 
 /// The file transfer section: 64 MiB each way into the image's overlay, over
-/// vsock (a cold-booted VM) and virtio-serial (a prototype clone).
-pub async fn transfer_section(base: &VmConfig, runs: usize) -> anyhow::Result<String> {
+/// vsock (a cold-booted VM) and virtio-serial (a prototype clone); with
+/// `reference`, also on a VM booting another build of the agent, in turn.
+pub async fn transfer_section(
+    base: &VmConfig,
+    runs: usize,
+    reference: Option<&VmConfig>,
+) -> anyhow::Result<String> {
     let Some(image) = ironclaw_orchestrator::userland::default_image() else {
         return Ok("\n## File transfer\n\n\
                    Not measured: no default image in the cache (`ironclaw image build`).\n"
             .into());
     };
     let config = VmConfig {
-        rootfs: Some(image),
+        rootfs: Some(image.clone()),
         ..base.clone()
     };
     let pid = std::process::id();
     let runs = runs.clamp(3, 5);
     let data = transfer_data();
     let vm = vm::spawn_vm_with_config(&format!("bench-{pid}-xfer"), &config).await?;
-    let vsock = transfers(vm.agent(), &data, runs).await;
+    let ref_vm = match reference {
+        Some(r) => {
+            let r = VmConfig {
+                rootfs: Some(image),
+                ..r.clone()
+            };
+            Some(vm::spawn_vm_with_config(&format!("bench-{pid}-xfer-ref"), &r).await?)
+        }
+        None => None,
+    };
+    let mut agents = vec![vm.agent()];
+    agents.extend(ref_vm.as_ref().map(|v| v.agent()));
+    let vsock = transfers(&agents, &data, runs).await;
     vm::destroy_vm(vm).await?;
-    let (vup, vdown) = vsock?;
+    if let Some(v) = ref_vm {
+        vm::destroy_vm(v).await?;
+    }
+    let mut vsock = vsock?;
+    let vsock_ref = (vsock.len() > 1).then(|| vsock.remove(1));
+    let (vup, vdown) = vsock.remove(0);
     let proto = prototype::ensure(&config, &|m| eprintln!("bench: {m}")).await?;
     let clone = prototype::restore(&proto, &format!("bench-{pid}-xfer-clone"), &config).await?;
-    let serial = transfers(clone.agent(), &data, runs).await;
+    let serial = transfers(&[clone.agent()], &data, runs).await;
     vm::destroy_vm(clone).await?;
-    let (sup, sdown) = serial?;
+    let (sup, sdown) = serial?.remove(0);
     let rate = |v: &[Duration]| {
         v.iter()
             .map(|d| format!("{:.1}", mib_per_s(*d)))
@@ -447,6 +530,7 @@ pub async fn transfer_section(base: &VmConfig, runs: usize) -> anyhow::Result<St
          | download 64 MiB, vsock | {:.1} | {} |\n\
          | upload 64 MiB, virtio-serial (prototype clone) | {:.1} | {} |\n\
          | download 64 MiB, virtio-serial | {:.1} | {} |\n\n\
+         {}\
          **Upload {:.1} MiB/s, download {:.1} MiB/s over vsock** (goal: at least 200 MiB/s each way).\n",
         m(&vup),
         rate(&vup),
@@ -456,6 +540,17 @@ pub async fn transfer_section(base: &VmConfig, runs: usize) -> anyhow::Result<St
         rate(&sup),
         m(&sdown),
         rate(&sdown),
+        match &vsock_ref {
+            Some((up, down)) => format!(
+                "The reference agent build, on a VM of its own, in turn with the one above \
+                 (vsock): upload {:.1} MiB/s ({}), download {:.1} MiB/s ({}).\n\n",
+                m(up),
+                rate(up),
+                m(down),
+                rate(down)
+            ),
+            None => String::new(),
+        },
         m(&vup),
         m(&vdown),
     ))
