@@ -28,10 +28,6 @@ use crate::vm::runtime::RuntimeDir;
 use crate::vm::vsock::Vsock;
 use crate::vm::{VmError, VmInstance};
 
-/// vhost-device-vsock's buffer for data from the guest, per connection: the
-/// protocol's per-stream window, so one stream's window is in flight at once.
-const VHOST_TX_BUFFER: u32 = ironclaw_protocol::STREAM_WINDOW;
-
 fn uds_path(config: &VmConfig, dir: &RuntimeDir) -> PathBuf {
     config
         .vsock
@@ -126,11 +122,6 @@ impl QemuBackend {
                 .arg(&vhost_sock)
                 .arg("--uds-path")
                 .arg(&vsock.uds_path)
-                // The credit it gives the guest per connection (64 KiB by
-                // default: a download stalled every 48 KiB on a credit
-                // update). Host memory per connection is bounded by it.
-                .arg("--tx-buffer-size")
-                .arg(VHOST_TX_BUFFER.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file(dir, "vhost-device-vsock.log")?);
