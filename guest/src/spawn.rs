@@ -96,7 +96,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         let a = &*(arg as *const ChildArgs);
         let fail = |step: i32| -> libc::c_int {
             let errno = *libc::__errno_location();
-            a.failure.store((step << 16) | (errno & 0xffff), Ordering::SeqCst);
+            a.failure
+                .store((step << 16) | (errno & 0xffff), Ordering::SeqCst);
             libc::_exit(127)
         };
         // No handler of the agent's may run here (it would run on the
@@ -228,10 +229,7 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         let mut status = 0;
         // SAFETY: reaping our own child, which has exited.
         unsafe { libc::waitpid(pid, &mut status, 0) };
-        let step = STEPS
-            .get((failure >> 16) as usize)
-            .copied()
-            .unwrap_or("?");
+        let step = STEPS.get((failure >> 16) as usize).copied().unwrap_or("?");
         let e = io::Error::from_raw_os_error(failure & 0xffff);
         return Err(if step == "execve" {
             e

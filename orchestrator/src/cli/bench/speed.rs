@@ -301,7 +301,13 @@ pub async fn pool_section(config: &VmConfig, runs: usize) -> anyhow::Result<Stri
 
 /// The phases `ironclaw run --verbose` reports on its `timings:` line.
 const RUN_PHASES: &[&str] = &[
-    "config", "prototype", "launch", "connect", "exec", "destroy", "total",
+    "config",
+    "prototype",
+    "launch",
+    "connect",
+    "exec",
+    "destroy",
+    "total",
 ];
 
 /// Parses `ironclaw: timings: config 1.0 ms, prototype …` into the values of [`RUN_PHASES`].
