@@ -28,6 +28,13 @@ use crate::vm::runtime::RuntimeDir;
 use crate::vm::vsock::Vsock;
 use crate::vm::{VmError, VmInstance};
 
+/// vhost-device-vsock's buffer for data from the guest, per connection, and
+/// so the credit it gives the guest: with its 64 KiB default a download
+/// waits for a credit update every 48 KiB. Host memory per connection is
+/// bounded by it. (2 MiB hung downloads of an earlier agent build: see
+/// docs/decisions.md.)
+const VHOST_TX_BUFFER: u32 = 256 * 1024;
+
 fn uds_path(config: &VmConfig, dir: &RuntimeDir) -> PathBuf {
     config
         .vsock
@@ -122,6 +129,8 @@ impl QemuBackend {
                 .arg(&vhost_sock)
                 .arg("--uds-path")
                 .arg(&vsock.uds_path)
+                .arg("--tx-buffer-size")
+                .arg(VHOST_TX_BUFFER.to_string())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log_file(dir, "vhost-device-vsock.log")?);
