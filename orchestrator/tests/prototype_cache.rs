@@ -46,7 +46,7 @@ fn truncated_or_corrupt_snapshots_are_rebuilt() {
     );
     assert_eq!(
         std::fs::metadata(rebuilt.snapshot()).unwrap().len(),
-        rebuilt.meta.snapshot_bytes()
+        rebuilt.meta.files[0].bytes
     );
 
     // Corrupt: same size, different bytes in the middle.
@@ -69,6 +69,31 @@ fn truncated_or_corrupt_snapshots_are_rebuilt() {
         "{:?}",
         messages.lock().unwrap()
     );
+
+    // Guest memory kept beside the stream (clones sharing it): one page
+    // altered in place is caught too.
+    let again = if let [_, ram] = &again.files()[..] {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(ram).unwrap();
+        f.write_all_at(&[0x5a; 4096], 1 << 20).unwrap();
+        drop(f);
+        messages.lock().unwrap().clear();
+        let rebuilt = runtime()
+            .block_on(prototype::ensure(&cfg, &progress))
+            .unwrap();
+        assert!(
+            messages
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|m| m.contains("rebuilding")),
+            "an altered memory file was not rebuilt: {:?}",
+            messages.lock().unwrap()
+        );
+        rebuilt
+    } else {
+        again
+    };
 
     // The rebuilt prototype restores and runs.
     let vm = runtime()

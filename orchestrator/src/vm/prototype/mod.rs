@@ -90,7 +90,7 @@ pub async fn ensure(
         "prototype ready: boot {} ms, snapshot {} ms, {} MiB",
         proto.meta.boot_ms,
         proto.meta.snapshot_ms,
-        proto.meta.snapshot_bytes() >> 20
+        proto.disk_bytes() >> 20
     ));
     Ok(proto)
 }
@@ -196,7 +196,16 @@ pub async fn restore(
     task_id: &str,
     config: &VmConfig,
 ) -> Result<VmHandle, VmError> {
-    let config = VmConfig {
+    let config = clone_config(proto, task_id, config);
+    let vm = super::spawn::restore_vm(&config, &proto.files()).await?;
+    tracing::info!(vm = %vm.id, prototype = %proto.meta.key, "clone ready");
+    Ok(vm)
+}
+
+/// The config of `proto`'s clone `task_id`: the machine shape and backend of
+/// the prototype, the rest (timeouts, confinement) from `config`.
+pub fn clone_config(proto: &Prototype, task_id: &str, config: &VmConfig) -> VmConfig {
+    VmConfig {
         id: task_id.to_string(),
         kernel: proto.meta.kernel.clone(),
         initramfs: proto.meta.initramfs.clone(),
@@ -209,10 +218,7 @@ pub async fn restore(
         },
         backend: proto.meta.backend.into(),
         ..config.clone()
-    };
-    let vm = super::spawn::restore_vm(&config, &proto.files()).await?;
-    tracing::info!(vm = %vm.id, prototype = %proto.meta.key, "clone ready");
-    Ok(vm)
+    }
 }
 
 /// Spawns `task_id` from the prototype for `config` (built on first use).
