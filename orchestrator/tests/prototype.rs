@@ -111,10 +111,10 @@ fn clones_share_their_prototypes_memory_and_keep_their_writes_apart() {
         0o444
     );
     let (a, b) = runtime().block_on(async {
-        let a = prototype::restore(&proto, "clone-mem-a", &cfg)
+        let a = prototype::restore(&proto, "sharing-a", &cfg)
             .await
             .unwrap();
-        let b = prototype::restore(&proto, "clone-mem-b", &cfg)
+        let b = prototype::restore(&proto, "sharing-b", &cfg)
             .await
             .unwrap();
         (a, b)
@@ -130,7 +130,7 @@ fn clones_share_their_prototypes_memory_and_keep_their_writes_apart() {
     assert_eq!(sh(&b, "sha256sum /tmp/fill").stdout, fb.stdout);
     // A clone made after those writes starts from the prototype, not from them.
     let c = runtime()
-        .block_on(prototype::restore(&proto, "clone-mem-c", &cfg))
+        .block_on(prototype::restore(&proto, "sharing-c", &cfg))
         .unwrap();
     assert_ne!(sh(&c, "test -e /tmp/fill").status.code, Some(0));
     // The clones really share the prototype's pages: their VMMs map the

@@ -12,8 +12,9 @@ pub use crate::vm::snapshot_files::SnapshotFileMeta;
 /// Bumped whenever what a snapshot or its metadata holds changes
 /// incompatibly (2: a list of snapshot files, for Firecracker's two; 3: QEMU
 /// guest RAM as the memory backend `mem`, kept in a file beside the stream
-/// when clones share it).
-pub(super) const FORMAT_VERSION: u32 = 3;
+/// when clones share it; 4: an image's prototype has run the page-cache
+/// warm-up before its snapshot).
+pub(super) const FORMAT_VERSION: u32 = 4;
 pub(super) const META_FILE: &str = "meta.json";
 
 /// What a prototype was built from, and facts about the build.

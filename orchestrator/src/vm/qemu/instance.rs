@@ -26,7 +26,7 @@ use crate::vm::VmError;
 /// How long the helper processes get to create their sockets.
 pub(super) const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
-/// How long writing a snapshot (a migration to a file) may take.
+/// How long writing or loading a snapshot (a migration to or from a file) may take.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
 /// A running QEMU VM: its confined processes (start order), sockets and cgroup.
@@ -188,9 +188,13 @@ pub async fn load_incoming(qmp: &mut Qmp, ignore_shared: bool) -> Result<(), Qmp
     let uri = format!("fd:{INCOMING_FD}");
     qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
         .await?;
+    let deadline = std::time::Instant::now() + MIGRATION_WAIT;
     loop {
         let status = qmp.execute("query-status", None).await?;
         match status.get("status").and_then(|s| s.as_str()) {
+            Some("inmigrate") if std::time::Instant::now() > deadline => {
+                return Err(QmpError::Timeout("migrate-incoming".into()))
+            }
             Some("inmigrate") => tokio::time::sleep(Duration::from_millis(2)).await,
             _ => return Ok(()),
         }
