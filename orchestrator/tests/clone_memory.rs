@@ -20,7 +20,10 @@ fn copying_clones_have_a_prototype_of_their_own_and_run() {
     // SAFETY: this binary's only test sets it before any other thread reads it.
     unsafe { std::env::set_var("IRONCLAW_CLONE_MEMORY", "copy") };
     let (copy_key, _) = prototype::key_for(&cfg).unwrap();
-    assert_ne!(shared_key, copy_key, "the memory mode must be part of the key");
+    assert_ne!(
+        shared_key, copy_key,
+        "the memory mode must be part of the key"
+    );
     let proto = runtime().block_on(prototype::ensure(&cfg, &quiet)).unwrap();
     assert_eq!(proto.meta.key, copy_key);
     assert_eq!(

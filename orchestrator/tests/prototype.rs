@@ -111,12 +111,8 @@ fn clones_share_their_prototypes_memory_and_keep_their_writes_apart() {
         0o444
     );
     let (a, b) = runtime().block_on(async {
-        let a = prototype::restore(&proto, "sharing-a", &cfg)
-            .await
-            .unwrap();
-        let b = prototype::restore(&proto, "sharing-b", &cfg)
-            .await
-            .unwrap();
+        let a = prototype::restore(&proto, "sharing-a", &cfg).await.unwrap();
+        let b = prototype::restore(&proto, "sharing-b", &cfg).await.unwrap();
         (a, b)
     });
     // Both clones write most of their memory, each its own bytes; each reads

@@ -162,19 +162,7 @@ impl Confinement {
             return Ok(source.to_path_buf());
         };
         jail::check_readable(what, source, uid, gid)?;
-        let target = dir.file(name);
-        File::create(&target).map_err(|source| JailError::Prepare {
-            process: "vmm",
-            what: "a bind-mount target",
-            source,
-        })?;
-        self.binds.push(Bind {
-            what,
-            source: source.to_path_buf(),
-            target: target.clone(),
-            exec: false,
-        });
-        Ok(target)
+        self.bind(what, source, dir.file(name), false)
     }
 
     /// The path to exec `program` by: itself when the jail uid can reach it,
@@ -193,17 +181,27 @@ impl Confinement {
             .file_name()
             .map(|n| format!("bin-{}", n.to_string_lossy()))
             .unwrap_or_else(|| "bin-vmm".into());
-        let target = dir.file(&name);
+        self.bind("program", program, dir.file(&name), true)
+    }
+
+    /// Creates the mount point `target` and records a bind mount of `source` on it.
+    fn bind(
+        &mut self,
+        what: &'static str,
+        source: &Path,
+        target: PathBuf,
+        exec: bool,
+    ) -> Result<PathBuf, JailError> {
         File::create(&target).map_err(|source| JailError::Prepare {
             process: "vmm",
             what: "a bind-mount target",
             source,
         })?;
         self.binds.push(Bind {
-            what: "program",
-            source: program.to_path_buf(),
+            what,
+            source: source.to_path_buf(),
             target: target.clone(),
-            exec: true,
+            exec,
         });
         Ok(target)
     }
