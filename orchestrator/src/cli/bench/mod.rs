@@ -51,7 +51,7 @@ pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub only: Option<Section>,
     /// The density section adds idle clones until their memory (PSS) passes this.
-    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    #[arg(long, default_value_t = 8192, value_name = "MIB")]
     pub density_budget_mib: u64,
 }
 
