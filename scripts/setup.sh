@@ -25,6 +25,23 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# QEMU 8.2 or later lets clones map their prototype's memory copy-on-write
+# (`memory-backend-file,readonly=on,rom=off`; docs/decisions.md). Debian 12
+# ships 7.2, so there QEMU comes from bookworm-backports, pinned; elsewhere
+# the distribution's QEMU is used as it is (7.2 still works: clones copy).
+QEMU_BACKPORTS_VERSION="1:10.0.2+ds-2+deb13u1~bpo12+1"
+if grep -q '^VERSION_CODENAME=bookworm$' /etc/os-release 2>/dev/null &&
+   [ "$(dpkg-query -W -f='${Version}' qemu-system-x86 2>/dev/null)" != "$QEMU_BACKPORTS_VERSION" ]; then
+  loud "installing QEMU ${QEMU_BACKPORTS_VERSION} from bookworm-backports (clones share their prototype's memory)"
+  if ! grep -rqs '^deb .*bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' |
+      as_root tee /etc/apt/sources.list.d/ironclaw-bookworm-backports.list >/dev/null
+  fi
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t bookworm-backports "qemu-system-x86=${QEMU_BACKPORTS_VERSION}" >/dev/null
+fi
+
 if ! vhost-device-vsock --version 2>/dev/null | grep -q " ${VHOST_DEVICE_VSOCK_VERSION}\$"; then
   loud "installing vhost-device-vsock ${VHOST_DEVICE_VSOCK_VERSION} (takes about a minute and a half)"
   cargo install --locked --quiet vhost-device-vsock --version "${VHOST_DEVICE_VSOCK_VERSION}"

@@ -67,6 +67,32 @@ fn tool(name: &'static str, env: &str, hint: &str) -> (Check, Option<PathBuf>) {
     }
 }
 
+/// Whether clones of QEMU prototypes share the prototype's memory.
+fn clone_memory_check(qemu: &std::path::Path) -> Check {
+    let name = "clone memory";
+    match qemu::clones_share_memory(qemu) {
+        Ok(true) => Check {
+            name,
+            level: Level::Ok,
+            detail: "shared: clones map their prototype's memory copy-on-write".into(),
+        },
+        Ok(false) => Check {
+            name,
+            level: Level::Info,
+            detail: format!(
+                "copied: each clone loads its own copy of the prototype's memory (QEMU older than 8.2, \
+                 or ${}=copy); scripts/setup.sh installs QEMU 10 on Debian 12",
+                qemu::CLONE_MEMORY_ENV
+            ),
+        },
+        Err(e) => Check {
+            name,
+            level: Level::Fail,
+            detail: e.to_string(),
+        },
+    }
+}
+
 pub fn run() -> Report {
     let mut checks = Vec::new();
     let kvm = accel::probe_kvm();
@@ -86,6 +112,9 @@ pub fn run() -> Report {
         "apt-get install qemu-system-x86",
     );
     checks.push(qemu_check);
+    if let Some(q) = &qemu {
+        checks.push(clone_memory_check(q));
+    }
     let (vhost_check, vhost) = tool(
         qemu::VHOST_VSOCK_BINARY,
         "IRONCLAW_VHOST_VSOCK",

@@ -71,6 +71,88 @@ fn clones_run_commands_with_their_own_randomness_and_the_current_time() {
     assert!(!vm_dirs().iter().any(|d| d.starts_with("clone-")));
 }
 
+/// KiB of `field` summed over the mappings of `file_name` in `pid`'s smaps.
+fn mapped_kib(pid: u32, file_name: &str, field: &str) -> Option<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
+    let mut total = None;
+    let mut inside = false;
+    for line in smaps.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if head.contains('-') && !head.ends_with(':') {
+            inside = line.ends_with(file_name);
+        } else if inside && head == format!("{field}:") {
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            *total.get_or_insert(0) += kib;
+        }
+    }
+    total
+}
+
+#[test]
+fn clones_share_their_prototypes_memory_and_keep_their_writes_apart() {
+    let cfg = config();
+    assert!(
+        ironclaw_orchestrator::vm::qemu::QemuBackend::from_env()
+            .unwrap()
+            .shares_memory(),
+        "this QEMU cannot map a prototype's memory copy-on-write (scripts/setup.sh installs QEMU 10 from bookworm-backports)"
+    );
+    let proto = runtime().block_on(prototype::ensure(&cfg, &quiet)).unwrap();
+    let files = proto.files();
+    assert_eq!(files.len(), 2, "a stream and a memory file: {files:?}");
+    let ram = &files[1];
+    let sha = |p: &std::path::Path| {
+        hex::encode(ironclaw_orchestrator::vm::snapshot_files::sha256_file(p).unwrap())
+    };
+    let before = sha(ram);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(ram).unwrap().permissions().mode() & 0o777,
+        0o444
+    );
+    let (a, b) = runtime().block_on(async {
+        let a = prototype::restore(&proto, "sharing-a", &cfg).await.unwrap();
+        let b = prototype::restore(&proto, "sharing-b", &cfg).await.unwrap();
+        (a, b)
+    });
+    // Both clones write most of their memory, each its own bytes; each reads
+    // back exactly what it wrote.
+    let fill = "dd if=/dev/urandom of=/tmp/fill bs=1M count=64 2>/dev/null && sha256sum /tmp/fill";
+    let (fa, fb) = (sh(&a, fill), sh(&b, fill));
+    assert_eq!(fa.status.code, Some(0), "{}", text(&fa.stderr));
+    assert_eq!(fb.status.code, Some(0), "{}", text(&fb.stderr));
+    assert_ne!(fa.stdout, fb.stdout);
+    assert_eq!(sh(&a, "sha256sum /tmp/fill").stdout, fa.stdout);
+    assert_eq!(sh(&b, "sha256sum /tmp/fill").stdout, fb.stdout);
+    // A clone made after those writes starts from the prototype, not from them.
+    let c = runtime()
+        .block_on(prototype::restore(&proto, "sharing-c", &cfg))
+        .unwrap();
+    assert_ne!(sh(&c, "test -e /tmp/fill").status.code, Some(0));
+    // The clones really share the prototype's pages: their VMMs map the
+    // memory file, and pages of it are mapped by more than one process.
+    let shared: u64 = a
+        .pids()
+        .into_iter()
+        .filter_map(|pid| mapped_kib(pid, "boot-memory", "Shared_Clean"))
+        .sum();
+    assert!(
+        shared > 0,
+        "no page of the prototype's memory file is mapped by two clones"
+    );
+    runtime().block_on(async {
+        for vm in [a, b, c] {
+            vm::destroy_vm(vm).await.unwrap();
+        }
+    });
+    // No clone's write reached the file every clone maps.
+    assert_eq!(
+        sha(ram),
+        before,
+        "a clone's writes reached the prototype's memory file"
+    );
+}
+
 #[test]
 fn a_changed_machine_or_image_gets_its_own_prototype() {
     let cfg = config();

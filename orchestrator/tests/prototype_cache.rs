@@ -20,6 +20,19 @@ fn truncated_or_corrupt_snapshots_are_rebuilt() {
     };
     let messages = Mutex::new(Vec::<String>::new());
     let progress = |m: &str| messages.lock().unwrap().push(m.to_string());
+    // Ensures the prototype again, which must rebuild it.
+    let rebuild = |why: &str| {
+        messages.lock().unwrap().clear();
+        let p = runtime()
+            .block_on(prototype::ensure(&cfg, &progress))
+            .unwrap();
+        let said = messages.lock().unwrap().clone();
+        assert!(
+            said.iter().any(|m| m.contains("rebuilding")),
+            "{why}: not rebuilt: {said:?}"
+        );
+        p
+    };
 
     let built = runtime()
         .block_on(prototype::ensure(&cfg, &progress))
@@ -31,22 +44,10 @@ fn truncated_or_corrupt_snapshots_are_rebuilt() {
     let f = std::fs::OpenOptions::new().write(true).open(&snap).unwrap();
     f.set_len(size / 2).unwrap();
     drop(f);
-    messages.lock().unwrap().clear();
-    let rebuilt = runtime()
-        .block_on(prototype::ensure(&cfg, &progress))
-        .unwrap();
-    assert!(
-        messages
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|m| m.contains("rebuilding")),
-        "{:?}",
-        messages.lock().unwrap()
-    );
+    let rebuilt = rebuild("a truncated stream");
     assert_eq!(
         std::fs::metadata(rebuilt.snapshot()).unwrap().len(),
-        rebuilt.meta.snapshot_bytes()
+        rebuilt.meta.files[0].bytes
     );
 
     // Corrupt: same size, different bytes in the middle.
@@ -56,19 +57,19 @@ fn truncated_or_corrupt_snapshots_are_rebuilt() {
         *b ^= 0x5a;
     }
     std::fs::write(rebuilt.snapshot(), &bytes).unwrap();
-    messages.lock().unwrap().clear();
-    let again = runtime()
-        .block_on(prototype::ensure(&cfg, &progress))
-        .unwrap();
-    assert!(
-        messages
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|m| m.contains("rebuilding")),
-        "{:?}",
-        messages.lock().unwrap()
-    );
+    let again = rebuild("an altered stream");
+
+    // Guest memory kept beside the stream (clones sharing it): one page
+    // altered in place is caught too.
+    let again = if let [_, ram] = &again.files()[..] {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(ram).unwrap();
+        f.write_all_at(&[0x5a; 4096], 1 << 20).unwrap();
+        drop(f);
+        rebuild("an altered memory file")
+    } else {
+        again
+    };
 
     // The rebuilt prototype restores and runs.
     let vm = runtime()

@@ -31,7 +31,7 @@ pub async fn prototype_command(cmd: PrototypeCmd) -> anyhow::Result<i32> {
         PrototypeCmd::List => {
             println!(
                 "{:<22} {:<11} {:>5} {:>7} {:>5} {:>9} {:>8}  kernel",
-                "key", "backend", "vcpus", "mem_mib", "accel", "snap_mib", "boot_ms"
+                "key", "backend", "vcpus", "mem_mib", "accel", "disk_mib", "boot_ms"
             );
             for p in vm::prototype::list() {
                 let m = &p.meta;
@@ -42,7 +42,7 @@ pub async fn prototype_command(cmd: PrototypeCmd) -> anyhow::Result<i32> {
                     m.vcpus,
                     m.memory_mib,
                     m.accel,
-                    m.snapshot_bytes() >> 20,
+                    p.disk_bytes() >> 20,
                     m.boot_ms,
                     m.kernel.display()
                 );

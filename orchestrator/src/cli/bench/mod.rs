@@ -18,6 +18,7 @@ use ironclaw_orchestrator::vm::{self, accel, qemu, VmConfig};
 use super::machine::{self, MachineArgs};
 use stats::{median, ms};
 
+mod density;
 mod load;
 mod service;
 mod snapshot;
@@ -50,6 +51,9 @@ pub struct BenchArgs {
     /// Only this section of the report (its heading and table).
     #[arg(long, value_enum)]
     pub only: Option<Section>,
+    /// The density section adds idle clones until their memory (PSS) passes this.
+    #[arg(long, default_value_t = 8192, value_name = "MIB")]
+    pub density_budget_mib: u64,
 }
 
 /// The sections of the report that can run on their own.
@@ -69,6 +73,8 @@ pub enum Section {
     Run,
     /// 64 MiB file transfers both ways (vsock and virtio-serial).
     Transfer,
+    /// Idle clones held at once and the host memory each costs.
+    Density,
 }
 
 /// The line the guest prints first thing in `/init`.
@@ -79,7 +85,11 @@ const INIT_MARKER: &str = "ironclaw-guest: /init started";
 fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> anyhow::Result<Duration> {
     // The same QEMU (`$IRONCLAW_QEMU` honoured) and machine as IronClaw's
     // serial-transport VMs, minus everything IronClaw adds.
-    let mut cmd = qemu::QemuBackend::from_env()?.machine_command(config, accel, false);
+    let mut cmd = qemu::QemuBackend::from_env()?.machine_command(
+        config,
+        accel,
+        &qemu::GuestMemory::Anonymous,
+    );
     cmd.args(["-serial", "stdio"]);
     cmd.arg("-kernel")
         .arg(&config.kernel)
@@ -138,9 +148,15 @@ async fn bare_qemu_restore(
     let id = format!("bench-bare-{}-{i}", std::process::id());
     let dir = RuntimeDir::create(&runtime::runtime_root(), &id).context("runtime dir")?;
     let (accel, _) = accel::choose(config.accel);
+    let files = proto.files();
     let opts = LaunchOptions {
         transport: Transport::Serial,
         incoming: Some(proto.snapshot()),
+        // The clone's memory, so the reference restores exactly what IronClaw does.
+        memory: match &files[..] {
+            [_, ram] => qemu::GuestMemory::PrivateFile(ram.clone()),
+            _ => qemu::GuestMemory::Anonymous,
+        },
     };
     let mut cmd = backend.qemu_command(config, accel, &dir, &opts);
     cmd.stdin(Stdio::null())
@@ -171,13 +187,9 @@ async fn bare_qemu_restore(
             }
         };
         let q = |e| anyhow!("bare QMP: {e}");
-        loop {
-            let st = qmp.execute("query-status", None).await.map_err(q)?;
-            if st.get("status").and_then(|s| s.as_str()) != Some("inmigrate") {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        qemu::load_incoming(&mut qmp, backend.shares_memory())
+            .await
+            .map_err(q)?;
         qmp.execute("cont", None).await.map_err(q)?;
         let running = t0.elapsed();
         // First guest round trip: a hello frame and its answer's header.
@@ -284,6 +296,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 let reference = reference_config(&args.machine).await?;
                 speed::transfer_section(&config, runs, reference.as_ref()).await?
             }
+            Section::Density => density::section(&config, args.density_budget_mib).await?,
         };
         return write_report(&report, args.output.as_deref());
     }
@@ -454,7 +467,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          in each clone before offering it, which is why `acquire` meets its goal while a bare restore \
          does not. With KVM the guest runs natively and this step should vanish (not measured: \
          no usable KVM here).\n\n\
-         Prototype snapshot: {} MiB for {} MiB of guest memory (prototype boot {} ms, snapshot {} ms).\n\n\
+         Prototype snapshot: {} MiB on disk for {} MiB of guest memory (prototype boot {} ms, snapshot {} ms).\n\n\
          | measurement | value |\n|---|---:|\n\
          | {n} clones restored in parallel: all first results after (ms) | {} |\n\
          | same, median per clone (ms) | {} |\n\
@@ -479,7 +492,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         pool_stats,
         ms(median(first_exec.clone())),
         ms(median(second_exec.clone())),
-        proto.meta.snapshot_bytes() >> 20,
+        proto.disk_bytes() >> 20,
         proto.meta.memory_mib,
         proto.meta.boot_ms,
         proto.meta.snapshot_ms,
@@ -499,6 +512,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     let report = report + &service::section(&config, args.execs.max(20)).await?;
     let report = report + &snapshot::section(&config, runs).await?;
+    let report = report + &density::section(&config, args.density_budget_mib).await?;
     write_report(&report, args.output.as_deref())
 }
 

@@ -205,7 +205,7 @@ fn report(m: &Measured, proto: &prototype::Prototype, memory_mib: u32, runs: usi
          **Fork → first result / prototype clone → first result: {ratio:.2}** (goal: at most 1.30). \
          **Pause {} ms, resume {} ms** (medians; goal: under 1 s each for {memory_mib} MiB: {}, {}).\n\n\
          Snapshot of the live sandbox: {:.1} MiB (median), paused sandbox {:.1} MiB; the prototype of \
-         the same shape: {} MiB (built with a boot of {} ms and a snapshot of {} ms, pausing and \
+         the same shape: {} MiB on disk (built with a boot of {} ms and a snapshot of {} ms, pausing and \
          writing, as its metadata records).\n",
         m.snapshot.row("`snapshot` of the running sandbox (the call)"),
         m.total_ms.row("of which writing, checksumming and storing it (`total_ms`)"),
@@ -223,7 +223,7 @@ fn report(m: &Measured, proto: &prototype::Prototype, memory_mib: u32, runs: usi
         verdict(m.resume.median()),
         mib(&m.snapshot_bytes),
         mib(&m.paused_bytes),
-        proto.meta.snapshot_bytes() >> 20,
+        proto.disk_bytes() >> 20,
         proto.meta.boot_ms,
         proto.meta.snapshot_ms,
     )

@@ -147,6 +147,24 @@ impl Confinement {
         }
     }
 
+    /// The path at which the VMM reads `source`, a file it needs besides the
+    /// boot files (a prototype's memory): itself when the VM is not jailed,
+    /// else a read-only bind mount of it named `name` in the runtime
+    /// directory, checked readable by the jail uid.
+    pub fn readable_file(
+        &mut self,
+        what: &'static str,
+        source: &Path,
+        dir: &RuntimeDir,
+        name: &str,
+    ) -> Result<PathBuf, JailError> {
+        let Some((uid, gid)) = self.ids else {
+            return Ok(source.to_path_buf());
+        };
+        jail::check_readable(what, source, uid, gid)?;
+        self.bind(what, source, dir.file(name), false)
+    }
+
     /// The path to exec `program` by: itself when the jail uid can reach it,
     /// else a bind mount of it in the runtime directory (e.g. a
     /// `cargo install`ed vhost-device-vsock under `/root`).
@@ -163,17 +181,27 @@ impl Confinement {
             .file_name()
             .map(|n| format!("bin-{}", n.to_string_lossy()))
             .unwrap_or_else(|| "bin-vmm".into());
-        let target = dir.file(&name);
+        self.bind("program", program, dir.file(&name), true)
+    }
+
+    /// Creates the mount point `target` and records a bind mount of `source` on it.
+    fn bind(
+        &mut self,
+        what: &'static str,
+        source: &Path,
+        target: PathBuf,
+        exec: bool,
+    ) -> Result<PathBuf, JailError> {
         File::create(&target).map_err(|source| JailError::Prepare {
             process: "vmm",
             what: "a bind-mount target",
             source,
         })?;
         self.binds.push(Bind {
-            what: "program",
-            source: program.to_path_buf(),
+            what,
+            source: source.to_path_buf(),
             target: target.clone(),
-            exec: true,
+            exec,
         });
         Ok(target)
     }

@@ -10,8 +10,11 @@ use crate::vm::backend::BackendKind;
 pub use crate::vm::snapshot_files::SnapshotFileMeta;
 
 /// Bumped whenever what a snapshot or its metadata holds changes
-/// incompatibly (2: a list of snapshot files, for Firecracker's two).
-pub(super) const FORMAT_VERSION: u32 = 2;
+/// incompatibly (2: a list of snapshot files, for Firecracker's two; 3: QEMU
+/// guest RAM as the memory backend `mem`, kept in a file beside the stream
+/// when clones share it; 4: an image's prototype has run the page-cache
+/// warm-up before its snapshot).
+pub(super) const FORMAT_VERSION: u32 = 4;
 pub(super) const META_FILE: &str = "meta.json";
 
 /// What a prototype was built from, and facts about the build.
@@ -58,6 +61,17 @@ impl Prototype {
     pub fn snapshot(&self) -> PathBuf {
         // Never empty: refused on load and on build.
         self.dir.join(&self.meta.files[0].name)
+    }
+
+    /// The disk space its snapshot files take (a sparse memory file takes
+    /// less than its size).
+    pub fn disk_bytes(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.files()
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok())
+            .map(|m| m.blocks() * 512)
+            .sum()
     }
 
     /// Every snapshot file.

@@ -1,6 +1,7 @@
 //! The QEMU command line: the bare machine, then a whole VM's (sandbox,
 //! console, QMP socket, guest channel, boot files, snapshot to restore).
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use ironclaw_protocol::AGENT_SERIAL_PORT_NAME;
@@ -14,31 +15,65 @@ use crate::vm::runtime::RuntimeDir;
 /// The fd number a restored QEMU reads its migration stream from.
 pub(super) const INCOMING_FD: i32 = 3;
 
+/// What backs guest RAM. Every choice is a memory backend with the id `mem`,
+/// so a snapshot's RAM block has one name whichever VM restores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuestMemory {
+    /// A shared memfd: what vhost-user devices need (vsock VMs).
+    Memfd,
+    /// Anonymous private memory (a snapshottable VM with copied memory).
+    Anonymous,
+    /// A prototype's: a file QEMU maps shared, so that once the VM is stopped
+    /// the file holds its RAM; the migration stream leaves that RAM out
+    /// (`x-ignore-shared`) and the file is kept beside it.
+    SharedFile(PathBuf),
+    /// A clone's: the prototype's memory file opened read-only and mapped
+    /// private (`readonly=on,rom=off,share=off`): every clone shares the
+    /// prototype's pages in the host's page cache until it writes one, which
+    /// the kernel then copies for that clone alone. Needs QEMU ≥ 8.2.
+    PrivateFile(PathBuf),
+}
+
+impl GuestMemory {
+    /// The `-object` that backs guest RAM.
+    fn object(&self, mib: u32) -> String {
+        let size = format!("id=mem,size={mib}M");
+        match self {
+            GuestMemory::Memfd => format!("memory-backend-memfd,{size},share=on"),
+            GuestMemory::Anonymous => format!("memory-backend-ram,{size}"),
+            GuestMemory::SharedFile(path) => format!(
+                "memory-backend-file,{size},mem-path={},share=on",
+                path.display()
+            ),
+            GuestMemory::PrivateFile(path) => format!(
+                "memory-backend-file,{size},mem-path={},share=off,readonly=on,rom=off",
+                path.display()
+            ),
+        }
+    }
+}
+
 impl QemuBackend {
     /// QEMU with the machine IronClaw runs — microvm, accelerator, vCPUs,
     /// memory, no default devices and no network device — and nothing else:
-    /// no console, channel, kernel or confinement. `memfd` backs guest memory
-    /// with a shared memfd (what vhost-user devices need). The benchmark's
-    /// bare-QEMU reference starts from this too, so it runs the same machine.
-    pub fn machine_command(&self, config: &VmConfig, accel: Accel, memfd: bool) -> Command {
+    /// no console, channel, kernel or confinement. `memory` backs guest RAM.
+    /// The benchmark's bare-QEMU reference starts from this too, so it runs
+    /// the same machine.
+    pub fn machine_command(
+        &self,
+        config: &VmConfig,
+        accel: Accel,
+        memory: &GuestMemory,
+    ) -> Command {
         let mem = config.memory_mib;
         let mut cmd = Command::new(&self.qemu);
-        if memfd {
-            cmd.args(["-M", "microvm,pit=on,acpi=on,memory-backend=mem"]);
-        } else {
-            cmd.args(["-M", "microvm,pit=on,acpi=on"]);
-        }
+        cmd.args(["-M", "microvm,pit=on,acpi=on,memory-backend=mem"]);
         match accel {
             Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
             Accel::Tcg => cmd.args(["-accel", "tcg"]),
         };
         cmd.args(["-m", &format!("{mem}M"), "-smp", &config.vcpus.to_string()]);
-        if memfd {
-            cmd.args([
-                "-object",
-                &format!("memory-backend-memfd,id=mem,size={mem}M,share=on"),
-            ]);
-        }
+        cmd.arg("-object").arg(memory.object(mem));
         cmd.args([
             "-nodefaults",
             "-no-user-config",
@@ -62,7 +97,7 @@ impl QemuBackend {
         dir: &RuntimeDir,
         opts: &LaunchOptions,
     ) -> Command {
-        let mut cmd = self.machine_command(config, accel, opts.transport == Transport::Vsock);
+        let mut cmd = self.machine_command(config, accel, &opts.memory);
         cmd.arg("-name").arg(format!("ironclaw-{}", config.id));
         // QEMU's own seccomp sandbox, stacked on the allowlist installed before
         // exec (vm::seccomp): it also refuses obsolete calls, privilege changes,
@@ -106,7 +141,8 @@ impl QemuBackend {
             }
         }
         if opts.incoming.is_some() {
-            cmd.arg("-incoming").arg(format!("fd:{INCOMING_FD}"));
+            // Loaded over QMP (`load_incoming`), after the capabilities are set.
+            cmd.args(["-incoming", "defer"]);
         }
         if let Some(rootfs) = &config.rootfs {
             cmd.arg("-drive").arg(format!(

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::QemuError;
+use super::command::INCOMING_FD;
+use super::{memory, QemuError, MEMORY_FILE};
 use crate::vm::accel::Accel;
 use crate::vm::backend::VmInstance;
 use crate::vm::channel::GuestChannel;
@@ -25,7 +26,7 @@ use crate::vm::VmError;
 /// How long the helper processes get to create their sockets.
 pub(super) const SOCKET_WAIT: Duration = Duration::from_secs(10);
 
-/// How long writing a snapshot (a migration to a file) may take.
+/// How long writing or loading a snapshot (a migration to or from a file) may take.
 const MIGRATION_WAIT: Duration = Duration::from_secs(120);
 
 /// A running QEMU VM: its confined processes (start order), sockets and cgroup.
@@ -44,17 +45,46 @@ pub struct QemuInstance {
     pub(super) cgroup: Option<VmCgroup>,
     pub(super) audit: Option<Arc<AuditLog>>,
     pub(super) memory_limit_mib: u32,
+    /// The file guest RAM is mapped shared from (a prototype's), kept
+    /// beside the stream when the VM is snapshotted.
+    pub(super) shared_memory: Option<PathBuf>,
+    /// Streams leave shared RAM out (see [`load_incoming`]).
+    pub(super) ignore_shared: bool,
 }
 
 impl QemuInstance {
+    /// The files [`Self::snapshot_to`] writes: the stream, then the RAM file if any.
+    fn snapshot_files(&self) -> Vec<String> {
+        let mut files = vec![SNAPSHOT_FILE.to_string()];
+        if self.shared_memory.is_some() {
+            files.push(MEMORY_FILE.to_string());
+        }
+        files
+    }
+
     /// Pauses the VM and writes its state (a QEMU migration stream) to `dest`.
     /// The VM stays paused unless `then_resume`, in which case it runs on
     /// (also when writing failed).
-    pub async fn snapshot_to(&self, dest: &Path, then_resume: bool) -> Result<(), VmError> {
+    /// With its RAM in a shared file, the stream leaves the RAM out and a
+    /// copy of the file is written to `ram_dest`.
+    pub async fn snapshot_to(
+        &self,
+        dest: &Path,
+        ram_dest: &Path,
+        then_resume: bool,
+    ) -> Result<(), VmError> {
         let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
         let mut qmp = Qmp::connect(&self.qmp).await.map_err(qmp_err)?;
         qmp.execute("stop", None).await.map_err(qmp_err)?;
-        let written = migrate_to(&mut qmp, dest).await;
+        let mut written = migrate_to(&mut qmp, dest, self.ignore_shared).await;
+        if let (Ok(()), Some(ram)) = (&written, &self.shared_memory) {
+            // The guest is stopped: the file holds its RAM as the stream's
+            // device state expects it.
+            let (ram, ram_dest) = (ram.clone(), ram_dest.to_path_buf());
+            written = tokio::task::spawn_blocking(move || memory::keep_ram(&ram, &ram_dest))
+                .await
+                .unwrap_or_else(|e| Err(VmError::TaskFailed(format!("copying guest RAM: {e}"))));
+        }
         if then_resume {
             // After a completed migration the source is in `postmigrate`;
             // `cont` reactivates its block devices and runs it again.
@@ -138,9 +168,45 @@ impl QemuInstance {
     }
 }
 
+/// Sets the migration capabilities every stream of this backend is written
+/// and read with: `x-ignore-shared` when clones share memory (the RAM of a
+/// shared memory file stays out of the stream; private RAM is written).
+async fn set_capabilities(qmp: &mut Qmp, ignore_shared: bool) -> Result<(), QmpError> {
+    if ignore_shared {
+        let caps = serde_json::json!({ "capabilities": [
+            { "capability": "x-ignore-shared", "state": true }
+        ]});
+        qmp.execute("migrate-set-capabilities", Some(caps)).await?;
+    }
+    Ok(())
+}
+
+/// Loads the migration stream a QEMU started with `-incoming defer` got as
+/// fd [`INCOMING_FD`], and waits until it is loaded (the VM is then paused).
+pub async fn load_incoming(qmp: &mut Qmp, ignore_shared: bool) -> Result<(), QmpError> {
+    set_capabilities(qmp, ignore_shared).await?;
+    let uri = format!("fd:{INCOMING_FD}");
+    qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+        .await?;
+    let deadline = std::time::Instant::now() + MIGRATION_WAIT;
+    loop {
+        let status = qmp.execute("query-status", None).await?;
+        match status.get("status").and_then(|s| s.as_str()) {
+            Some("inmigrate") if std::time::Instant::now() > deadline => {
+                return Err(QmpError::Timeout("migrate-incoming".into()))
+            }
+            Some("inmigrate") => tokio::time::sleep(Duration::from_millis(2)).await,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// Writes the (stopped) VM's state to `dest` as a migration stream.
-async fn migrate_to(qmp: &mut Qmp, dest: &Path) -> Result<(), VmError> {
+async fn migrate_to(qmp: &mut Qmp, dest: &Path, ignore_shared: bool) -> Result<(), VmError> {
     let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
+    set_capabilities(qmp, ignore_shared)
+        .await
+        .map_err(qmp_err)?;
     // Ours alone, new (never through a planted link), explicitly 0600.
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -185,12 +251,14 @@ const SNAPSHOT_FILE: &str = "snapshot.bin";
 #[async_trait]
 impl VmInstance for QemuInstance {
     async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError> {
-        self.snapshot_to(&out.join(SNAPSHOT_FILE), false).await?;
-        Ok(vec![SNAPSHOT_FILE.to_string()])
+        self.snapshot_to(&out.join(SNAPSHOT_FILE), &out.join(MEMORY_FILE), false)
+            .await?;
+        Ok(self.snapshot_files())
     }
     async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError> {
-        self.snapshot_to(&out.join(SNAPSHOT_FILE), true).await?;
-        Ok(vec![SNAPSHOT_FILE.to_string()])
+        self.snapshot_to(&out.join(SNAPSHOT_FILE), &out.join(MEMORY_FILE), true)
+            .await?;
+        Ok(self.snapshot_files())
     }
     fn accel(&self) -> Accel {
         self.accel

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use ironclaw_protocol::AGENT_VSOCK_PORT;
 
-use super::command::INCOMING_FD;
-use super::instance::{QemuInstance, SOCKET_WAIT};
+use super::command::{GuestMemory, INCOMING_FD};
+use super::instance::{load_incoming, QemuInstance, SOCKET_WAIT};
+use super::memory;
 use super::{
     LaunchOptions, QemuBackend, QemuError, Transport, QEMU_BINARY, SERIAL_SOCKET,
     VHOST_VSOCK_BINARY,
@@ -86,6 +87,8 @@ impl QemuBackend {
             cgroup: confinement.cgroup.take(),
             audit: confinement.audit.clone(),
             memory_limit_mib: config.limits().memory_mib,
+            shared_memory: None,
+            ignore_shared: self.share_memory && opts.transport == Transport::Serial,
         };
         // On any error below, dropping `inst` kills what was started.
 
@@ -146,6 +149,19 @@ impl QemuBackend {
             .await?;
         }
 
+        // Guest RAM: a prototype's file, made here; a clone's, reachable in the jail.
+        let mut opts = opts.clone();
+        match &mut opts.memory {
+            GuestMemory::SharedFile(path) => {
+                memory::create_shared(path, confinement.ids)?;
+                inst.shared_memory = Some(path.clone());
+            }
+            GuestMemory::PrivateFile(path) => {
+                *path = confinement.readable_file("prototype memory", path, dir, "boot-memory")?;
+            }
+            GuestMemory::Memfd | GuestMemory::Anonymous => {}
+        }
+        let opts = &opts;
         let built = self.qemu_command(&confinement.config, accel, dir, opts);
         // The same command, run by the path the jail uid can reach.
         let mut qemu = Command::new(confinement.program(&self.qemu, dir)?);
@@ -191,16 +207,7 @@ impl QemuBackend {
         if let Some(snapshot) = &opts.incoming {
             // Loading the snapshot; the source was stopped when it was taken,
             // so the VM arrives paused and is resumed here.
-            let loaded = async {
-                loop {
-                    let status = qmp.execute("query-status", None).await?;
-                    match status.get("status").and_then(|s| s.as_str()) {
-                        Some("inmigrate") => tokio::time::sleep(Duration::from_millis(2)).await,
-                        _ => return Ok::<_, QmpError>(()),
-                    }
-                }
-            };
-            if let Err(e) = loaded.await {
+            if let Err(e) = load_incoming(&mut qmp, inst.ignore_shared).await {
                 return Err(QemuError::Incoming {
                     snapshot: snapshot.clone(),
                     source: e,

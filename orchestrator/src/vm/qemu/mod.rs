@@ -24,9 +24,12 @@ mod command;
 mod error;
 mod instance;
 mod launch;
+mod memory;
 
+pub use command::GuestMemory;
 pub use error::QemuError;
-pub use instance::QemuInstance;
+pub use instance::{load_incoming, QemuInstance};
+pub use memory::{clones_share_memory, CLONE_MEMORY_ENV};
 
 /// The host end of the virtio-serial agent port, in the VM's runtime directory.
 pub const SERIAL_SOCKET: &str = "agent.sock";
@@ -50,6 +53,8 @@ pub struct LaunchOptions {
     pub transport: Transport,
     /// Restore this snapshot (a QEMU migration stream) instead of booting.
     pub incoming: Option<PathBuf>,
+    /// What backs guest RAM.
+    pub memory: GuestMemory,
 }
 
 impl LaunchOptions {
@@ -57,15 +62,22 @@ impl LaunchOptions {
         LaunchOptions {
             transport: Transport::Vsock,
             incoming: None,
+            memory: GuestMemory::Memfd,
         }
     }
 }
+
+/// A prototype's guest RAM, beside its migration stream, when clones share it.
+pub const MEMORY_FILE: &str = "memory.bin";
 
 pub struct QemuBackend {
     qemu: PathBuf,
     /// Needed only for the vsock transport (cold VMs): a clone of a
     /// prototype (virtio-serial) runs without it.
     vhost_vsock: Result<PathBuf, String>,
+    /// Clones map their prototype's memory copy-on-write (see
+    /// [`GuestMemory::PrivateFile`]) instead of loading a copy of it.
+    share_memory: bool,
 }
 
 /// The QEMU that runs VMs: `$IRONCLAW_QEMU`, else `qemu-system-x86_64` on `PATH`.
@@ -80,11 +92,19 @@ pub fn qemu_binary() -> Result<PathBuf, VmError> {
 impl QemuBackend {
     /// Finds QEMU and vhost-device-vsock (`$IRONCLAW_QEMU`, `$IRONCLAW_VHOST_VSOCK`, else `PATH`).
     pub fn from_env() -> Result<QemuBackend, VmError> {
+        let qemu = qemu_binary()?;
+        let share_memory = memory::clones_share_memory(&qemu)?;
         Ok(QemuBackend {
-            qemu: qemu_binary()?,
+            qemu,
             vhost_vsock: find_tool("IRONCLAW_VHOST_VSOCK", VHOST_VSOCK_BINARY, VHOST_VSOCK_HINT)
                 .map_err(|e| e.to_string()),
+            share_memory,
         })
+    }
+
+    /// Whether clones of this backend's prototypes share their memory.
+    pub fn shares_memory(&self) -> bool {
+        self.share_memory
     }
 
     /// vhost-device-vsock, or why it cannot be used.
@@ -116,8 +136,17 @@ impl Hypervisor for QemuBackend {
     }
 
     fn snapshot_identity(&self) -> Result<Vec<String>, VmError> {
-        // A migration stream is loadable by the QEMU that wrote it.
-        Ok(vec![format!("vmm={}", file_identity(&self.qemu)?)])
+        // A migration stream is loadable by the QEMU that wrote it, with
+        // its RAM in the stream or in a file beside it.
+        let memory = if self.share_memory {
+            "shared"
+        } else {
+            "copied"
+        };
+        Ok(vec![
+            format!("vmm={}", file_identity(&self.qemu)?),
+            format!("clone-memory={memory}"),
+        ])
     }
 
     async fn launch(
@@ -132,9 +161,17 @@ impl Hypervisor for QemuBackend {
             LaunchPurpose::Run => Transport::Vsock,
             LaunchPurpose::Snapshot => Transport::Serial,
         };
+        let memory = match purpose {
+            LaunchPurpose::Run => GuestMemory::Memfd,
+            LaunchPurpose::Snapshot if self.share_memory => {
+                GuestMemory::SharedFile(dir.file(MEMORY_FILE))
+            }
+            LaunchPurpose::Snapshot => GuestMemory::Anonymous,
+        };
         let opts = LaunchOptions {
             transport,
             incoming: None,
+            memory,
         };
         Ok(Box::new(self.launch_with(config, dir, &opts).await?))
     }
@@ -145,15 +182,28 @@ impl Hypervisor for QemuBackend {
         dir: &RuntimeDir,
         snapshot: &[PathBuf],
     ) -> Result<Box<dyn VmInstance>, VmError> {
-        let [stream] = snapshot else {
-            return Err(VmError::SnapshotIncompatible(format!(
-                "a QEMU snapshot is one migration stream, not {} files",
-                snapshot.len()
-            )));
-        };
+        let (stream, memory) =
+            match snapshot {
+                [stream] => (stream, GuestMemory::Anonymous),
+                [stream, memory] if self.share_memory => {
+                    (stream, GuestMemory::PrivateFile(memory.clone()))
+                }
+                [_, _] => return Err(VmError::SnapshotIncompatible(
+                    "the snapshot keeps its memory in a file beside the stream, which this QEMU \
+                     cannot map copy-on-write (needs QEMU 8.2 or later)"
+                        .into(),
+                )),
+                _ => {
+                    return Err(VmError::SnapshotIncompatible(format!(
+                    "a QEMU snapshot is a migration stream and at most a memory file, not {} files",
+                    snapshot.len()
+                )))
+                }
+            };
         let opts = LaunchOptions {
             transport: Transport::Serial,
             incoming: Some(stream.clone()),
+            memory,
         };
         Ok(Box::new(self.launch_with(config, dir, &opts).await?))
     }
