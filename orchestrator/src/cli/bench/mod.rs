@@ -18,6 +18,7 @@ use ironclaw_orchestrator::vm::{self, accel, qemu, VmConfig};
 use super::machine::{self, MachineArgs};
 use stats::{median, ms};
 
+mod kernel;
 mod load;
 mod service;
 mod snapshot;
@@ -60,6 +61,8 @@ pub enum Section {
     Service,
     /// Snapshots of live sandboxes: snapshot, fork, pause, resume.
     Snapshots,
+    /// The microVM kernel against Debian's: cold boot, prototype size and restore.
+    Kernel,
 }
 
 /// The line the guest prints first thing in `/init`.
@@ -265,6 +268,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             Section::Userland => userland::section(&config, runs, args.execs.clamp(1, 10)).await?,
             Section::Service => service::section(&config, args.execs.max(20)).await?,
             Section::Snapshots => snapshot::section(&config, runs).await?,
+            Section::Kernel => kernel::section(&config, runs).await?,
         };
         return write_report(&report, args.output.as_deref());
     }
@@ -429,9 +433,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          | IronClaw: `spawn_vm` → first exec result of `true` | {} | {} |\n\
          | of which: starting vhost-device-vsock + QEMU until QMP answers | {} | |\n\n\
          **Ratio IronClaw / bare QEMU: {ratio:.2}** (goal: at most 1.10).\n\n\
+         Both boot the same kernel (the default: the microVM kernel unless `--kernel` says otherwise). \
          The bare reference stops at the first line of `/init`; IronClaw's path goes on through loading \
-         the virtio/vsock modules, the agent's vsock handshake and one exec round trip, all under the \
-         same emulation.\n\n\
+         the kernel's modules (none for the microVM kernel), the agent's vsock handshake and one exec \
+         round trip, all under the same emulation.\n\n\
          ## Prototype restore and warm pool\n\n\
          | measurement | median ms | runs (ms) |\n|---|---:|---|\n\
          | bare QEMU: start with `-incoming` (same snapshot) → resumed, `running` | {} | {} |\n\
@@ -492,6 +497,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = report + &userland::section(&config, runs, args.execs.clamp(1, 10)).await?;
     let report = report + &service::section(&config, args.execs.max(20)).await?;
     let report = report + &snapshot::section(&config, runs).await?;
+    let report = report + &kernel::section(&config, runs).await?;
     write_report(&report, args.output.as_deref())
 }
 
