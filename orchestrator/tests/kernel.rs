@@ -99,7 +99,7 @@ fn the_microvm_kernel_has_what_the_guest_uses() {
         mkdir -p /dev/mqueue && mount -t mqueue none /dev/mqueue && echo mqueue
         test -e /dev/hwrng && echo hwrng
         ip link show lo >/dev/null 2>&1 && echo lo-present
-        nc -l -p 7777 -s 127.0.0.1 > /tmp/got & sleep 1; echo over-loopback | nc -w 2 127.0.0.1 7777; sleep 1; cat /tmp/got
+        (nc -l -p 7777 > /tmp/got &) ; sleep 1; echo over-loopback | timeout 5 nc 127.0.0.1 7777; sleep 1; cat /tmp/got
     "#;
     let (code, out, err) = run_cold("features", None, &["--no-image"], script);
     assert_eq!(code, Some(0), "{out}\n{err}");
