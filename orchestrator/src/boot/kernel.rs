@@ -142,12 +142,21 @@ pub fn debian_kernel() -> Result<PathBuf, BootError> {
     })
 }
 
+/// The end of the release string of every microVM kernel
+/// (`CONFIG_LOCALVERSION` in kernel/microvm.config).
+pub const MICROVM_RELEASE_SUFFIX: &str = "-ironclaw";
+
 /// Whether `kernel` was built without loadable modules (`CONFIG_MODULES`
-/// off), by its build configuration: `config` beside a microVM kernel, else
-/// `/boot/config-<release>` (Debian's). Such a kernel needs no modules from
-/// `/lib/modules`: the initramfs carries none and `/init` loads none. Without
-/// a configuration to read, modules are assumed (and looked for).
+/// off): a microVM kernel (its release ends in `-ironclaw`: built by
+/// `scripts/build-kernel.sh`, which never builds modules, wherever the file
+/// was copied to), or a kernel whose build configuration says so — `config`
+/// beside it, else `/boot/config-<release>`. Such a kernel needs nothing from
+/// `/lib/modules`: the initramfs carries no modules and `/init` loads none.
+/// Any other kernel is assumed to have modules (and they are looked for).
 pub fn built_without_modules(kernel: &Path, release: &str) -> bool {
+    if release.ends_with(MICROVM_RELEASE_SUFFIX) {
+        return true;
+    }
     let candidates = [
         kernel.with_file_name("config"),
         PathBuf::from(format!("/boot/config-{release}")),
@@ -339,6 +348,9 @@ mod tests {
                 "kernel/microvm.config lacks {opt}"
             );
         }
+        // The release suffix by which a microVM kernel is known to have no modules.
+        let localversion = format!("CONFIG_LOCALVERSION=\"{MICROVM_RELEASE_SUFFIX}\"");
+        assert!(MICROVM_CONFIG.lines().any(|l| l == localversion));
     }
 
     #[test]
@@ -382,6 +394,8 @@ mod tests {
         assert!(built_without_modules(&k, "no-such-release-x"));
         fs::write(tmp.path().join("config"), "CONFIG_MODULES=y\n").unwrap();
         assert!(!built_without_modules(&k, "no-such-release-x"));
+        // A microVM kernel copied anywhere, by its release.
+        assert!(built_without_modules(&k, "6.1.192-ironclaw"));
     }
 
     #[test]
