@@ -7,6 +7,12 @@ VHOST_DEVICE_VSOCK_VERSION=0.3.0
 # iproute2: the confinement tests list the VMM's network namespace with `ip`.
 # python3-venv: the MCP tests' client runs in a virtualenv (target/pyenv).
 APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap e2fsprogs iproute2 python3-venv)
+# The microVM guest kernel (scripts/build-kernel.sh, docs/kernel.md): Debian
+# 12's kernel sources (the 6.1 line of linux-image-cloud-amd64, which stays
+# installed for --kernel) and what building them takes (lz4: the compression
+# of the bzImage; libelf-dev: objtool).
+KERNEL_BUILD_PACKAGES=(linux-source-6.1 gcc make libc6-dev bc flex bison libelf-dev lz4 xz-utils)
+APT_PACKAGES+=("${KERNEL_BUILD_PACKAGES[@]}")
 
 cd "$(dirname "$0")/.."
 # Routine steps are quiet under IRONCLAW_SETUP_QUIET (scripts/ironclaw runs
@@ -91,6 +97,16 @@ else
 fi
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release -p ironclaw-guest --target x86_64-unknown-linux-gnu
 cargo build --quiet --release -p ironclaw-orchestrator
+
+# The microVM kernel every VM boots by default: built once into the cache,
+# keyed by kernel/microvm.config and the source version (later runs only
+# check it is there). No fallback: without it the set-up fails here, saying
+# what failed and where the log is (Debian's kernel stays usable by hand
+# with --kernel /boot/vmlinuz-... or IRONCLAW_KERNEL).
+if ! nice -n 10 scripts/build-kernel.sh >/dev/null; then
+  echo "setup: could not build the microVM kernel (see above)" >&2
+  exit 1
+fi
 
 # The guest's userland (Debian minbase + python3, read-only under a per-VM
 # overlay): built once into the cache, later runs only check it is current.

@@ -122,13 +122,22 @@ pub fn run() -> Report {
     );
     checks.push(vhost_check);
 
-    let kernel = kernel::default_kernel();
+    let kernel = kernel::default_kernel_with_origin();
     let mut boot_ok = true;
     match &kernel {
-        Ok(k) => {
+        Ok((k, origin)) => {
             let release = kernel::kernel_release(k);
+            let what = match origin {
+                kernel::KernelOrigin::Environment if kernel::is_microvm_kernel(k) => {
+                    "a microVM kernel, from $IRONCLAW_KERNEL"
+                }
+                kernel::KernelOrigin::Environment => "$IRONCLAW_KERNEL",
+                kernel::KernelOrigin::MicroVm => {
+                    "the microVM kernel (kernel/microvm.config, no modules)"
+                }
+            };
             let detail = match &release {
-                Ok(r) => format!("{} (release {r})", k.display()),
+                Ok(r) => format!("{what}: {} (release {r})", k.display()),
                 Err(e) => e.to_string(),
             };
             boot_ok &= release.is_ok();
@@ -143,19 +152,27 @@ pub fn run() -> Report {
             });
             if let Ok(r) = release {
                 let dir = PathBuf::from("/lib/modules").join(&r);
-                match kernel::resolve_modules(&dir, &r, kernel::GUEST_MODULES) {
-                    Ok(m) => checks.push(Check {
+                if kernel::built_without_modules(k, &r) {
+                    checks.push(Check {
                         name: "kernel modules",
                         level: Level::Ok,
-                        detail: format!("{} modules from {}", m.len(), dir.display()),
-                    }),
-                    Err(e) => {
-                        boot_ok = false;
-                        checks.push(Check {
+                        detail: "none needed: the kernel has everything built in".into(),
+                    });
+                } else {
+                    match kernel::resolve_modules(&dir, &r, kernel::GUEST_MODULES) {
+                        Ok(m) => checks.push(Check {
                             name: "kernel modules",
-                            level: Level::Fail,
-                            detail: e.to_string(),
-                        });
+                            level: Level::Ok,
+                            detail: format!("{} modules from {}", m.len(), dir.display()),
+                        }),
+                        Err(e) => {
+                            boot_ok = false;
+                            checks.push(Check {
+                                name: "kernel modules",
+                                level: Level::Fail,
+                                detail: e.to_string(),
+                            });
+                        }
                     }
                 }
             }
@@ -169,6 +186,18 @@ pub fn run() -> Report {
             });
         }
     }
+    // Debian's kernel stays selectable (`--kernel`); say which one that is.
+    checks.push(Check {
+        name: "debian kernel",
+        level: Level::Info,
+        detail: match kernel::debian_kernel() {
+            Ok(k) => format!(
+                "{} (select it with --kernel or IRONCLAW_KERNEL)",
+                k.display()
+            ),
+            Err(e) => e.to_string(),
+        },
+    });
     for (name, found) in [
         ("guest agent", initramfs::guest_binary()),
         ("busybox", initramfs::busybox_binary()),

@@ -402,12 +402,15 @@ fn a_world_writable_runtime_root_is_refused() {
 /// nothing partial left that a later run could take as valid.
 #[test]
 fn a_full_disk_fails_cache_writes_cleanly() {
+    let kernel = ironclaw_orchestrator::boot::kernel::default_kernel().unwrap();
     for (size, what) in [("4m", "initramfs"), ("40m", "prototype snapshot")] {
         let disk = cli_support::Tmpfs::mount(&format!("cache-{size}"), size);
         let cache = disk.path.join("cache");
         let rt = root(&format!("disk-{size}"));
         let out = ironclaw(&rt)
             .env("IRONCLAW_CACHE_DIR", &cache)
+            // The kernel is built into the real cache, not this one.
+            .env("IRONCLAW_KERNEL", &kernel)
             .args(["run", "--no-image", "--", "true"])
             .output()
             .unwrap();

@@ -13,6 +13,11 @@ fn ironclaw(tmp: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_ironclaw"));
     c.env("IRONCLAW_RUNTIME_DIR", tmp.join("run"))
         .env("IRONCLAW_CACHE_DIR", tmp.join("cache"))
+        // The kernel is built into the real cache, not this one.
+        .env(
+            "IRONCLAW_KERNEL",
+            ironclaw_orchestrator::boot::kernel::default_kernel().unwrap(),
+        )
         // The test's own environment must not decide what doctor sees.
         .env_remove("IRONCLAW_FIRECRACKER")
         .env_remove("IRONCLAW_FIRECRACKER_JAILER")

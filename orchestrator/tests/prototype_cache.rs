@@ -12,7 +12,10 @@ use ironclaw_orchestrator::vm::{self, prototype};
 fn truncated_or_corrupt_snapshots_are_rebuilt() {
     let cache =
         std::path::PathBuf::from(format!("/tmp/ironclaw-cache-test-{}", std::process::id()));
-    // SAFETY: the only test of this binary sets it before any thread reads it.
+    // The kernel is built into the real cache, not this one.
+    let kernel = ironclaw_orchestrator::boot::kernel::default_kernel().unwrap();
+    // SAFETY: the only test of this binary sets these before any thread reads them.
+    std::env::set_var("IRONCLAW_KERNEL", kernel);
     std::env::set_var("IRONCLAW_CACHE_DIR", &cache);
     let cfg = {
         runtime();

@@ -1,6 +1,7 @@
 //! The initramfs a VM boots: `/init` is `ironclaw-guest`, with a static
 //! busybox (so `sh`, `ls`, `cat` exist) and the kernel modules the chosen
-//! kernel needs for virtio-mmio, vsock, virtio-serial and disks.
+//! kernel needs for virtio-mmio, vsock, virtio-serial and disks — none for a
+//! kernel built without modules (the microVM kernel: all of it built in).
 //!
 //! Each is cached (`<cache>/initramfs-<release>-<key>.cpio`) by a hash of
 //! everything that goes in; a build writes a temporary file and renames it,
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::kernel::{kernel_release, resolve_modules, GUEST_MODULES};
+use super::kernel::{built_without_modules, kernel_release, resolve_modules, GUEST_MODULES};
 use super::{io_err, BootError};
 
 /// Bumped whenever the layout of the generated initramfs changes.
@@ -122,7 +123,13 @@ impl Inputs {
             .map(PathBuf::from)
             .unwrap_or_else(|| "/lib/modules".into());
         let modules_dir = modules_root.join(&release);
-        let modules = resolve_modules(&modules_dir, &release, GUEST_MODULES)?;
+        // A kernel without loadable modules (the microVM kernel) has
+        // everything built in: the initramfs carries no modules.
+        let modules = if built_without_modules(kernel, &release) {
+            Vec::new()
+        } else {
+            resolve_modules(&modules_dir, &release, GUEST_MODULES)?
+        };
         Ok(Inputs {
             guest: guest_binary()?,
             busybox: busybox_binary()?,

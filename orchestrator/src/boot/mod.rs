@@ -1,5 +1,5 @@
-//! What a VM boots: the host's kernel ([`kernel`]: which one, its release,
-//! the modules the guest needs from it) and the initramfs generated for it
+//! What a VM boots: the kernel ([`kernel`]: IronClaw's microVM kernel by
+//! default, or Debian's; its release, the modules the guest needs from it) and the initramfs generated for it
 //! ([`initramfs`]: `/init` is `ironclaw-guest`, beside a static busybox and
 //! those modules). The guest's userland, a root file system image it can
 //! switch into, is another matter: [`crate::userland`].
@@ -15,6 +15,13 @@ use std::path::PathBuf;
 pub enum BootError {
     #[error("no kernel found: {0}")]
     NoKernel(String),
+    #[error(
+        "the microVM kernel of this configuration (kernel/microvm.config, hash {hash}) is not \
+         built: no {dir}/*-{hash}/bzImage; build it with `scripts/setup.sh` (or \
+         `scripts/build-kernel.sh`), or boot Debian's kernel with `--kernel /boot/vmlinuz-…` \
+         or IRONCLAW_KERNEL"
+    )]
+    NoMicroVmKernel { dir: PathBuf, hash: String },
     #[error("{path}: not a bzImage kernel ({reason})")]
     BadKernel { path: PathBuf, reason: String },
     #[error("kernel module {module} not found for kernel {release} (looked in {dir})")]

@@ -98,7 +98,8 @@ pub struct MachineArgs {
     /// Accelerator: `auto` is KVM only where it is really usable, else TCG.
     #[arg(long, value_enum)]
     pub accel: Option<Accel>,
-    /// Kernel to boot [default: $IRONCLAW_KERNEL, else the newest /boot/vmlinuz-*].
+    /// Kernel to boot [default: $IRONCLAW_KERNEL, else the microVM kernel built by the set-up;
+    /// Debian's: --kernel /boot/vmlinuz-…].
     #[arg(long, value_name = "PATH")]
     pub kernel: Option<PathBuf>,
     /// Initramfs to boot [default: generated from the kernel's modules and ironclaw-guest].

@@ -19,6 +19,7 @@ use super::machine::{self, MachineArgs};
 use stats::{median, ms};
 
 mod density;
+mod kernel;
 mod load;
 mod service;
 mod snapshot;
@@ -75,6 +76,8 @@ pub enum Section {
     Transfer,
     /// Idle clones held at once and the host memory each costs.
     Density,
+    /// The microVM kernel against Debian's: cold boot, prototype size and restore.
+    Kernel,
 }
 
 /// The line the guest prints first thing in `/init`.
@@ -297,6 +300,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 speed::transfer_section(&config, runs, reference.as_ref()).await?
             }
             Section::Density => density::section(&config, args.density_budget_mib).await?,
+            Section::Kernel => kernel::section(&config, runs).await?,
         };
         return write_report(&report, args.output.as_deref());
     }
@@ -450,9 +454,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          | IronClaw: `spawn_vm` → first exec result of `true` | {} | {} |\n\
          | of which: starting vhost-device-vsock + QEMU until QMP answers | {} | |\n\n\
          **Ratio IronClaw / bare QEMU: {ratio:.2}** (goal: at most 1.10).\n\n\
+         Both boot the same kernel (the default: the microVM kernel unless `--kernel` says otherwise). \
          The bare reference stops at the first line of `/init`; IronClaw's path goes on through loading \
-         the virtio/vsock modules, the agent's vsock handshake and one exec round trip, all under the \
-         same emulation.\n\n\
+         the kernel's modules (none for the microVM kernel), the agent's vsock handshake and one exec \
+         round trip, all under the same emulation.\n\n\
          ## Prototype restore and warm pool\n\n\
          | measurement | median ms | runs (ms) |\n|---|---:|---|\n\
          | bare QEMU: start with `-incoming` (same snapshot) → resumed, `running` | {} | {} |\n\
@@ -513,6 +518,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = report + &service::section(&config, args.execs.max(20)).await?;
     let report = report + &snapshot::section(&config, runs).await?;
     let report = report + &density::section(&config, args.density_budget_mib).await?;
+    let report = report + &kernel::section(&config, runs).await?;
     write_report(&report, args.output.as_deref())
 }
 

@@ -36,7 +36,9 @@ pub async fn configure_vm(
     .await
     .map_err(step("setting the machine configuration"))?;
     api.send(&api::BootSource {
-        kernel_image_path: config.kernel.clone(),
+        // Firecracker boots an ELF vmlinux: the microVM kernel's, built
+        // beside its bzImage; any other kernel as given.
+        kernel_image_path: crate::boot::kernel::firecracker_kernel(&config.kernel),
         initrd_path: Some(config.initramfs.clone()),
         boot_args: Some(super::super::cmdline::firecracker(config)),
     })

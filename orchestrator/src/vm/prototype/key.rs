@@ -60,3 +60,45 @@ pub(super) fn key_with(
     }
     Ok((hex::encode(&h.finalize()[..10]), accel))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vm::qemu::QemuBackend;
+    use std::fs;
+
+    /// A kernel built from another configuration is another file (another
+    /// `<cache>/kernels/<version>-<config hash>/bzImage`), so its prototypes
+    /// have another key; so has a rebuild in place (a new inode and mtime),
+    /// even of the same size.
+    #[test]
+    fn the_key_changes_with_the_kernel_build() {
+        let tmp = tempfile::tempdir().unwrap();
+        let kernels = tmp.path().join("kernels");
+        let kernel = |name: &str| {
+            let dir = kernels.join(name);
+            fs::create_dir_all(&dir).unwrap();
+            let k = dir.join("bzImage");
+            fs::write(&k, "the same bytes").unwrap();
+            k
+        };
+        let initramfs = tmp.path().join("initramfs.cpio");
+        fs::write(&initramfs, "cpio").unwrap();
+        let backend = QemuBackend::with_qemu(std::env::current_exe().unwrap());
+        let key = |k: &std::path::Path| {
+            let config = VmConfig::new("k", k, &initramfs);
+            key_with(&config, &backend).unwrap().0
+        };
+        let a = kernel("6.1.192-3-aaaaaaaaaaaaaaaa");
+        let b = kernel("6.1.192-3-bbbbbbbbbbbbbbbb");
+        let key_a = key(&a);
+        assert_eq!(key(&a), key_a, "the key is stable");
+        assert_ne!(key(&b), key_a, "another config's kernel, another key");
+        // Rebuilt: a new file renamed over the old one.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let staged = tmp.path().join("staged");
+        fs::write(&staged, "the same bytes").unwrap();
+        fs::rename(&staged, &a).unwrap();
+        assert_ne!(key(&a), key_a, "a rebuilt kernel, another key");
+    }
+}

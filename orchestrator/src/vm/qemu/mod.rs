@@ -107,6 +107,16 @@ impl QemuBackend {
         self.share_memory
     }
 
+    /// A backend with this QEMU (its file identity is part of prototype keys).
+    #[cfg(test)]
+    pub(crate) fn with_qemu(qemu: PathBuf) -> QemuBackend {
+        QemuBackend {
+            qemu,
+            vhost_vsock: Err("not needed".into()),
+            share_memory: false,
+        }
+    }
+
     /// vhost-device-vsock, or why it cannot be used.
     pub(crate) fn vhost_vsock(&self) -> Result<&Path, VmError> {
         self.vhost_vsock

@@ -66,7 +66,10 @@ impl Jail {
         dir: &RuntimeDir,
     ) -> Result<Jail, JailerError> {
         let jail = Jail::create(cfg, firecracker, seccomp_filter, config, dir)?;
-        jail.place(&config.kernel, KERNEL_IN_JAIL)?;
+        jail.place(
+            &crate::boot::kernel::firecracker_kernel(&config.kernel),
+            KERNEL_IN_JAIL,
+        )?;
         jail.place(&config.initramfs, INITRAMFS_IN_JAIL)?;
         if let Some(rootfs) = &config.rootfs {
             jail.place(rootfs, ROOTFS_IN_JAIL)?;
