@@ -23,7 +23,7 @@ CONFIG=kernel/microvm.config
 SOURCE_PACKAGE=linux-source-6.1
 SOURCE_TARBALL=/usr/src/linux-source-6.1.tar.xz
 # What this host takes, measured (2 shared cores, nice 10): see docs/kernel.md.
-BUILD_MINUTES="8 to 17"
+BUILD_MINUTES="5 to 17"
 
 config_hash=$(sha256sum <"$CONFIG" | cut -c1-16)
 if [ "${1:-}" = "--hash" ]; then

@@ -84,7 +84,7 @@ pub async fn section(config: &VmConfig, runs: usize) -> anyhow::Result<String> {
             ..side.config.clone()
         };
         let proto = prototype::ensure(&qemu_config, &|m| eprintln!("bench: {m}")).await?;
-        side.snapshot_mib = proto.meta.snapshot_bytes() >> 20;
+        side.snapshot_mib = proto.disk_bytes() >> 20;
         side.proto_boot_ms = proto.meta.boot_ms;
         protos.push(proto);
     }
@@ -111,7 +111,7 @@ pub async fn section(config: &VmConfig, runs: usize) -> anyhow::Result<String> {
          Debian's `linux-source-6.1` with `kernel/microvm.config` (everything built in, no \
          modules; docs/kernel.md); Debian's is `linux-image-cloud-amd64`, whose virtio, vsock \
          and overlay modules `/init` loads.\n\n\
-         | kernel | release | bare QEMU → `/init` (ms) | IronClaw cold spawn → first result (ms) | runs (ms) | prototype snapshot (MiB) | restore → first result (ms) |\n\
+         | kernel | release | bare QEMU → `/init` (ms) | IronClaw cold spawn → first result (ms) | runs (ms) | prototype snapshot on disk (MiB) | restore → first result (ms) |\n\
          |---|---|---:|---:|---|---:|---:|\n",
         config.memory_mib,
         config.vcpus,
