@@ -60,7 +60,7 @@ pub struct BenchArgs {
 /// The sections of the report that can run on their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Section {
-    /// Userland image and file transfer.
+    /// Userland image: cold spawn from it, Python start-up.
     Userland,
     /// Sandbox service (REST API, E2B SDK, MCP).
     Service,
@@ -225,6 +225,23 @@ async fn bare_qemu_restore(
     vm::process::kill_and_reap(&mut child);
     drop(dir);
     result
+}
+
+/// The default image and `base` booting it, when the image is built.
+fn image_config(base: &VmConfig) -> Option<(PathBuf, VmConfig)> {
+    let image = ironclaw_orchestrator::userland::default_image()?;
+    let config = VmConfig {
+        rootfs: Some(image.clone()),
+        ..base.clone()
+    };
+    Some((image, config))
+}
+
+/// The text of section `heading` when no default image is built.
+fn no_image(heading: &str) -> String {
+    format!(
+        "\n## {heading}\n\nNot measured: no default image in the cache (`ironclaw image build`).\n"
+    )
 }
 
 /// Proportional set size of a process, in KiB.

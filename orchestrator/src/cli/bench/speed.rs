@@ -504,14 +504,8 @@ pub async fn transfer_section(
     runs: usize,
     reference: Option<&VmConfig>,
 ) -> anyhow::Result<String> {
-    let Some(image) = ironclaw_orchestrator::userland::default_image() else {
-        return Ok("\n## File transfer\n\n\
-                   Not measured: no default image in the cache (`ironclaw image build`).\n"
-            .into());
-    };
-    let config = VmConfig {
-        rootfs: Some(image.clone()),
-        ..base.clone()
+    let Some((image, config)) = super::image_config(base) else {
+        return Ok(super::no_image("File transfer"));
     };
     let pid = std::process::id();
     let runs = runs.clamp(3, 5);
