@@ -47,30 +47,58 @@ pub fn clones_share_memory(qemu: &Path) -> Result<bool, VmError> {
 }
 
 /// Whether `qemu`'s file memory backend has `rom`, which lets a read-only
-/// opened file be mapped private and writable. Asked once per binary.
+/// opened file be mapped private and writable. Asked once per binary: the
+/// answer is kept in the process and in the cache (`probes/`), keyed by the
+/// binary's identity, so `ironclaw run` does not start QEMU an extra time
+/// (tens of milliseconds) on every call.
 fn can_share(qemu: &Path) -> Result<bool, VmError> {
     static SEEN: Mutex<Option<HashMap<String, bool>>> = Mutex::new(None);
     let identity = file_identity(qemu)?;
     if let Some(&known) = SEEN.lock().unwrap().get_or_insert_default().get(&identity) {
         return Ok(known);
     }
-    let out = Command::new(qemu)
-        .args(["-object", "memory-backend-file,help"])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(|e| {
-            VmError::io(
-                format!("asking {} for its memory options", qemu.display()),
-                e,
-            )
-        })?;
-    let known = has_rom_option(&String::from_utf8_lossy(&out.stdout));
+    let record = probe_record(&identity);
+    let known = match record.as_deref().map(std::fs::read_to_string) {
+        Some(Ok(text)) if text == ROM || text == NO_ROM => text == ROM,
+        _ => {
+            let out = Command::new(qemu)
+                .args(["-object", "memory-backend-file,help"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .map_err(|e| {
+                    VmError::io(
+                        format!("asking {} for its memory options", qemu.display()),
+                        e,
+                    )
+                })?;
+            let known = has_rom_option(&String::from_utf8_lossy(&out.stdout));
+            if let Some(path) = &record {
+                // Only a saving: without the record QEMU is asked again.
+                let text = if known { ROM } else { NO_ROM };
+                let _ = crate::cache::write_file(path, text.as_bytes());
+            }
+            known
+        }
+    };
     SEEN.lock()
         .unwrap()
         .get_or_insert_default()
         .insert(identity, known);
     Ok(known)
+}
+
+/// What a probe record says.
+const ROM: &str = "rom";
+const NO_ROM: &str = "no-rom";
+
+/// Where the answer for the QEMU of `identity` is recorded: a directory of
+/// the cache that only we can write (none if the cache cannot be used).
+fn probe_record(identity: &str) -> Option<std::path::PathBuf> {
+    use sha2::Digest;
+    let dir = crate::cache::trusted_dir("probes").ok()?;
+    let name = hex::encode(&sha2::Sha256::digest(identity.as_bytes())[..12]);
+    Some(dir.join(format!("qemu-memory-{name}")))
 }
 
 /// Whether QEMU's `memory-backend-file,help` lists the `rom` option.
