@@ -10,21 +10,7 @@ import sys
 import httpx
 
 from e2b import AuthenticationException, RateLimitException, Sandbox, SandboxException
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print(f"ok: {what}", flush=True)
-
-
-def raises(exc, fn, what):
-    try:
-        fn()
-    except exc as e:
-        check(True, f"{what} ({type(e).__name__}: {e})")
-        return e
-    raise AssertionError(f"{what}: no {exc.__name__}")
+from checks import check, raises
 
 
 def main():

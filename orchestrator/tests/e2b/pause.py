@@ -16,6 +16,7 @@ from e2b import (
     SandboxQuery,
     SandboxState,
 )
+from checks import check, eventually, raises
 
 # A process that outlives the command that started it: it counts on while
 # the sandbox runs, and its count lives in its memory only.
@@ -25,31 +26,6 @@ COUNTER = (
 )
 # Counts the processes whose command line starts with "sleep 600".
 SLEEPERS = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 600' || true"
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print(f"ok: {what}", flush=True)
-
-
-def eventually(fn, what, limit=20.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if fn():
-            print(f"ok: {what}", flush=True)
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {limit}s: {what}")
-
-
-def raises(exc, fn, what):
-    try:
-        fn()
-    except exc as e:
-        check(True, f"{what} ({type(e).__name__}: {e})")
-        return e
-    raise AssertionError(f"{what}: no {exc.__name__}")
 
 
 def counter(sbx):

@@ -11,27 +11,12 @@ import sys
 import time
 
 from e2b import Sandbox, SandboxQuery, SandboxState
+from checks import check, eventually
 
 COUNTER = (
     "nohup sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/counter.tmp; "
     "mv /tmp/counter.tmp /tmp/counter; sleep 0.2; done' >/dev/null 2>&1 &"
 )
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print(f"ok: {what}", flush=True)
-
-
-def eventually(fn, what, limit=20.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if fn():
-            print(f"ok: {what}", flush=True)
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {limit}s: {what}")
 
 
 def counter(sbx):

@@ -18,22 +18,7 @@ from e2b import (
     Sandbox,
     SandboxQuery,
 )
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print(f"ok: {what}", flush=True)
-
-
-def eventually(fn, what, limit=20.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if fn():
-            print(f"ok: {what}", flush=True)
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {limit}s: {what}")
+from checks import check, eventually
 
 
 def read_or_none(sbx, path):

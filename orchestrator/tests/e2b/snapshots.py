@@ -9,6 +9,7 @@ import sys
 import time
 
 from e2b import Sandbox, SandboxException
+from checks import check, eventually, raises
 
 # A process that outlives the command that started it: it counts on while
 # the sandbox runs, and its count lives in its memory only.
@@ -17,31 +18,6 @@ COUNTER = (
     "mv /tmp/c.tmp /tmp/c; sleep 0.2; done' >/dev/null 2>&1 &"
 )
 NAME = "e2b-snapshot-test"
-
-
-def check(cond, what):
-    if not cond:
-        raise AssertionError(what)
-    print(f"ok: {what}", flush=True)
-
-
-def eventually(fn, what, limit=20.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if fn():
-            print(f"ok: {what}", flush=True)
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {limit}s: {what}")
-
-
-def raises(exc, fn, what):
-    try:
-        fn()
-    except exc as e:
-        check(True, f"{what} ({type(e).__name__}: {e})")
-        return e
-    raise AssertionError(f"{what}: no {exc.__name__}")
 
 
 def counter(sbx):
