@@ -129,6 +129,19 @@ fn check_owned(path: &Path) -> Result<(), CacheError> {
     Ok(())
 }
 
+/// Where a remembered answer about an input is recorded: `probes/<kind>-<hash
+/// of identity>`, in a directory of the cache that only we can write (`None`
+/// if the cache cannot be used: the answer is then worked out again). The
+/// identity must change whenever the answer could (see
+/// [`crate::vm::host::file_identity`]); the record is written whole
+/// ([`write_file`]) or not at all.
+pub fn memo_record(kind: &str, identity: &str) -> Option<PathBuf> {
+    use sha2::Digest;
+    let dir = trusted_dir("probes").ok()?;
+    let name = hex::encode(&sha2::Sha256::digest(identity.as_bytes())[..12]);
+    Some(dir.join(format!("{kind}-{name}")))
+}
+
 /// Replaces `path` with `data`: written to a new file (`O_EXCL|O_NOFOLLOW`,
 /// mode 0600) beside it, then renamed over it. A symlink planted at `path`
 /// is replaced, never written through.

@@ -423,16 +423,17 @@ fn a_full_disk_fails_cache_writes_cleanly() {
             .collect();
         kept.sort();
         // Only complete files: the initramfs if it fitted, lock files, and
-        // the record of what QEMU can do (written whole or not at all).
+        // the records of what QEMU can do and of the initramfs' key (each
+        // written whole or not at all).
         for k in &kept {
             let complete_initramfs =
                 size != "4m" && k.starts_with("initramfs-") && k.ends_with(".cpio");
-            let probe_record = k.starts_with("probes/qemu-memory-")
-                && ["rom", "no-rom"].contains(
-                    &std::fs::read_to_string(cache.join(k))
-                        .unwrap_or_default()
-                        .as_str(),
-                );
+            let record = std::fs::read_to_string(cache.join(k)).unwrap_or_default();
+            let probe_record = (k.starts_with("probes/qemu-memory-")
+                && ["rom", "no-rom"].contains(&record.as_str()))
+                || (k.starts_with("probes/initramfs-key-")
+                    && record.len() == 24
+                    && record.bytes().all(|b| b.is_ascii_hexdigit()));
             assert!(
                 complete_initramfs || probe_record || k.ends_with(".lock"),
                 "{what}: {k} left in the cache: {kept:?}"

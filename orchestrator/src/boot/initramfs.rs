@@ -9,6 +9,7 @@
 
 use std::fs;
 use std::io::{BufWriter, Read, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -139,20 +140,48 @@ impl Inputs {
         })
     }
 
-    /// Content hash of every input: a changed binary or module means a new initramfs.
+    fn files(&self) -> impl Iterator<Item = PathBuf> + '_ {
+        [self.guest.clone(), self.busybox.clone()]
+            .into_iter()
+            .chain(self.modules.iter().map(|m| self.modules_dir.join(m)))
+    }
+
+    /// Content hash of every input: a changed binary or module means a new
+    /// initramfs. Hashing them (a few MiB) is remembered in the cache under
+    /// the inputs' stamps — path, size, mtime, inode and ctime, which any
+    /// rewrite or replacement of a file changes — so it runs once per build
+    /// of the inputs, not on every `ironclaw run`.
     fn key(&self) -> Result<String, BootError> {
+        let mut identity = format!("{FORMAT_VERSION}:{}", self.release);
+        for f in self.files() {
+            let m = fs::metadata(&f).map_err(io_err(format!("reading {}", f.display())))?;
+            identity.push_str(&format!(
+                "\n{}:{}:{}",
+                f.display(),
+                crate::vm::host::stat_stamp(&m),
+                m.ctime() * 1_000_000_000 + m.ctime_nsec()
+            ));
+        }
+        let record = crate::cache::memo_record("initramfs-key", &identity);
+        if let Some(Ok(known)) = record.as_deref().map(fs::read_to_string) {
+            if known.len() == 24 && known.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(known);
+            }
+        }
         let mut h = Sha256::new();
         h.update(FORMAT_VERSION.to_le_bytes());
         h.update(self.release.as_bytes());
-        let files = [self.guest.clone(), self.busybox.clone()]
-            .into_iter()
-            .chain(self.modules.iter().map(|m| self.modules_dir.join(m)));
-        for f in files {
+        for f in self.files() {
             let data = fs::read(&f).map_err(io_err(format!("reading {}", f.display())))?;
             h.update((data.len() as u64).to_le_bytes());
             h.update(&data);
         }
-        Ok(hex::encode(&h.finalize()[..12]))
+        let key = hex::encode(&h.finalize()[..12]);
+        if let Some(path) = &record {
+            // Only a saving: without the record the inputs are hashed again.
+            let _ = crate::cache::write_file(path, key.as_bytes());
+        }
+        Ok(key)
     }
 }
 
@@ -339,6 +368,32 @@ mod tests {
 
     /// Every command the hint tells a user to run exists in this repository:
     /// a `make` target in the Makefile, a script under the workspace.
+    #[test]
+    fn the_remembered_key_follows_the_inputs_content() {
+        let t = tempfile::tempdir().unwrap();
+        let inputs = Inputs {
+            guest: t.path().join("guest"),
+            busybox: t.path().join("busybox"),
+            release: "test-release".into(),
+            modules_dir: t.path().into(),
+            modules: Vec::new(),
+        };
+        fs::write(&inputs.guest, b"agent one").unwrap();
+        fs::write(&inputs.busybox, b"busybox").unwrap();
+        let first = inputs.key().unwrap();
+        assert_eq!(inputs.key().unwrap(), first, "the remembered key");
+        // Same size, other bytes: a new key, not the remembered one.
+        fs::write(&inputs.guest, b"agent two").unwrap();
+        let second = inputs.key().unwrap();
+        assert_ne!(second, first);
+        fs::write(&inputs.guest, b"agent one").unwrap();
+        assert_eq!(
+            inputs.key().unwrap(),
+            first,
+            "content decides, not the record"
+        );
+    }
+
     #[test]
     fn the_missing_guest_hint_names_commands_that_exist() {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

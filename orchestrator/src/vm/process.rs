@@ -67,6 +67,30 @@ pub fn spawn_child_then(
         .map_err(|_| std::io::Error::other("spawner thread is gone"))?
 }
 
+/// A pidfd of `pid`, which must be a child (or a grandchild whose parent,
+/// our child, is alive), so the pid cannot be reused before it is opened.
+pub fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, RawFd};
+    // SAFETY: pidfd_open takes a pid and flags, and returns a new descriptor.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    // SAFETY: a new descriptor owned by nobody else, when non-negative.
+    (raw >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// Blocks until `fd` is readable (a pidfd: its process exited) or `timeout`
+/// passes.
+pub fn wait_readable(fd: &std::os::fd::OwnedFd, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
 /// SIGKILLs `child` and reaps it.
 pub fn kill_and_reap(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
@@ -95,7 +119,9 @@ pub fn start_time(pid: i32) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Polls `check` every few milliseconds until it returns `Some` or `timeout` passes.
+/// Polls `check` every millisecond until it returns `Some` or `timeout`
+/// passes. What it waits for (a VMM's socket) is on the path of every spawn,
+/// and a check is a `stat`: a coarser step would only add latency.
 pub async fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
@@ -105,6 +131,6 @@ pub async fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<
         if tokio::time::Instant::now() >= deadline {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }

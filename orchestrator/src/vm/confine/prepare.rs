@@ -20,10 +20,10 @@ const KVM_DEVICE: &str = "/dev/kvm";
 pub struct Confinement {
     jailed: bool,
     pub ids: Option<(u32, u32)>,
-    /// Owned by the instance once it exists; the directories stay known here
-    /// so that each process joins them.
+    /// Owned by the instance once it exists; the files each process writes
+    /// to join it stay known here.
     pub cgroup: Option<VmCgroup>,
-    cgroup_dirs: Vec<PathBuf>,
+    cgroup_join: Vec<PathBuf>,
     binds: Vec<Bind>,
     /// The config with its boot files as the jailed VMM sees them (bind
     /// mounts in the runtime directory).
@@ -59,7 +59,7 @@ impl Confinement {
                 jailed: false,
                 ids: None,
                 cgroup: None,
-                cgroup_dirs: Vec::new(),
+                cgroup_join: Vec::new(),
                 binds: Vec::new(),
                 config: config.clone(),
                 level: c.seccomp,
@@ -118,7 +118,7 @@ impl Confinement {
         Ok(Confinement {
             jailed: true,
             ids: Some((uid, gid)),
-            cgroup_dirs: cgroup.dirs(),
+            cgroup_join: cgroup.join_files(),
             cgroup: Some(cgroup),
             binds,
             config: jailed_config,
@@ -216,14 +216,13 @@ impl Confinement {
             ids: self.ids,
             groups,
             binds: self.binds.clone(),
-            cgroup_procs: self
-                .cgroup_dirs
+            cgroup_join: self
+                .cgroup_join
                 .iter()
-                .map(|d| {
-                    let p = d.join("cgroup.procs");
+                .map(|p| {
                     std::fs::OpenOptions::new()
                         .write(true)
-                        .open(&p)
+                        .open(p)
                         .map(std::os::fd::OwnedFd::from)
                         .map_err(|source| JailError::Prepare {
                             process: "vmm",

@@ -57,7 +57,7 @@ fn can_share(qemu: &Path) -> Result<bool, VmError> {
     if let Some(&known) = SEEN.lock().unwrap().get_or_insert_default().get(&identity) {
         return Ok(known);
     }
-    let record = probe_record(&identity);
+    let record = crate::cache::memo_record("qemu-memory", &identity);
     let known = match record.as_deref().map(std::fs::read_to_string) {
         Some(Ok(text)) if text == ROM || text == NO_ROM => text == ROM,
         _ => {
@@ -91,15 +91,6 @@ fn can_share(qemu: &Path) -> Result<bool, VmError> {
 /// What a probe record says.
 const ROM: &str = "rom";
 const NO_ROM: &str = "no-rom";
-
-/// Where the answer for the QEMU of `identity` is recorded: a directory of
-/// the cache that only we can write (none if the cache cannot be used).
-fn probe_record(identity: &str) -> Option<std::path::PathBuf> {
-    use sha2::Digest;
-    let dir = crate::cache::trusted_dir("probes").ok()?;
-    let name = hex::encode(&sha2::Sha256::digest(identity.as_bytes())[..12]);
-    Some(dir.join(format!("qemu-memory-{name}")))
-}
 
 /// Whether QEMU's `memory-backend-file,help` lists the `rom` option.
 fn has_rom_option(help: &str) -> bool {

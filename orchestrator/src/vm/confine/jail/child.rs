@@ -23,7 +23,7 @@ pub(super) struct ChildPlan {
     pub groups: Vec<u32>,
     /// (source, target, executable) read-only bind mounts.
     pub binds: Vec<(CString, CString, bool)>,
-    pub cgroup_procs: Vec<OwnedFd>,
+    pub cgroup_join: Vec<OwnedFd>,
     pub seccomp: Option<SeccompFilter>,
     /// The write end of the report channel.
     pub report_w: OwnedFd,
@@ -39,7 +39,7 @@ impl ChildPlan {
     /// Runs in the forked child, in the jail's order (see [`super`]).
     pub(super) fn run(&mut self) -> std::io::Result<()> {
         let rep = self.report_w.as_raw_fd();
-        for fd in &self.cgroup_procs {
+        for fd in &self.cgroup_join {
             sys::write(fd.as_raw_fd(), b"0").map_err(|e| fail(rep, JailStep::JoinCgroup, e))?;
         }
         if self.namespaces {

@@ -32,7 +32,7 @@ mod report;
 mod root;
 mod sys;
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -70,8 +70,9 @@ pub struct JailSpec {
     /// dropped.
     pub groups: Vec<u32>,
     pub binds: Vec<Bind>,
-    /// `cgroup.procs` of the VM's cgroup(s).
-    pub cgroup_procs: Vec<OwnedFd>,
+    /// The files the (single-threaded) child writes `0` to, to join the VM's
+    /// cgroup(s): [`super::cgroup::VmCgroup::join_files`].
+    pub cgroup_join: Vec<OwnedFd>,
     pub seccomp: Option<SeccompFilter>,
     /// With namespaces: switch into a minimal root holding only what a VMM
     /// needs (`/usr` and the loader's cache read-only, a few devices, `/proc`,
@@ -112,11 +113,19 @@ impl Confined {
                 };
                 // Let the reaper collect the VMM and exit by itself: killed
                 // first, it would leave the VMM a zombie for init to reap.
+                // Woken by the reaper's exit (its pidfd becomes readable),
+                // not by a polling step; 2 s at most.
+                let reaper = process::pidfd_open(self.child.id());
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-                while matches!(self.child.try_wait(), Ok(None))
-                    && std::time::Instant::now() < deadline
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(2));
+                while matches!(self.child.try_wait(), Ok(None)) {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match &reaper {
+                        Some(fd) => process::wait_readable(fd, left),
+                        None => std::thread::sleep(std::time::Duration::from_millis(1)),
+                    }
                 }
             }
         }
@@ -186,7 +195,7 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
         ids: spec.ids,
         groups: spec.groups,
         binds,
-        cgroup_procs: spec.cgroup_procs,
+        cgroup_join: spec.cgroup_join,
         seccomp: spec.seccomp,
         report_w,
         alive_r,
@@ -245,11 +254,9 @@ pub fn spawn(cmd: Command, spec: JailSpec, process: &'static str) -> Result<Conf
     } else {
         child.id()
     };
-    // SAFETY: pidfd_open on a pid that is our child or grandchild (it cannot
-    // be reaped and reused before its reaper, which is alive, waits for it).
-    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    // SAFETY: a new descriptor owned by nobody else, when non-negative.
-    let pidfd = (raw >= 0).then(|| unsafe { OwnedFd::from_raw_fd(raw as RawFd) });
+    // Our child or grandchild: it cannot be reaped and its pid reused before
+    // its reaper, which is alive, waits for it.
+    let pidfd = process::pidfd_open(pid);
     let audit_listener = match audit_parent {
         Some(sock) => match fd_pass::recv_fd(sock.as_raw_fd()) {
             Ok(fd) => Some(fd),
