@@ -138,14 +138,26 @@ async fn ironclaw_cold(
     Ok((elapsed, timings))
 }
 
+/// What the bare-QEMU restore reference does once the VM runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FirstRoundTrip {
+    /// A hello frame written as raw bytes to the serial socket, the header
+    /// of the guest's answer read back: the least the guest can do.
+    Hello,
+    /// The agent's handshake and the same first `true` IronClaw runs: the
+    /// guest's work of IronClaw's path, without IronClaw's host side (no
+    /// jail, cgroup or reseed).
+    Exec,
+}
+
 /// Bare QEMU restoring the prototype's snapshot: from starting QEMU with
 /// `-incoming` until the resumed VM reports `running` over QMP, and until the
-/// first guest round trip (a hello written as raw bytes to the serial socket,
-/// the guest's answer read back): the reference for a prototype restore.
+/// first guest round trip (`first`): the reference for a prototype restore.
 async fn bare_qemu_restore(
     proto: &Prototype,
     config: &VmConfig,
     i: usize,
+    first: FirstRoundTrip,
 ) -> anyhow::Result<(Duration, Duration)> {
     let backend = QemuBackend::from_env()?;
     let id = format!("bench-bare-{}-{i}", std::process::id());
@@ -195,11 +207,24 @@ async fn bare_qemu_restore(
             .map_err(q)?;
         qmp.execute("cont", None).await.map_err(q)?;
         let running = t0.elapsed();
-        // First guest round trip: a hello frame and its answer's header.
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut s = tokio::net::UnixStream::connect(dir.file(qemu::SERIAL_SOCKET))
             .await
             .context("bare: serial socket")?;
+        if first == FirstRoundTrip::Exec {
+            let agent = tokio::time::timeout(
+                Duration::from_secs(30),
+                ironclaw_orchestrator::vm::AgentClient::handshake(Box::new(s)),
+            )
+            .await
+            .map_err(|_| anyhow!("bare: no answer from the guest"))??;
+            let out = agent.run(vm::exec_request(["true"]), None).await?;
+            if out.status.code != Some(0) {
+                bail!("bare: `true` failed in the guest: {:?}", out.status);
+            }
+            return Ok((running, t0.elapsed()));
+        }
+        // First guest round trip: a hello frame and its answer's header.
         let hello = ironclaw_protocol::Frame::control(
             ironclaw_protocol::SESSION_STREAM,
             &ironclaw_protocol::Message::Hello {
@@ -353,12 +378,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let proto = prototype::ensure(&qemu_config, &|m| eprintln!("bench: {m}")).await?;
     let mut bare_running = Vec::new();
     let mut bare_restore = Vec::new();
+    let mut bare_exec = Vec::new();
     let mut restore = Vec::new();
     let mut first_exec = Vec::new();
     let mut second_exec = Vec::new();
     for i in 0..runs {
-        let (running, b) = bare_qemu_restore(&proto, &config, i).await?;
+        let (running, b) = bare_qemu_restore(&proto, &config, i, FirstRoundTrip::Hello).await?;
         bare_running.push(running);
+        let (_, e) = bare_qemu_restore(&proto, &config, i, FirstRoundTrip::Exec).await?;
+        bare_exec.push(e);
         let t0 = Instant::now();
         let clone = prototype::restore(
             &proto,
@@ -446,6 +474,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ratio = cold_m.as_secs_f64() / bare_m.as_secs_f64();
     let restore_ratio =
         median(restore.clone()).as_secs_f64() / median(bare_restore.clone()).as_secs_f64();
+    let own_ratio = median(restore.clone()).as_secs_f64() / median(bare_exec.clone()).as_secs_f64();
     let kernel =
         ironclaw_orchestrator::boot::kernel::kernel_release(&config.kernel).unwrap_or_default();
     let date = Command::new("date")
@@ -479,9 +508,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          | measurement | median ms | runs (ms) |\n|---|---:|---|\n\
          | bare QEMU: start with `-incoming` (same snapshot) → resumed, `running` | {} | {} |\n\
          | bare QEMU: same → first guest round trip (raw hello frame on the serial socket) | {} | {} |\n\
+         | bare QEMU: same → agent handshake and the first exec result of `true` (the guest's work of IronClaw's path) | {} | {} |\n\
          | IronClaw: restore a clone → first exec result of `true` (incl. reseed) | {} | {} |\n\
          | IronClaw: warm-pool `acquire` → first exec result of `true` | {} | {} |\n\n\
          **Ratio restore / bare QEMU restore to first round trip: {restore_ratio:.2}** (goal: at most 1.20). \
+         Against bare QEMU doing the same guest work (handshake and first `true`), what IronClaw's host side \
+         adds (jail, cgroup, QMP, reseed): **{own_ratio:.2}**. \
          **Warm-pool acquire median: {} ms** (goal: under 50 ms). Pool stats after the runs: {:?}.\n\n\
          Where the restore time goes: the first `true` in a fresh clone takes {} ms (median), the \
          second {} ms. Under TCG a restored QEMU starts with an empty translation cache, so the \
@@ -506,6 +538,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         list(&bare_running),
         ms(median(bare_restore.clone())),
         list(&bare_restore),
+        ms(median(bare_exec.clone())),
+        list(&bare_exec),
         ms(median(restore.clone())),
         list(&restore),
         ms(median(acquire.clone())),
