@@ -112,6 +112,17 @@ fn forks_carry_files_and_processes_and_share_nothing_after() {
             let t: u64 = sh(&server, fork, "date +%s").await.parse().unwrap();
             assert!(t.abs_diff(now_secs()) <= 5, "{fork} thinks it is {t}");
         }
+        // A snapshot with its RAM in the file (QEMU with mapped-ram, as the
+        // set-up installs) is mapped by both forks, not copied into them.
+        let file = snapshot_file(&snapshot_dir(&server.root).join(snap["id"].as_str().unwrap()));
+        if file.ends_with("snapshot.mapped-ram") {
+            assert_eq!(
+                processes_mapping(&file),
+                2,
+                "forks mapping {}",
+                file.display()
+            );
+        }
         // Fresh entropy in each.
         let random = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'";
         assert_ne!(sh(&server, &a, random).await, sh(&server, &b, random).await);
@@ -392,9 +403,7 @@ fn damaged_or_foreign_snapshots_are_refused_and_nothing_starts() {
 
         // Truncated.
         let snap = snapshot(&server, &id, json!({})).await;
-        let file = snaps
-            .join(snap["id"].as_str().unwrap())
-            .join("snapshot.bin");
+        let file = snapshot_file(&snaps.join(snap["id"].as_str().unwrap()));
         let len = std::fs::metadata(&file).unwrap().len();
         std::fs::OpenOptions::new()
             .write(true)
@@ -412,9 +421,7 @@ fn damaged_or_foreign_snapshots_are_refused_and_nothing_starts() {
 
         // The same size, other bytes.
         let snap = snapshot(&server, &id, json!({})).await;
-        let file = snaps
-            .join(snap["id"].as_str().unwrap())
-            .join("snapshot.bin");
+        let file = snapshot_file(&snaps.join(snap["id"].as_str().unwrap()));
         overwrite_middle(&file);
         let (status, err) = server
             .call("POST", "/v1/sandboxes", Some(from(&snap)))
@@ -521,6 +528,32 @@ fn vm_pids(vm_dir: &Path) -> Vec<u32> {
         .lines()
         .filter_map(|l| l.split_whitespace().next()?.parse().ok())
         .collect()
+}
+
+/// The snapshot's (first) file, as its metadata names it: a migration
+/// stream, or a live snapshot with its RAM mapped by forks.
+fn snapshot_file(dir: &Path) -> PathBuf {
+    let meta: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json")).unwrap()).unwrap();
+    dir.join(meta["files"][0]["name"].as_str().unwrap())
+}
+
+/// How many processes map `file` (by its inode: a VMM maps it through a
+/// bind mount in its runtime directory).
+fn processes_mapping(file: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(file).unwrap().ino().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|p| p.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("maps")).is_ok_and(|maps| {
+                maps.lines()
+                    .any(|l| l.split_whitespace().nth(4) == Some(ino.as_str()))
+            })
+        })
+        .count()
 }
 
 fn overwrite_middle(file: &Path) {

@@ -90,8 +90,9 @@ pub struct SnapshotMeta {
 }
 
 impl SnapshotMeta {
+    /// What its files take on disk.
     pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.bytes).sum()
+        self.files.iter().map(|f| f.disk_bytes()).sum()
     }
 }
 
@@ -598,6 +599,7 @@ mod tests {
             name: "snapshot.bin".into(),
             bytes: 5,
             sha256: String::new(),
+            disk_bytes: None,
         }];
         m
     }

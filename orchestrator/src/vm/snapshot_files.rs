@@ -27,8 +27,21 @@ pub const VERIFIED_FILE: &str = "verified";
 pub struct SnapshotFileMeta {
     /// File name inside the snapshot's directory.
     pub name: String,
+    /// Its length (a file cut short or grown is refused by it).
     pub bytes: u64,
     pub sha256: String,
+    /// What it takes on disk, holes left out (a live snapshot whose RAM is
+    /// mapped is sparse: zero pages are holes). Absent in metadata written
+    /// before it was recorded: then `bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
+}
+
+impl SnapshotFileMeta {
+    /// Bytes on disk, as far as known.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.unwrap_or(self.bytes)
+    }
 }
 
 pub fn sha256_file(path: &Path) -> Result<[u8; 32], VmError> {
@@ -59,13 +72,13 @@ pub fn describe(dir: &Path, names: &[String]) -> Result<Vec<SnapshotFileMeta>, V
     let mut files = Vec::new();
     for name in names {
         let path = dir.join(name);
-        let bytes = fs::metadata(&path)
-            .map_err(|e| VmError::io(format!("sizing {}", path.display()), e))?
-            .len();
+        let m = fs::metadata(&path)
+            .map_err(|e| VmError::io(format!("sizing {}", path.display()), e))?;
         files.push(SnapshotFileMeta {
             name: name.clone(),
-            bytes,
+            bytes: m.len(),
             sha256: hex::encode(sha256_file(&path)?),
+            disk_bytes: Some(std::os::unix::fs::MetadataExt::blocks(&m) * 512),
         });
     }
     if let Ok(stamp) = stamps(dir, &files) {

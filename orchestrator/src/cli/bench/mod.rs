@@ -202,9 +202,10 @@ async fn bare_qemu_restore(
             }
         };
         let q = |e| anyhow!("bare QMP: {e}");
-        qemu::load_incoming(&mut qmp, backend.shares_memory())
-            .await
-            .map_err(q)?;
+        let incoming = qemu::Incoming::Stream {
+            ignore_shared: backend.shares_memory(),
+        };
+        qemu::load_incoming(&mut qmp, incoming).await.map_err(q)?;
         qmp.execute("cont", None).await.map_err(q)?;
         let running = t0.elapsed();
         use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -32,6 +32,10 @@ pub enum GuestMemory {
     /// prototype's pages in the host's page cache until it writes one, which
     /// the kernel then copies for that clone alone. Needs QEMU ≥ 8.2.
     PrivateFile(PathBuf),
+    /// A fork's (a VM restored from a live snapshot): the RAM region of the
+    /// snapshot file at `offset`, mapped the same way as a clone's
+    /// ([`super::mapped_ram`]).
+    SnapshotRam { path: PathBuf, offset: u64 },
 }
 
 impl GuestMemory {
@@ -47,6 +51,10 @@ impl GuestMemory {
             ),
             GuestMemory::PrivateFile(path) => format!(
                 "memory-backend-file,{size},mem-path={},share=off,readonly=on,rom=off",
+                path.display()
+            ),
+            GuestMemory::SnapshotRam { path, offset } => format!(
+                "memory-backend-file,{size},mem-path={},offset={offset},share=off,readonly=on,rom=off",
                 path.display()
             ),
         }

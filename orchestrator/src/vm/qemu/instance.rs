@@ -1,6 +1,7 @@
 //! A running QEMU VM: its confined processes, snapshotting it (a migration
 //! to a file), and its [`VmInstance`] side (channel, exit, kill).
 
+use std::fs::File;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,6 +51,11 @@ pub struct QemuInstance {
     pub(super) shared_memory: Option<PathBuf>,
     /// Streams leave shared RAM out (see [`load_incoming`]).
     pub(super) ignore_shared: bool,
+    /// Live snapshots keep guest RAM mappable ([`super::mapped_ram`]) when
+    /// this QEMU can write them so: clones share memory and this VM's RAM
+    /// is private (not a prototype's shared file).
+    pub(super) map_live_ram: bool,
+    pub(super) memory_bytes: u64,
 }
 
 impl QemuInstance {
@@ -91,6 +97,51 @@ impl QemuInstance {
             qmp.execute("cont", None).await.map_err(qmp_err)?;
         }
         written
+    }
+
+    /// A live snapshot into `dest` with `mapped-ram`, its RAM then detached
+    /// ([`super::mapped_ram::detach_ram`]); the VM runs on afterwards (also
+    /// when writing failed). `Ok(false)`: this QEMU cannot, nothing written.
+    async fn snapshot_mapped(&self, dest: &Path) -> Result<bool, VmError> {
+        let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
+        let mut qmp = Qmp::connect(&self.qmp).await.map_err(qmp_err)?;
+        if !has_mapped_ram(&mut qmp).await.map_err(qmp_err)? {
+            return Ok(false);
+        }
+        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        let written = async {
+            set_mapped_ram(&mut qmp).await.map_err(qmp_err)?;
+            // Ours alone, new (never through a planted link), explicitly 0600.
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(dest)
+                .map_err(|e| VmError::io(format!("creating {}", dest.display()), e))?;
+            let uri = fdset_add(&mut qmp, &file).await.map_err(qmp_err)?;
+            drop(file);
+            let migrated = match qmp
+                .execute("migrate", Some(serde_json::json!({ "uri": uri })))
+                .await
+            {
+                Ok(_) => wait_migrated(&mut qmp).await.map_err(VmError::from),
+                Err(e) => Err(qmp_err(e)),
+            };
+            let removed = fdset_remove(&mut qmp).await.map_err(qmp_err);
+            migrated.and(removed)?;
+            let (path, bytes) = (dest.to_path_buf(), self.memory_bytes);
+            tokio::task::spawn_blocking(move || super::mapped_ram::detach_ram(&path, bytes))
+                .await
+                .map_err(|e| VmError::TaskFailed(format!("detaching the snapshot's RAM: {e}")))?
+                .map_err(VmError::SnapshotIncompatible)?;
+            Ok::<(), VmError>(())
+        }
+        .await;
+        // After a completed migration the source is in `postmigrate`;
+        // `cont` reactivates its block devices and runs it again.
+        qmp.execute("cont", None).await.map_err(qmp_err)?;
+        written.map(|()| true)
     }
 
     pub(super) fn start(
@@ -168,6 +219,81 @@ impl QemuInstance {
     }
 }
 
+/// The fd set QEMU gets a snapshot's descriptor in (`add-fd`), for the
+/// `file:` URI `mapped-ram` needs (it writes and reads at offsets).
+const SNAPSHOT_FDSET: u64 = 7;
+
+/// Whether this QEMU has the `mapped-ram` migration capability (QEMU ≥ 9.0).
+async fn has_mapped_ram(qmp: &mut Qmp) -> Result<bool, QmpError> {
+    let caps = qmp.execute("query-migrate-capabilities", None).await?;
+    Ok(caps.as_array().is_some_and(|list| {
+        list.iter()
+            .any(|c| c.get("capability").and_then(|v| v.as_str()) == Some("mapped-ram"))
+    }))
+}
+
+/// Sets `mapped-ram` on, `x-ignore-shared` off: every block's pages at
+/// their offsets in the file (a clone's private RAM included).
+async fn set_mapped_ram(qmp: &mut Qmp) -> Result<(), QmpError> {
+    let caps = serde_json::json!({ "capabilities": [
+        { "capability": "x-ignore-shared", "state": false },
+        { "capability": "mapped-ram", "state": true }
+    ]});
+    qmp.execute("migrate-set-capabilities", Some(caps)).await?;
+    Ok(())
+}
+
+/// Hands `file` to QEMU in [`SNAPSHOT_FDSET`]; the URI that names it.
+async fn fdset_add(qmp: &mut Qmp, file: &File) -> Result<String, QmpError> {
+    qmp.execute_with_fd(
+        "add-fd",
+        serde_json::json!({ "fdset-id": SNAPSHOT_FDSET }),
+        file,
+    )
+    .await?;
+    Ok(format!("file:/dev/fdset/{SNAPSHOT_FDSET}"))
+}
+
+/// Removes QEMU's descriptor of the snapshot again (after the migration,
+/// also a failed one), so the VMM keeps no handle on the file.
+async fn fdset_remove(qmp: &mut Qmp) -> Result<(), QmpError> {
+    let args = serde_json::json!({ "fdset-id": SNAPSHOT_FDSET });
+    qmp.execute("remove-fd", Some(args)).await.map(|_| ())
+}
+
+/// Why an outgoing migration did not complete.
+enum MigrateError {
+    Qmp(QmpError),
+    Failed(String),
+    TimedOut,
+}
+
+impl From<QmpError> for MigrateError {
+    fn from(e: QmpError) -> Self {
+        MigrateError::Qmp(e)
+    }
+}
+
+impl From<MigrateError> for VmError {
+    fn from(e: MigrateError) -> Self {
+        match e {
+            MigrateError::Qmp(e) => QemuError::SnapshotQmp(e).into(),
+            MigrateError::Failed(why) => QemuError::MigrationFailed(why).into(),
+            MigrateError::TimedOut => QemuError::MigrationTimeout(MIGRATION_WAIT).into(),
+        }
+    }
+}
+
+/// How a restored QEMU gets its snapshot.
+pub enum Incoming<'a> {
+    /// A migration stream as fd [`INCOMING_FD`], RAM in it or (with
+    /// `ignore_shared`) in a shared memory file beside it.
+    Stream { ignore_shared: bool },
+    /// A live snapshot whose RAM the VM maps ([`super::mapped_ram`]): its
+    /// device state is loaded from the same file.
+    MappedRam(&'a File),
+}
+
 /// Sets the migration capabilities every stream of this backend is written
 /// and read with: `x-ignore-shared` when clones share memory (the RAM of a
 /// shared memory file stays out of the stream; private RAM is written).
@@ -181,13 +307,34 @@ async fn set_capabilities(qmp: &mut Qmp, ignore_shared: bool) -> Result<(), QmpE
     Ok(())
 }
 
-/// Loads the migration stream a QEMU started with `-incoming defer` got as
-/// fd [`INCOMING_FD`], and waits until it is loaded (the VM is then paused).
-pub async fn load_incoming(qmp: &mut Qmp, ignore_shared: bool) -> Result<(), QmpError> {
-    set_capabilities(qmp, ignore_shared).await?;
-    let uri = format!("fd:{INCOMING_FD}");
-    qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
-        .await?;
+/// Loads the snapshot of a QEMU started with `-incoming defer` and waits
+/// until it is loaded (the VM is then paused).
+pub async fn load_incoming(qmp: &mut Qmp, incoming: Incoming<'_>) -> Result<(), QmpError> {
+    match incoming {
+        Incoming::Stream { ignore_shared } => {
+            set_capabilities(qmp, ignore_shared).await?;
+            let uri = format!("fd:{INCOMING_FD}");
+            qmp.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+                .await?;
+            wait_loaded(qmp).await
+        }
+        Incoming::MappedRam(file) => {
+            set_mapped_ram(qmp).await?;
+            let uri = fdset_add(qmp, file).await?;
+            let loaded = match qmp
+                .execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))
+                .await
+            {
+                Ok(_) => wait_loaded(qmp).await,
+                Err(e) => Err(e),
+            };
+            let removed = fdset_remove(qmp).await;
+            loaded.and(removed)
+        }
+    }
+}
+
+async fn wait_loaded(qmp: &mut Qmp) -> Result<(), QmpError> {
     let deadline = std::time::Instant::now() + MIGRATION_WAIT;
     loop {
         let status = qmp.execute("query-status", None).await?;
@@ -222,23 +369,28 @@ async fn migrate_to(qmp: &mut Qmp, dest: &Path, ignore_shared: bool) -> Result<(
     qmp.execute("migrate", Some(serde_json::json!({ "uri": "fd:snapshot" })))
         .await
         .map_err(qmp_err)?;
+    wait_migrated(qmp).await.map_err(VmError::from)
+}
+
+/// Waits until an outgoing migration has completed (a failure or the
+/// deadline ends it: the migration is then cancelled).
+async fn wait_migrated(qmp: &mut Qmp) -> Result<(), MigrateError> {
     let deadline = std::time::Instant::now() + MIGRATION_WAIT;
     loop {
-        let info = qmp.execute("query-migrate", None).await.map_err(qmp_err)?;
+        let info = qmp.execute("query-migrate", None).await?;
         match info.get("status").and_then(|s| s.as_str()) {
             Some("completed") => return Ok(()),
             Some("failed") | Some("cancelled") => {
-                return Err(QemuError::MigrationFailed(
+                return Err(MigrateError::Failed(
                     info.get("error-desc")
                         .and_then(|d| d.as_str())
                         .unwrap_or("no reason given")
                         .to_string(),
-                )
-                .into())
+                ))
             }
             _ if std::time::Instant::now() > deadline => {
                 let _ = qmp.execute("migrate_cancel", None).await;
-                return Err(QemuError::MigrationTimeout(MIGRATION_WAIT).into());
+                return Err(MigrateError::TimedOut);
             }
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
@@ -247,6 +399,9 @@ async fn migrate_to(qmp: &mut Qmp, dest: &Path, ignore_shared: bool) -> Result<(
 
 /// The migration stream a QEMU snapshot consists of.
 const SNAPSHOT_FILE: &str = "snapshot.bin";
+/// A live snapshot whose RAM is mapped by the VMs restored from it
+/// ([`super::mapped_ram`]): device state and RAM in one file.
+pub const MAPPED_SNAPSHOT_FILE: &str = "snapshot.mapped-ram";
 
 #[async_trait]
 impl VmInstance for QemuInstance {
@@ -256,6 +411,13 @@ impl VmInstance for QemuInstance {
         Ok(self.snapshot_files())
     }
     async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError> {
+        if self.map_live_ram
+            && self
+                .snapshot_mapped(&out.join(MAPPED_SNAPSHOT_FILE))
+                .await?
+        {
+            return Ok(vec![MAPPED_SNAPSHOT_FILE.to_string()]);
+        }
         self.snapshot_to(&out.join(SNAPSHOT_FILE), &out.join(MEMORY_FILE), true)
             .await?;
         Ok(self.snapshot_files())

@@ -11,7 +11,7 @@ use std::time::Duration;
 use ironclaw_protocol::AGENT_VSOCK_PORT;
 
 use super::command::{GuestMemory, INCOMING_FD};
-use super::instance::{load_incoming, QemuInstance, SOCKET_WAIT};
+use super::instance::{load_incoming, Incoming, QemuInstance, SOCKET_WAIT};
 use super::memory;
 use super::{
     LaunchOptions, QemuBackend, QemuError, Transport, QEMU_BINARY, SERIAL_SOCKET,
@@ -89,6 +89,10 @@ impl QemuBackend {
             memory_limit_mib: config.limits().memory_mib,
             shared_memory: None,
             ignore_shared: self.share_memory && opts.transport == Transport::Serial,
+            map_live_ram: self.share_memory
+                && opts.transport == Transport::Serial
+                && !matches!(opts.memory, GuestMemory::SharedFile(_)),
+            memory_bytes: u64::from(config.memory_mib) << 20,
         };
         // On any error below, dropping `inst` kills what was started.
 
@@ -159,8 +163,20 @@ impl QemuBackend {
             GuestMemory::PrivateFile(path) => {
                 *path = confinement.readable_file("prototype memory", path, dir, "boot-memory")?;
             }
+            GuestMemory::SnapshotRam { path, .. } => {
+                *path = confinement.readable_file("snapshot memory", path, dir, "boot-memory")?;
+            }
             GuestMemory::Memfd | GuestMemory::Anonymous => {}
         }
+        // A snapshot with mapped RAM is handed over QMP (it is read at
+        // offsets); a stream as fd 3.
+        let mapped_incoming = match (&opts.incoming, &opts.memory) {
+            (Some(path), GuestMemory::SnapshotRam { .. }) => Some(
+                File::open(path)
+                    .map_err(|e| VmError::io(format!("opening snapshot {}", path.display()), e))?,
+            ),
+            _ => None,
+        };
         let opts = &opts;
         let built = self.qemu_command(&confinement.config, accel, dir, opts);
         // The same command, run by the path the jail uid can reach.
@@ -171,8 +187,8 @@ impl QemuBackend {
             .stderr(log_file(dir, "qemu.log")?);
         // Keeps the snapshot open until QEMU has been started with it as fd 3.
         let _incoming = match &opts.incoming {
-            Some(path) => Some(pass_fd(&mut qemu, path)?),
-            None => None,
+            Some(path) if mapped_incoming.is_none() => Some(pass_fd(&mut qemu, path)?),
+            _ => None,
         };
         tracing::debug!(vm = %config.id, cmd = ?qemu, "starting qemu");
         let filter = SeccompFilter::new(ProcessKind::Qemu, confinement.level, accel == Accel::Kvm)
@@ -207,7 +223,13 @@ impl QemuBackend {
         if let Some(snapshot) = &opts.incoming {
             // Loading the snapshot; the source was stopped when it was taken,
             // so the VM arrives paused and is resumed here.
-            if let Err(e) = load_incoming(&mut qmp, inst.ignore_shared).await {
+            let incoming = match &mapped_incoming {
+                Some(file) => Incoming::MappedRam(file),
+                None => Incoming::Stream {
+                    ignore_shared: inst.ignore_shared,
+                },
+            };
+            if let Err(e) = load_incoming(&mut qmp, incoming).await {
                 return Err(QemuError::Incoming {
                     snapshot: snapshot.clone(),
                     source: e,

@@ -24,11 +24,12 @@ mod command;
 mod error;
 mod instance;
 mod launch;
+mod mapped_ram;
 mod memory;
 
 pub use command::GuestMemory;
 pub use error::QemuError;
-pub use instance::{load_incoming, QemuInstance};
+pub use instance::{load_incoming, Incoming, QemuInstance, MAPPED_SNAPSHOT_FILE};
 pub use memory::{clones_share_memory, CLONE_MEMORY_ENV};
 
 /// The host end of the virtio-serial agent port, in the VM's runtime directory.
@@ -194,6 +195,15 @@ impl Hypervisor for QemuBackend {
     ) -> Result<Box<dyn VmInstance>, VmError> {
         let (stream, memory) =
             match snapshot {
+                [stream] if stream.file_name() == Some(MAPPED_SNAPSHOT_FILE.as_ref()) => {
+                    let region = mapped_ram::ram_region(stream, u64::from(config.memory_mib) << 20)
+                        .map_err(VmError::SnapshotIncompatible)?;
+                    let memory = GuestMemory::SnapshotRam {
+                        path: stream.clone(),
+                        offset: region.pages_offset,
+                    };
+                    (stream, memory)
+                }
                 [stream] => (stream, GuestMemory::Anonymous),
                 [stream, memory] if self.share_memory => {
                     (stream, GuestMemory::PrivateFile(memory.clone()))
