@@ -11,8 +11,9 @@ use std::time::Duration;
 use ironclaw_protocol::AGENT_VSOCK_PORT;
 
 use super::command::{GuestMemory, INCOMING_FD};
-use super::instance::{load_incoming, Incoming, QemuInstance, SOCKET_WAIT};
+use super::instance::{QemuInstance, SOCKET_WAIT};
 use super::memory;
+use super::migration::{load_incoming, Incoming};
 use super::{
     LaunchOptions, QemuBackend, QemuError, Transport, QEMU_BINARY, SERIAL_SOCKET,
     VHOST_VSOCK_BINARY,

@@ -26,11 +26,13 @@ mod instance;
 mod launch;
 mod mapped_ram;
 mod memory;
+mod migration;
 
 pub use command::GuestMemory;
 pub use error::QemuError;
-pub use instance::{load_incoming, Incoming, QemuInstance, MAPPED_SNAPSHOT_FILE};
+pub use instance::{QemuInstance, MAPPED_SNAPSHOT_FILE};
 pub use memory::{clones_share_memory, CLONE_MEMORY_ENV};
+pub use migration::{load_incoming, Incoming};
 
 /// The host end of the virtio-serial agent port, in the VM's runtime directory.
 pub const SERIAL_SOCKET: &str = "agent.sock";
