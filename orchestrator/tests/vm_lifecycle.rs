@@ -119,6 +119,18 @@ fn destroy_leaves_nothing_behind() {
     assert!(!dir.exists(), "{} outlived its VM", dir.display());
 }
 
+/// A booted VM's kernel has its CRNG seeded by the host before the first
+/// command: its input pool is full (256 bits). Without the seed it holds a
+/// bit or two here, and a blocking `getrandom` (Python's start-up, OpenSSL)
+/// spins in the kernel's jitter fallback, under TCG for minutes.
+#[test]
+fn a_booted_vm_has_its_randomness_seeded() {
+    let vm = runtime().block_on(vm::spawn_vm("seeded")).unwrap();
+    let pool = sh(&vm, "cat /proc/sys/kernel/random/entropy_avail");
+    runtime().block_on(vm::destroy_vm(vm)).unwrap();
+    assert_eq!(text(&pool.stdout).trim(), "256");
+}
+
 #[test]
 fn two_vms_at_once_stay_separate() {
     let (a, b) =

@@ -148,8 +148,9 @@ pub async fn spawn_vm_with_config(task_id: &str, config: &VmConfig) -> Result<Vm
 pub(crate) enum Start<'a> {
     /// A cold boot, for what the VM will be used for.
     Boot(LaunchPurpose),
-    /// From the files a snapshot of this backend wrote (main file first);
-    /// the guest gets fresh entropy and the current time before it is used.
+    /// From the files a snapshot of this backend wrote (main file first).
+    /// Either way the guest gets fresh entropy and the current time before
+    /// it is used.
     Restore(&'a [PathBuf]),
 }
 
@@ -184,9 +185,13 @@ pub(crate) async fn start_vm(
             })
         }
     };
-    if restored_from.is_some() {
-        reseed(&agent).await?;
-    }
+    // Every VM gets entropy from the host before its first command: a
+    // restored one so that clones of one snapshot diverge, a booted one
+    // because its kernel has no source of its own that initialises the CRNG
+    // (no virtio-rng, no RDRAND under TCG, no seed through PVH boot), and a
+    // blocking `getrandom` (Python's `random`, OpenSSL) would otherwise spin
+    // in the kernel's jitter fallback, under TCG for minutes.
+    reseed(&agent).await?;
     let total = t0.elapsed();
     let timings = SpawnTimings {
         launch: launched,
