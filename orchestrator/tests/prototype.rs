@@ -203,6 +203,39 @@ fn a_changed_machine_or_image_gets_its_own_prototype() {
     });
 }
 
+/// The CPU weight of `pid`'s cgroup, as (v1 `cpu.shares`, v2 `cpu.weight`)
+/// with the one that does not apply here left empty.
+fn cpu_weight(pid: u32) -> (String, String) {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let read = |path: String| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|v| v.trim().to_string())
+    };
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next(), parts.next().unwrap(), parts.next().unwrap());
+        if controllers.split(',').any(|c| c == "cpu") {
+            if let Some(v) = read(format!("/sys/fs/cgroup/cpu{path}/cpu.shares")) {
+                return (v, String::new());
+            }
+        } else if controllers.is_empty() {
+            if let Some(v) = read(format!("/sys/fs/cgroup{path}/cpu.weight")) {
+                return (String::new(), v);
+            }
+        }
+    }
+    panic!("no cpu cgroup for pid {pid}: {cgroups}");
+}
+
+fn background(pid: u32) -> bool {
+    matches!(cpu_weight(pid), (v1, v2) if v1 == "64" || v2 == "6")
+}
+
+fn normal(pid: u32) -> bool {
+    matches!(cpu_weight(pid), (v1, v2) if v1 == "1024" || v2 == "100")
+}
+
 #[test]
 fn the_pool_refills_and_never_hands_out_a_vm_twice() {
     let cfg = config();
@@ -221,11 +254,22 @@ fn the_pool_refills_and_never_hands_out_a_vm_twice() {
             "pool never filled: {:?}",
             pool.stats()
         );
+        // Ready clones wait at the background CPU weight.
+        for pids in pool.ready_pids() {
+            assert!(
+                background(pids[0]),
+                "ready clone {pids:?}: {:?}",
+                cpu_weight(pids[0])
+            );
+        }
         let mut ids = HashSet::new();
         let mut vms = Vec::new();
         for i in 0..3 {
             let vm = pool.acquire().await.unwrap();
             assert!(ids.insert(vm.id.clone()), "{} handed out twice", vm.id);
+            // The VM handed out competes like any VM in use.
+            let pid = vm.pids()[0];
+            assert!(normal(pid), "{}: {:?}", vm.id, cpu_weight(pid));
             let out = vm
                 .agent()
                 .run(

@@ -128,6 +128,10 @@ pub trait VmInstance: Send + Sync {
     fn confinement(&self) -> Vec<super::jail::ProcessConfinement> {
         Vec::new()
     }
+    /// The VM's cgroup directories (empty when it runs without a jail).
+    fn cgroup_dirs(&self) -> Vec<std::path::PathBuf> {
+        Vec::new()
+    }
     /// The bounded log of unlisted syscalls, in seccomp audit level.
     fn audit_log(&self) -> Option<Arc<super::seccomp::AuditLog>> {
         None

@@ -5,6 +5,10 @@
 //! never hands the same VM out twice; `release` destroys it — a VM is never
 //! reused for another task. Size is bounded by a count and by memory.
 //!
+//! Ready clones run at a low CPU weight ([`CpuWeight::Background`]) and the
+//! refill waits [`HANDOUT_GRACE`] after an `acquire`: filling the pool yields
+//! to the VMs in use.
+//!
 //! VMs in use (handed out, or being restored for a caller on a miss) are
 //! capped too: by default as many as `max_memory_mib` holds, or what
 //! [`Pool::limit_in_use`] sets. `acquire` beyond the cap fails with
@@ -18,11 +22,21 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::Notify;
 
+use super::cgroup::CpuWeight;
 use super::prototype::{self, Prototype};
 use super::{VmConfig, VmError, VmHandle};
 
 /// Upper bound on the pool size, whatever is asked.
 pub const MAX_POOL_SIZE: usize = 64;
+
+/// How long the refill waits after an `acquire` before restoring the next
+/// clone. A restore keeps a host core busy for a while (QEMU starting, the
+/// incoming migration, the guest's first round trips); started at once, it
+/// competes with the first command in the VM just handed out, which on a
+/// small host added several milliseconds to it. A typical first command (an
+/// exec round trip, a file written) is done within this; a longer one
+/// shares the CPU with a refill whose clone then runs at the background weight.
+pub const HANDOUT_GRACE: Duration = Duration::from_millis(40);
 
 /// Why [`Pool::acquire`] gave no VM.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +157,9 @@ impl Pool {
         let vm = match ready {
             Some(vm) => {
                 self.inner.hits.fetch_add(1, Ordering::Relaxed);
+                // Ready clones wait at the background weight; the one handed
+                // out competes for the CPU like any VM in use.
+                vm.set_cpu_weight(CpuWeight::Normal)?;
                 // Time has passed since the restore: fresh entropy and clock again.
                 super::spawn::reseed(vm.agent()).await?;
                 vm
@@ -314,11 +331,16 @@ async fn refill_loop(inner: Arc<Inner>) {
         let have = inner.ready.lock().expect("pool lock").len();
         if have >= inner.target {
             inner.wake.notified().await;
+            if !inner.stopped.load(Ordering::SeqCst) {
+                // Woken by an `acquire`: its VM's first command goes first.
+                tokio::time::sleep(HANDOUT_GRACE).await;
+            }
             continue;
         }
         let t0 = Instant::now();
         let restored = async {
             let vm = restore_one(&inner).await?;
+            vm.set_cpu_weight(CpuWeight::Background)?;
             warm_up(&vm, &inner.warm_up).await?;
             Ok::<_, VmError>(vm)
         };

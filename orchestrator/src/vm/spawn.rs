@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::backend::{Hypervisor, LaunchPurpose};
 use super::config::{self, VmConfig};
 use super::runtime::{self, RuntimeDir};
-use super::{channel, default_config, host, jail, seccomp};
+use super::{cgroup, channel, default_config, host, jail, seccomp};
 use super::{Accel, AgentClient, BackendKind, VmError, VmInstance};
 
 /// How long the steps of a spawn took.
@@ -53,6 +53,15 @@ impl VmHandle {
     /// What confines each of the VM's host processes, read from `/proc` now.
     pub fn confinement(&self) -> Vec<jail::ProcessConfinement> {
         self.instance.confinement()
+    }
+    /// Sets the VM's CPU weight against other VMs (see
+    /// [`cgroup::CpuWeight`]); a VM without a jail has no cgroup to weigh.
+    pub fn set_cpu_weight(&self, weight: cgroup::CpuWeight) -> Result<(), VmError> {
+        let dirs = self.instance.cgroup_dirs();
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        cgroup::set_cpu_weight(&dirs, weight).map_err(|e| VmError::Jail(e.into()))
     }
     /// The seccomp audit log (audit level only).
     pub fn audit_log(&self) -> Option<std::sync::Arc<seccomp::AuditLog>> {

@@ -60,6 +60,46 @@ impl Limits {
     }
 }
 
+/// A VM's share of the host's CPUs while they are all busy: a weight
+/// against the other VMs' cgroups, not a limit (the limit is
+/// [`Limits::cpu_millis`]). An idle host gives any VM what it asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CpuWeight {
+    /// The kernel's default weight: a VM someone uses.
+    Normal,
+    /// A sixteenth of that: clones a pool keeps ready, so restoring and
+    /// settling them does not slow the VMs already handed out.
+    Background,
+}
+
+impl CpuWeight {
+    /// The file that holds the weight and its value, for `version`.
+    fn file(self, version: Version) -> (&'static str, &'static str) {
+        match (version, self) {
+            (Version::V1, CpuWeight::Normal) => ("cpu.shares", "1024"),
+            (Version::V1, CpuWeight::Background) => ("cpu.shares", "64"),
+            (Version::V2, CpuWeight::Normal) => ("cpu.weight", "100"),
+            (Version::V2, CpuWeight::Background) => ("cpu.weight", "6"),
+        }
+    }
+}
+
+/// Sets the CPU weight of a VM whose cgroup directories are `dirs` (those of
+/// a [`VmCgroup`], or the ones Firecracker's jailer made): written in the
+/// directory that has the weight file, v1's `cpu.shares` or v2's `cpu.weight`.
+pub fn set_cpu_weight(dirs: &[PathBuf], weight: CpuWeight) -> Result<(), CgroupError> {
+    for version in [Version::V1, Version::V2] {
+        let (file, value) = weight.file(version);
+        if let Some(path) = dirs.iter().map(|d| d.join(file)).find(|f| f.exists()) {
+            return write(&path, value);
+        }
+    }
+    Err(CgroupError::NoController {
+        controller: "cpu",
+        detail: format!("no cpu.shares or cpu.weight in {dirs:?}"),
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Version {
     V1,
@@ -449,6 +489,32 @@ mod tests {
         // Each missing controller was enabled (the fake file keeps the last write).
         assert_eq!(read(&parent.join("cgroup.subtree_control")), "+pids");
         std::mem::forget(cg);
+    }
+
+    #[test]
+    fn cpu_weight_goes_where_the_weight_file_is() {
+        let t = tempfile::tempdir().unwrap();
+        let (memory, cpu) = (t.path().join("memory/vm"), t.path().join("cpu/vm"));
+        for d in [&memory, &cpu] {
+            fs::create_dir_all(d).unwrap();
+        }
+        fs::write(cpu.join("cpu.shares"), "1024").unwrap();
+        let dirs = [memory.clone(), cpu.clone()];
+        set_cpu_weight(&dirs, CpuWeight::Background).unwrap();
+        assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), "64");
+        assert!(!memory.join("cpu.shares").exists());
+        set_cpu_weight(&dirs, CpuWeight::Normal).unwrap();
+        assert_eq!(fs::read_to_string(cpu.join("cpu.shares")).unwrap(), "1024");
+        // v2: one directory, `cpu.weight`.
+        let unified = t.path().join("unified/vm");
+        fs::create_dir_all(&unified).unwrap();
+        fs::write(unified.join("cpu.weight"), "100").unwrap();
+        set_cpu_weight(std::slice::from_ref(&unified), CpuWeight::Background).unwrap();
+        assert_eq!(fs::read_to_string(unified.join("cpu.weight")).unwrap(), "6");
+        // No weight file: an error naming the controller, nothing created.
+        let err = set_cpu_weight(std::slice::from_ref(&memory), CpuWeight::Normal).unwrap_err();
+        assert!(err.to_string().contains("cpu"), "{err}");
+        assert!(!memory.join("cpu.weight").exists());
     }
 
     #[test]

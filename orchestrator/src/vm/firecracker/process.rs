@@ -225,6 +225,12 @@ impl VmInstance for FirecrackerProcess {
     fn take_ready_listener(&mut self) -> Option<tokio::net::UnixListener> {
         self.ready.take()
     }
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.jail
+            .as_ref()
+            .map(|j| j.cgroup_dirs().to_vec())
+            .unwrap_or_default()
+    }
     fn kill(&mut self) {
         // Destroying a VM kills without Ctrl-Alt-Del: the guest has nothing to
         // flush (its rootfs is read-only) and destroy must be quick and total.

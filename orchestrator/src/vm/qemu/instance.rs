@@ -174,10 +174,6 @@ impl QemuInstance {
         }
     }
 
-    fn cgroup_dirs(&self) -> Vec<PathBuf> {
-        self.cgroup.as_ref().map(VmCgroup::dirs).unwrap_or_default()
-    }
-
     /// Waits until `name` has created `socket`, failing early if it exits.
     pub(super) async fn wait_for_socket(
         &mut self,
@@ -293,6 +289,9 @@ impl VmInstance for QemuInstance {
         for path in self.outside_sockets.drain(..) {
             let _ = std::fs::remove_file(path);
         }
+    }
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        self.cgroup.as_ref().map(VmCgroup::dirs).unwrap_or_default()
     }
 }
 

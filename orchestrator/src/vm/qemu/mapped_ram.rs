@@ -90,7 +90,7 @@ fn find(head: &[u8], ram_bytes: u64, file_len: u64) -> Option<RamRegion> {
             if version == HEADER_VERSION
                 && be64(4) == PAGE
                 && region.bitmap_offset == (at + HEADER_BYTES) as u64
-                && region.pages_offset % PAGES_ALIGN == 0
+                && region.pages_offset.is_multiple_of(PAGES_ALIGN)
                 && region.pages_offset >= region.bitmap_offset + region.bitmap_bytes()
                 && region.pages_offset + ram_bytes <= file_len
             {
