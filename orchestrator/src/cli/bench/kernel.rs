@@ -62,7 +62,8 @@ pub async fn section(config: &VmConfig, runs: usize) -> anyhow::Result<String> {
         for side in sides.iter_mut() {
             let b = {
                 let config = side.config.clone();
-                tokio::task::spawn_blocking(move || super::bare_qemu_boot(&config, accel)).await??
+                tokio::task::spawn_blocking(move || super::bare::bare_qemu_boot(&config, accel))
+                    .await??
             };
             let (c, _) = super::ironclaw_cold(&side.config, i).await?;
             eprintln!(

@@ -2,22 +2,20 @@
 //! tool in the same run, reported as medians and ratios (absolute times on
 //! these machines are noisy; ratios taken in one run are not).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
-use ironclaw_orchestrator::vm::prototype::{self, Prototype};
-use ironclaw_orchestrator::vm::qemu::{LaunchOptions, QemuBackend, Transport};
-use ironclaw_orchestrator::vm::qmp::Qmp;
-use ironclaw_orchestrator::vm::runtime::{self, RuntimeDir};
-use ironclaw_orchestrator::vm::{self, accel, qemu, VmConfig};
+use ironclaw_orchestrator::vm::prototype;
+use ironclaw_orchestrator::vm::{self, accel, VmConfig};
 
 use super::machine::{self, MachineArgs};
+use bare::{bare_qemu_boot, bare_qemu_restore, FirstRoundTrip};
 use stats::{median, ms};
 
+mod bare;
 mod density;
 mod kernel;
 mod load;
@@ -80,46 +78,6 @@ pub enum Section {
     Kernel,
 }
 
-/// The line the guest prints first thing in `/init`.
-const INIT_MARKER: &str = "ironclaw-guest: /init started";
-
-/// Bare QEMU, same machine, kernel and initramfs, no IronClaw: time from
-/// starting QEMU until `/init` prints its first line on the serial console.
-fn bare_qemu_boot(config: &VmConfig, accel: accel::Accel) -> anyhow::Result<Duration> {
-    // The same QEMU (`$IRONCLAW_QEMU` honoured) and machine as IronClaw's
-    // serial-transport VMs, minus everything IronClaw adds.
-    let mut cmd = qemu::QemuBackend::from_env()?.machine_command(
-        config,
-        accel,
-        &qemu::GuestMemory::Anonymous,
-    );
-    cmd.args(["-serial", "stdio"]);
-    cmd.arg("-kernel")
-        .arg(&config.kernel)
-        .arg("-initrd")
-        .arg(&config.initramfs);
-    cmd.arg("-append").arg(vm::cmdline::qemu_base());
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let t0 = Instant::now();
-    let mut child = vm::process::spawn_child(cmd).context("starting bare qemu")?;
-    let stdout = child.stdout.take().expect("piped");
-    let mut found = None;
-    for line in BufReader::new(stdout).lines() {
-        let Ok(line) = line else { break };
-        if line.contains(INIT_MARKER) {
-            found = Some(t0.elapsed());
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(120) {
-            break;
-        }
-    }
-    vm::process::kill_and_reap(&mut child);
-    found.ok_or_else(|| anyhow!("bare QEMU never reached /init"))
-}
-
 /// IronClaw cold spawn until the first `true` has returned its exit status.
 async fn ironclaw_cold(
     config: &VmConfig,
@@ -136,121 +94,6 @@ async fn ironclaw_cold(
     let timings = handle.timings;
     vm::destroy_vm(handle).await?;
     Ok((elapsed, timings))
-}
-
-/// What the bare-QEMU restore reference does once the VM runs.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FirstRoundTrip {
-    /// A hello frame written as raw bytes to the serial socket, the header
-    /// of the guest's answer read back: the least the guest can do.
-    Hello,
-    /// The agent's handshake and the same first `true` IronClaw runs: the
-    /// guest's work of IronClaw's path, without IronClaw's host side (no
-    /// jail, cgroup or reseed).
-    Exec,
-}
-
-/// Bare QEMU restoring the prototype's snapshot: from starting QEMU with
-/// `-incoming` until the resumed VM reports `running` over QMP, and until the
-/// first guest round trip (`first`): the reference for a prototype restore.
-async fn bare_qemu_restore(
-    proto: &Prototype,
-    config: &VmConfig,
-    i: usize,
-    first: FirstRoundTrip,
-) -> anyhow::Result<(Duration, Duration)> {
-    let backend = QemuBackend::from_env()?;
-    let id = format!("bench-bare-{}-{i}", std::process::id());
-    let dir = RuntimeDir::create(&runtime::runtime_root(), &id).context("runtime dir")?;
-    let (accel, _) = accel::choose(config.accel);
-    let files = proto.files();
-    let opts = LaunchOptions {
-        transport: Transport::Serial,
-        incoming: Some(proto.snapshot()),
-        // The clone's memory, so the reference restores exactly what IronClaw does.
-        memory: match &files[..] {
-            [_, ram] => qemu::GuestMemory::PrivateFile(ram.clone()),
-            _ => qemu::GuestMemory::Anonymous,
-        },
-    };
-    let mut cmd = backend.qemu_command(config, accel, &dir, &opts);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let snapshot = std::fs::File::open(proto.snapshot()).context("opening the snapshot")?;
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&snapshot);
-    // SAFETY: dup2 is async-signal-safe; the copy lacks CLOEXEC so QEMU inherits it as fd 3.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let t0 = Instant::now();
-    let mut child = vm::process::spawn_child(cmd).context("starting bare qemu")?;
-    let qmp_path = dir.file("qmp.sock");
-    let result = async {
-        let mut qmp = loop {
-            match Qmp::connect(&qmp_path).await {
-                Ok(q) => break q,
-                Err(_) if t0.elapsed() < Duration::from_secs(30) => {
-                    tokio::time::sleep(Duration::from_millis(2)).await
-                }
-                Err(e) => bail!("bare QMP: {e}"),
-            }
-        };
-        let q = |e| anyhow!("bare QMP: {e}");
-        let incoming = qemu::Incoming::Stream {
-            ignore_shared: backend.shares_memory(),
-        };
-        qemu::load_incoming(&mut qmp, incoming).await.map_err(q)?;
-        qmp.execute("cont", None).await.map_err(q)?;
-        let running = t0.elapsed();
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::UnixStream::connect(dir.file(qemu::SERIAL_SOCKET))
-            .await
-            .context("bare: serial socket")?;
-        if first == FirstRoundTrip::Exec {
-            let agent = tokio::time::timeout(
-                Duration::from_secs(30),
-                ironclaw_orchestrator::vm::AgentClient::handshake(Box::new(s)),
-            )
-            .await
-            .map_err(|_| anyhow!("bare: no answer from the guest"))??;
-            let out = agent.run(vm::exec_request(["true"]), None).await?;
-            if out.status.code != Some(0) {
-                bail!("bare: `true` failed in the guest: {:?}", out.status);
-            }
-            return Ok((running, t0.elapsed()));
-        }
-        // First guest round trip: a hello frame and its answer's header.
-        let hello = ironclaw_protocol::Frame::control(
-            ironclaw_protocol::SESSION_STREAM,
-            &ironclaw_protocol::Message::Hello {
-                version: ironclaw_protocol::PROTOCOL_VERSION,
-            },
-        );
-        let mut frame = bytes::BytesMut::new();
-        tokio_util::codec::Encoder::encode(
-            &mut ironclaw_protocol::FrameCodec::new(),
-            hello,
-            &mut frame,
-        )
-        .map_err(|e| anyhow!("bare: encoding hello: {e}"))?;
-        s.write_all(&frame).await.context("bare: hello")?;
-        let mut header = [0u8; 9];
-        tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut header))
-            .await
-            .map_err(|_| anyhow!("bare: no answer from the guest"))?
-            .context("bare: answer")?;
-        Ok((running, t0.elapsed()))
-    }
-    .await;
-    vm::process::kill_and_reap(&mut child);
-    drop(dir);
-    result
 }
 
 /// The default image and `base` booting it, when the image is built.
@@ -380,14 +223,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut bare_running = Vec::new();
     let mut bare_restore = Vec::new();
     let mut bare_exec = Vec::new();
+    let mut blocks = Vec::new();
     let mut restore = Vec::new();
     let mut first_exec = Vec::new();
     let mut second_exec = Vec::new();
     for i in 0..runs {
-        let (running, b) = bare_qemu_restore(&proto, &config, i, FirstRoundTrip::Hello).await?;
+        let hello = bare_qemu_restore(&proto, &config, i, FirstRoundTrip::Hello).await?;
+        let (running, b) = (hello.running, hello.first_result);
         bare_running.push(running);
-        let (_, e) = bare_qemu_restore(&proto, &config, i, FirstRoundTrip::Exec).await?;
-        bare_exec.push(e);
+        let exec = bare_qemu_restore(&proto, &config, i, FirstRoundTrip::Exec).await?;
+        bare_exec.push(exec.first_result);
+        blocks.extend(exec.blocks);
         let t0 = Instant::now();
         let clone = prototype::restore(
             &proto,
@@ -518,7 +364,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          **Warm-pool acquire median: {} ms** (goal: under 50 ms). Pool stats after the runs: {:?}.\n\n\
          Where the restore time goes: the first `true` in a fresh clone takes {} ms (median), the \
          second {} ms. Under TCG a restored QEMU starts with an empty translation cache, so the \
-         first exec pays for translating the guest's fork/exec path; the warm pool runs one command \
+         first exec pays for translating the guest's fork/exec path{}; the warm pool runs one command \
          in each clone before offering it, which is why `acquire` meets its goal while a bare restore \
          does not. With KVM the guest runs natively and this step should vanish (not measured: \
          no usable KVM here).\n\n\
@@ -549,6 +395,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         pool_stats,
         ms(median(first_exec.clone())),
         ms(median(second_exec.clone())),
+        translation_note(&blocks),
         proto.disk_bytes() >> 20,
         proto.meta.memory_mib,
         proto.meta.boot_ms,
@@ -572,6 +419,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = report + &density::section(&config, args.density_budget_mib).await?;
     let report = report + &kernel::section(&config, runs).await?;
     write_report(&report, args.output.as_deref())
+}
+
+/// What the bare reference's `info jit` counts say about the first exec.
+fn translation_note(blocks: &[bare::TranslatedBlocks]) -> String {
+    if blocks.is_empty() {
+        return String::new();
+    }
+    let med = |f: fn(&bare::TranslatedBlocks) -> u64| {
+        let mut v: Vec<u64> = blocks.iter().map(f).collect();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    format!(
+        " (QEMU's own count, `info jit` in the bare reference, medians: the agent's handshake made it \
+         translate {} blocks of guest code, the first `true` {} more — the kernel's clone, exec, \
+         fault and exit paths, the program, the agent's exec handling —, the second `true` {}: a raw \
+         hello is a fraction of the guest code the first command runs, so no host side can bring \
+         restore → first exec near the raw hello's time under TCG)",
+        med(|b| b.handshake),
+        med(|b| b.first_exec),
+        med(|b| b.second_exec)
+    )
 }
 
 /// With `$IRONCLAW_BENCH_REFERENCE_GUEST` (another build of the guest agent):
