@@ -50,11 +50,22 @@ fn keep_buffers_in_the_heap() {
     }
 }
 
+/// How long an idle thread of the runtime's blocking pool (file requests
+/// run there) is kept. Tokio's default, 10 s, lets the pool empty between
+/// requests and in every prototype snapshot, so the first file request in
+/// each clone made a thread again: under TCG, translating the kernel's
+/// `clone`, stack `mmap` and the thread start-up for the first time.
+const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(24 * 3600);
+
 pub fn serve(listen: Listen) -> std::io::Result<()> {
     keep_buffers_in_the_heap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
         .build()?;
+    // One blocking thread now, so snapshots (and their clones) have it.
+    rt.block_on(async { tokio::task::spawn_blocking(|| ()).await })
+        .map_err(std::io::Error::other)?;
     rt.block_on(async move {
         match listen {
             Listen::Vsock(_) if serial_transport() => {

@@ -71,6 +71,34 @@ fn clones_run_commands_with_their_own_randomness_and_the_current_time() {
     assert!(!vm_dirs().iter().any(|d| d.starts_with("clone-")));
 }
 
+#[test]
+fn a_clones_first_file_request_starts_no_thread() {
+    // The agent's blocking pool (file requests) has its thread from the
+    // prototype on: making one in every clone cost its first file request
+    // a thread creation, translated anew under TCG.
+    let cfg = config();
+    let vm = runtime().block_on(async {
+        let proto = prototype::ensure(&cfg, &quiet).await.unwrap();
+        prototype::restore(&proto, "clone-threads", &cfg)
+            .await
+            .unwrap()
+    });
+    // A command's parent is the agent.
+    let agent_threads = || -> u32 {
+        let out = sh(&vm, "ls /proc/$PPID/task | wc -l");
+        text(&out.stdout).trim().parse().unwrap()
+    };
+    let before = agent_threads();
+    runtime().block_on(vm.agent().stat("/")).unwrap();
+    let after = agent_threads();
+    assert!(
+        before >= 2,
+        "the agent has {before} thread(s): no blocking thread"
+    );
+    assert_eq!(before, after, "the first file request started a thread");
+    runtime().block_on(vm::destroy_vm(vm)).unwrap();
+}
+
 /// KiB of `field` summed over the mappings of `file_name` in `pid`'s smaps.
 fn mapped_kib(pid: u32, file_name: &str, field: &str) -> Option<u64> {
     let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()?;
