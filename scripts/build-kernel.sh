@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Builds IronClaw's microVM guest kernel (see docs/kernel.md) from Debian's
-# linux-source-6.1 with kernel/microvm.config, into the cache:
+# linux-source-6.1, patched with kernel/patches/*.patch, with
+# kernel/microvm.config, into the cache:
 #
 #   <cache>/kernels/<source version>-<config hash>/{bzImage,vmlinux,config}
 #
 # <cache> is $IRONCLAW_CACHE_DIR, else $XDG_CACHE_HOME/ironclaw, else
 # ~/.cache/ironclaw (what the orchestrator uses, orchestrator/src/cache.rs).
 # <config hash> is the SHA-256 (first 16 hex digits) of kernel/microvm.config
-# (which also carries the recipe number of this script: bump it there when a
+# followed by the patches (the config also carries the recipe number of this script: bump it there when a
 # change here changes the kernel built); the orchestrator computes the same
 # hash to find the kernel (boot::kernel::microvm_config_hash). An existing kernel is not
 # rebuilt. The build runs out of tree in a temporary directory; the result is
@@ -25,7 +26,10 @@ SOURCE_TARBALL=/usr/src/linux-source-6.1.tar.xz
 # What this host takes, measured (2 shared cores, nice 10): see docs/kernel.md.
 BUILD_MINUTES="5 to 17"
 
-config_hash=$(sha256sum <"$CONFIG" | cut -c1-16)
+# Applied to Debian's sources in name order (docs/kernel.md).
+PATCHES=(kernel/patches/*.patch)
+
+config_hash=$(cat "$CONFIG" "${PATCHES[@]}" | sha256sum | cut -c1-16)
 if [ "${1:-}" = "--hash" ]; then
   echo "$config_hash"
   exit 0
@@ -83,6 +87,9 @@ step() {
 step "unpacking $SOURCE_TARBALL" tar -xJf "$SOURCE_TARBALL" -C "$work"
 src="$work/linux-source-6.1"
 [ -f "$src/Makefile" ] || fail "$SOURCE_TARBALL has no linux-source-6.1/Makefile"
+for p in "${PATCHES[@]}"; do
+  step "applying $p" patch -d "$src" -p1 --forward --batch -i "$PWD/$p"
+done
 mkdir "$work/out"
 cp "$CONFIG" "$work/microvm.config"
 step "configuring (make allnoconfig with $CONFIG)" \

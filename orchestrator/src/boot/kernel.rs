@@ -30,11 +30,23 @@ pub const MICROVM_CONFIG: &str = include_str!("../../../kernel/microvm.config");
 /// The cache directory (under the cache root) of built microVM kernels.
 pub const MICROVM_KERNELS_DIR: &str = "kernels";
 
+/// The patches applied to Debian's sources before the build, in order, as
+/// `(file name under kernel/patches, contents)` (docs/kernel.md).
+pub const MICROVM_PATCHES: &[(&str, &str)] = &[(
+    "0001-virtio-vsock-16k-rx-buffers.patch",
+    include_str!("../../../kernel/patches/0001-virtio-vsock-16k-rx-buffers.patch"),
+)];
+
 /// The hash naming the microVM kernel of this configuration: the first 16
-/// hex digits of the SHA-256 of `kernel/microvm.config`, what
-/// `scripts/build-kernel.sh --hash` prints.
+/// hex digits of the SHA-256 of `kernel/microvm.config` followed by the
+/// patches, what `scripts/build-kernel.sh --hash` prints.
 pub fn microvm_config_hash() -> String {
-    hex::encode(&Sha256::digest(MICROVM_CONFIG.as_bytes())[..8])
+    let mut hash = Sha256::new();
+    hash.update(MICROVM_CONFIG.as_bytes());
+    for (_, patch) in MICROVM_PATCHES {
+        hash.update(patch.as_bytes());
+    }
+    hex::encode(&hash.finalize()[..8])
 }
 
 /// Where the kernel a VM boots by default comes from.
@@ -314,10 +326,28 @@ mod tests {
             String::from_utf8_lossy(&out.stdout).trim(),
             microvm_config_hash()
         );
-        // And the embedded configuration is the repository's file.
+        // And the embedded configuration and patches are the repository's files.
         assert_eq!(
             fs::read_to_string(workspace.join("kernel/microvm.config")).unwrap(),
             MICROVM_CONFIG
+        );
+        let mut patches: Vec<(String, String)> = fs::read_dir(workspace.join("kernel/patches"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".patch"))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, fs::read_to_string(e.path()).unwrap())
+            })
+            .collect();
+        patches.sort();
+        let embedded: Vec<(String, String)> = MICROVM_PATCHES
+            .iter()
+            .map(|(n, p)| (n.to_string(), p.to_string()))
+            .collect();
+        assert_eq!(
+            patches, embedded,
+            "kernel/patches and MICROVM_PATCHES differ"
         );
     }
 

@@ -572,9 +572,10 @@ pub async fn transfer_section(
          out of tokio's buffer, a copy into the codec's buffer, the write; and every chunk's \
          buffer was faulted in anew). An upload reads the socket into \
          the frame's buffer and writes it to the file (two passes); what bounds it is the guest \
-         kernel's receive path, which takes host data in 4 KiB virtio buffers (virtio-vsock \
-         and virtio-console alike on this 6.1 kernel): 16 384 buffers per 64 MiB, each handled \
-         and refilled by emulated code.\n\n\
+         kernel's receive path, which takes host data in the buffers it gives the device, each \
+         handled and refilled by emulated code: page-sized for virtio-console (16 384 per 64 MiB), \
+         16 KiB for virtio-vsock in the microVM kernel (4 096; the patch in docs/kernel.md took \
+         vsock uploads from 165–200 to 240–290 MiB/s here; Debian's kernel has page-sized ones).\n\n\
          | measurement | median MiB/s | runs (MiB/s) |\n|---|---:|---|\n\
          | upload 64 MiB, vsock (cold-booted VM) | {:.1} | {} |\n\
          | download 64 MiB, vsock | {:.1} | {} |\n\
