@@ -10,8 +10,8 @@ APT_PACKAGES=(qemu-system-x86 linux-image-cloud-amd64 busybox-static debootstrap
 # The microVM guest kernel (scripts/build-kernel.sh, docs/kernel.md): Debian
 # 12's kernel sources (the 6.1 line of linux-image-cloud-amd64, which stays
 # installed for --kernel) and what building them takes (lz4: the compression
-# of the bzImage; libelf-dev: objtool).
-KERNEL_BUILD_PACKAGES=(linux-source-6.1 gcc make libc6-dev bc flex bison libelf-dev lz4 xz-utils)
+# of the bzImage; libelf-dev: objtool; patch: kernel/patches).
+KERNEL_BUILD_PACKAGES=(linux-source-6.1 gcc make libc6-dev bc flex bison libelf-dev lz4 xz-utils patch)
 APT_PACKAGES+=("${KERNEL_BUILD_PACKAGES[@]}")
 
 cd "$(dirname "$0")/.."
