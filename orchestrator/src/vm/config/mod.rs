@@ -161,6 +161,11 @@ impl VmConfig {
         }
     }
 
+    /// Guest memory in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+
     /// Parses a JSON config; unknown fields are refused. Does not validate.
     pub fn from_json(text: &str) -> Result<VmConfig, serde_json::Error> {
         serde_json::from_str(text)

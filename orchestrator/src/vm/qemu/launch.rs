@@ -93,7 +93,7 @@ impl QemuBackend {
             map_live_ram: self.share_memory
                 && opts.transport == Transport::Serial
                 && !matches!(opts.memory, GuestMemory::SharedFile(_)),
-            memory_bytes: u64::from(config.memory_mib) << 20,
+            memory_bytes: config.memory_bytes(),
         };
         // On any error below, dropping `inst` kills what was started.
 

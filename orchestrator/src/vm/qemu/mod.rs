@@ -198,7 +198,7 @@ impl Hypervisor for QemuBackend {
         let (stream, memory) =
             match snapshot {
                 [stream] if stream.file_name() == Some(MAPPED_SNAPSHOT_FILE.as_ref()) => {
-                    let region = mapped_ram::ram_region(stream, u64::from(config.memory_mib) << 20)
+                    let region = mapped_ram::ram_region(stream, config.memory_bytes())
                         .map_err(VmError::SnapshotIncompatible)?;
                     let memory = GuestMemory::SnapshotRam {
                         path: stream.clone(),
