@@ -6,14 +6,14 @@
 use ironclaw_protocol::{OVERLAY_MIB_ARG, ROOTFS_ARG, SERIAL_TRANSPORT_ARG};
 
 use super::config::VmConfig;
+use super::tsc;
 
 /// Every backend: the serial console, quiet, and `/init` of the initramfs.
 const BASE_ARGS: &[&str] = &["console=ttyS0", "quiet", "rdinit=/init"];
 
-/// QEMU: `panic=-1` with `-no-reboot` turns a guest panic into a QEMU exit;
-/// `tsc_early_khz` (with the machine's `pit=on`) keeps TSC calibration from
-/// stalling under TCG.
-const QEMU_ARGS: &[&str] = &["panic=-1", "reboot=t", "tsc_early_khz=2000000"];
+/// QEMU: `panic=-1` with `-no-reboot` turns a guest panic into a QEMU exit.
+/// [`qemu_base`] adds the host's TSC rate ([`super::tsc`]).
+const QEMU_ARGS: &[&str] = &["panic=-1", "reboot=t"];
 
 /// Firecracker's recommended arguments: a guest reboot (`reboot=k`, also what
 /// a panic leads to after 1 s) ends the Firecracker process; there is no PCI
@@ -24,20 +24,40 @@ const FIRECRACKER_ARGS: &[&str] = &["reboot=k", "panic=1", "pci=off"];
 pub const ROOTFS_DEVICE: &str = "/dev/vda";
 
 /// QEMU's base command line without anything VM-specific (the benchmark's
-/// bare-QEMU reference boots with exactly this).
+/// bare-QEMU reference boots with exactly this): the fixed words and
+/// `tsc_early_khz=` with the host's TSC rate, which the guest's TSC runs at
+/// under TCG and which the guest cannot calibrate there (without it the
+/// guest calibrates against the PIT).
 pub fn qemu_base() -> String {
-    join(BASE_ARGS.iter().chain(QEMU_ARGS))
+    let args = join(BASE_ARGS.iter().chain(QEMU_ARGS));
+    match tsc::host_tsc_khz() {
+        Some(khz) => format!("{args} tsc_early_khz={khz}"),
+        None => args,
+    }
 }
 
 /// The command line of a QEMU VM of `config`; `serial` selects the
 /// virtio-serial transport for the agent.
 pub fn qemu(config: &VmConfig, serial: bool) -> String {
-    let mut args = qemu_base();
-    if serial {
-        args.push(' ');
-        args.push_str(SERIAL_TRANSPORT_ARG);
-    }
-    args + &guest_args(config)
+    qemu_base() + &transport_and_guest_args(config, serial)
+}
+
+/// What identifies a QEMU prototype's command line (a snapshot keeps the
+/// kernel as it booted): [`qemu`]'s words for a snapshotted (virtio-serial)
+/// VM without the measured TSC rate, which is the host's as the prototype
+/// cache is, and which would otherwise vary in its last digits between
+/// measurements.
+pub fn qemu_prototype_identity(config: &VmConfig) -> String {
+    join(BASE_ARGS.iter().chain(QEMU_ARGS)) + &transport_and_guest_args(config, true)
+}
+
+fn transport_and_guest_args(config: &VmConfig, serial: bool) -> String {
+    let transport = if serial {
+        format!(" {SERIAL_TRANSPORT_ARG}")
+    } else {
+        String::new()
+    };
+    transport + &guest_args(config)
 }
 
 /// The command line of a Firecracker VM of `config`.
@@ -95,7 +115,8 @@ mod tests {
         for both in ["console=ttyS0", "rdinit=/init"] {
             assert!(words(&q).contains(&both) && words(&f).contains(&both));
         }
-        for qemu_only in ["tsc_early_khz=2000000", "panic=-1", "reboot=t"] {
+        let tsc = format!("tsc_early_khz={}", tsc::host_tsc_khz().unwrap());
+        for qemu_only in [tsc.as_str(), "panic=-1", "reboot=t"] {
             assert!(words(&q).contains(&qemu_only), "{q}");
             assert!(!words(&f).contains(&qemu_only), "{f}");
         }
@@ -103,5 +124,21 @@ mod tests {
             assert!(words(&f).contains(&fc_only), "{f}");
             assert!(!words(&q).contains(&fc_only), "{q}");
         }
+    }
+
+    /// A prototype's identity is the serial VM's command line less the
+    /// measured TSC word.
+    #[test]
+    fn the_prototype_identity_is_the_command_line_without_the_tsc_rate() {
+        let exe = std::env::current_exe().unwrap();
+        let mut c = VmConfig::new("a", &exe, &exe);
+        c.rootfs = Some(exe.clone());
+        let id = qemu_prototype_identity(&c);
+        let full = qemu(&c, true);
+        let full: Vec<_> = words(&full)
+            .into_iter()
+            .filter(|w| !w.starts_with("tsc_early_khz="))
+            .collect();
+        assert_eq!(words(&id), full);
     }
 }

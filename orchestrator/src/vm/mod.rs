@@ -28,6 +28,7 @@ pub mod qmp;
 pub mod runtime;
 pub mod select;
 pub mod snapshot_files;
+mod tsc;
 mod spawn;
 pub mod vsock;
 

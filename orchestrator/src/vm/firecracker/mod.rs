@@ -119,11 +119,12 @@ impl Hypervisor for FirecrackerBackend {
         Accel::Kvm
     }
 
-    fn snapshot_identity(&self) -> Result<Vec<String>, VmError> {
+    fn snapshot_identity(&self, config: &VmConfig) -> Result<Vec<String>, VmError> {
         Ok(vec![
             format!("vmm={}", super::host::file_identity(&self.options.binary)?),
             // A snapshot holds the paths its VMM saw: a jailed one's are chroot paths.
             format!("launch={}", options::launch_kind(&self.options)),
+            format!("cmdline={}", super::cmdline::firecracker(config)),
         ])
     }
 

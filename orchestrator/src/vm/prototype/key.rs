@@ -54,7 +54,7 @@ pub(super) fn key_with(
         ),
     ];
     // The VMM that wrote a snapshot, and how it ran, decide who can load it.
-    for part in parts.into_iter().chain(backend.snapshot_identity()?) {
+    for part in parts.into_iter().chain(backend.snapshot_identity(config)?) {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
@@ -100,5 +100,20 @@ mod tests {
         fs::write(&staged, "the same bytes").unwrap();
         fs::rename(&staged, &a).unwrap();
         assert_ne!(key(&a), key_a, "a rebuilt kernel, another key");
+    }
+
+    /// The guest kernel's command line is part of what a snapshot is (the
+    /// kernel keeps what it booted with), so it is part of the key.
+    #[test]
+    fn the_key_covers_the_kernel_command_line() {
+        let exe = std::env::current_exe().unwrap();
+        let backend = QemuBackend::with_qemu(exe.clone());
+        let config = VmConfig::new("k", &exe, &exe);
+        let identity = backend.snapshot_identity(&config).unwrap();
+        let cmdline = format!(
+            "cmdline={}",
+            crate::vm::cmdline::qemu_prototype_identity(&config)
+        );
+        assert!(identity.contains(&cmdline), "{identity:?}");
     }
 }

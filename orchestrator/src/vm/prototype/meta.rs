@@ -13,8 +13,10 @@ pub use crate::vm::snapshot_files::SnapshotFileMeta;
 /// incompatibly (2: a list of snapshot files, for Firecracker's two; 3: QEMU
 /// guest RAM as the memory backend `mem`, kept in a file beside the stream
 /// when clones share it; 4: an image's prototype has run the page-cache
-/// warm-up before its snapshot).
-pub(super) const FORMAT_VERSION: u32 = 4;
+/// warm-up before its snapshot; 5: the guest kernel booted with the host's
+/// measured TSC rate instead of a fixed 2 GHz, so older snapshots keep a
+/// clock that runs at the wrong rate).
+pub(super) const FORMAT_VERSION: u32 = 5;
 pub(super) const META_FILE: &str = "meta.json";
 
 /// What a prototype was built from, and facts about the build.

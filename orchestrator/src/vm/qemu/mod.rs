@@ -148,7 +148,7 @@ impl Hypervisor for QemuBackend {
         accel::choose(config.accel).0
     }
 
-    fn snapshot_identity(&self) -> Result<Vec<String>, VmError> {
+    fn snapshot_identity(&self, config: &VmConfig) -> Result<Vec<String>, VmError> {
         // A migration stream is loadable by the QEMU that wrote it, with
         // its RAM in the stream or in a file beside it.
         let memory = if self.share_memory {
@@ -159,6 +159,7 @@ impl Hypervisor for QemuBackend {
         Ok(vec![
             format!("vmm={}", file_identity(&self.qemu)?),
             format!("clone-memory={memory}"),
+            format!("cmdline={}", super::cmdline::qemu_prototype_identity(config)),
         ])
     }
 
