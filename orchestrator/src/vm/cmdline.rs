@@ -12,8 +12,12 @@ use super::tsc;
 const BASE_ARGS: &[&str] = &["console=ttyS0", "quiet", "rdinit=/init"];
 
 /// QEMU: `panic=-1` with `-no-reboot` turns a guest panic into a QEMU exit.
-/// [`qemu_base`] adds the host's TSC rate ([`super::tsc`]).
-const QEMU_ARGS: &[&str] = &["panic=-1", "reboot=t"];
+/// `tsc=reliable`: the TSC is the guest's clock source (the microvm machine
+/// has no HPET or ACPI PM timer), and without it the kernel watches the TSC
+/// against jiffies twice a second, waking idle guests and, with ticks late on
+/// a loaded host, liable to declare the TSC unstable and fall back to
+/// jiffies. [`qemu_base`] adds the host's TSC rate ([`super::tsc`]).
+const QEMU_ARGS: &[&str] = &["panic=-1", "reboot=t", "tsc=reliable"];
 
 /// Firecracker's recommended arguments: a guest reboot (`reboot=k`, also what
 /// a panic leads to after 1 s) ends the Firecracker process; there is no PCI
@@ -42,13 +46,14 @@ pub fn qemu(config: &VmConfig, serial: bool) -> String {
     qemu_base() + &transport_and_guest_args(config, serial)
 }
 
-/// What identifies a QEMU prototype's command line (a snapshot keeps the
-/// kernel as it booted): [`qemu`]'s words for a snapshotted (virtio-serial)
-/// VM without the measured TSC rate, which is the host's as the prototype
-/// cache is, and which would otherwise vary in its last digits between
-/// measurements.
-pub fn qemu_prototype_identity(config: &VmConfig) -> String {
-    join(BASE_ARGS.iter().chain(QEMU_ARGS)) + &transport_and_guest_args(config, true)
+/// [`qemu`] without the measured TSC rate. It identifies a prototype's
+/// command line (the snapshot's kernel keeps what it booted with; the rate
+/// is the host's, as the prototype cache is, and varies in its last digits
+/// between measurements), and it is what a restored VM's QEMU is given: its
+/// kernel booted long ago and reads none of it, and the restore path
+/// measures nothing.
+pub fn qemu_unmeasured(config: &VmConfig, serial: bool) -> String {
+    join(BASE_ARGS.iter().chain(QEMU_ARGS)) + &transport_and_guest_args(config, serial)
 }
 
 fn transport_and_guest_args(config: &VmConfig, serial: bool) -> String {
@@ -126,14 +131,13 @@ mod tests {
         }
     }
 
-    /// A prototype's identity is the serial VM's command line less the
-    /// measured TSC word.
+    /// The unmeasured command line is the full one less the TSC word.
     #[test]
-    fn the_prototype_identity_is_the_command_line_without_the_tsc_rate() {
+    fn the_unmeasured_command_line_is_the_full_one_without_the_tsc_rate() {
         let exe = std::env::current_exe().unwrap();
         let mut c = VmConfig::new("a", &exe, &exe);
         c.rootfs = Some(exe.clone());
-        let id = qemu_prototype_identity(&c);
+        let id = qemu_unmeasured(&c, true);
         let full = qemu(&c, true);
         let full: Vec<_> = words(&full)
             .into_iter()

@@ -102,18 +102,23 @@ mod tests {
         assert_ne!(key(&a), key_a, "a rebuilt kernel, another key");
     }
 
-    /// The guest kernel's command line is part of what a snapshot is (the
-    /// kernel keeps what it booted with), so it is part of the key.
+    /// The guest CPU model and the kernel's command line are part of what a
+    /// snapshot is (the kernel keeps what it booted with and on), so they
+    /// are part of the key.
     #[test]
-    fn the_key_covers_the_kernel_command_line() {
+    fn the_key_covers_the_cpu_and_the_kernel_command_line() {
         let exe = std::env::current_exe().unwrap();
         let backend = QemuBackend::with_qemu(exe.clone());
         let config = VmConfig::new("k", &exe, &exe);
         let identity = backend.snapshot_identity(&config).unwrap();
         let cmdline = format!(
             "cmdline={}",
-            crate::vm::cmdline::qemu_prototype_identity(&config)
+            crate::vm::cmdline::qemu_unmeasured(&config, true)
         );
         assert!(identity.contains(&cmdline), "{identity:?}");
+        assert!(
+            identity.iter().any(|l| l.starts_with("machine=") && l.contains("-cpu")),
+            "{identity:?}"
+        );
     }
 }

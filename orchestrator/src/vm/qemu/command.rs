@@ -61,6 +61,18 @@ impl GuestMemory {
     }
 }
 
+/// The accelerator and the guest CPU model. Under TCG, `qemu64` with ARAT
+/// ("the APIC timer always runs", true of QEMU's emulated one): without it
+/// the guest kernel keeps its tick periodic, 100 interrupts a second in every
+/// idle VM, for want of a broadcast timer to stand in during deep idle
+/// (docs/decisions.md).
+pub fn accel_args(accel: Accel) -> [&'static str; 4] {
+    match accel {
+        Accel::Kvm => ["-accel", "kvm", "-cpu", "host"],
+        Accel::Tcg => ["-accel", "tcg", "-cpu", "qemu64,+arat"],
+    }
+}
+
 impl QemuBackend {
     /// QEMU with the machine IronClaw runs — microvm, accelerator, vCPUs,
     /// memory, no default devices and no network device — and nothing else:
@@ -76,10 +88,7 @@ impl QemuBackend {
         let mem = config.memory_mib;
         let mut cmd = Command::new(&self.qemu);
         cmd.args(["-M", "microvm,pit=on,acpi=on,memory-backend=mem"]);
-        match accel {
-            Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => cmd.args(["-accel", "tcg"]),
-        };
+        cmd.args(accel_args(accel));
         cmd.args(["-m", &format!("{mem}M"), "-smp", &config.vcpus.to_string()]);
         cmd.arg("-object").arg(memory.object(mem));
         cmd.args([
@@ -126,9 +135,14 @@ impl QemuBackend {
         ));
         cmd.arg("-kernel").arg(&config.kernel);
         cmd.arg("-initrd").arg(&config.initramfs);
+        let serial = opts.transport == Transport::Serial;
+        cmd.arg("-append").arg(if opts.incoming.is_some() {
+            cmdline::qemu_unmeasured(config, serial)
+        } else {
+            cmdline::qemu(config, serial)
+        });
         match opts.transport {
             Transport::Vsock => {
-                cmd.arg("-append").arg(cmdline::qemu(config, false));
                 cmd.arg("-chardev").arg(format!(
                     "socket,id=vsock0,path={}",
                     dir.file("vhost-vsock.sock").display()
@@ -137,7 +151,6 @@ impl QemuBackend {
                 cmd.args(["-device", "vhost-user-vsock-device,chardev=vsock0"]);
             }
             Transport::Serial => {
-                cmd.arg("-append").arg(cmdline::qemu(config, true));
                 cmd.args(["-device", "virtio-serial-device"]);
                 cmd.arg("-chardev").arg(format!(
                     "socket,id=agent0,path={},server=on,wait=off",
