@@ -59,6 +59,10 @@ const BLOCKING_THREAD_KEEP_ALIVE: Duration = Duration::from_secs(24 * 3600);
 
 pub fn serve(listen: Listen) -> std::io::Result<()> {
     keep_buffers_in_the_heap();
+    // Read and opened now, before any snapshot, so clones need neither.
+    kernel_release();
+    crate::reseed::open_urandom();
+    crate::spawn::open_dev_null();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .thread_keep_alive(BLOCKING_THREAD_KEEP_ALIVE)
@@ -469,10 +473,24 @@ impl Session {
     }
 }
 
+/// The running kernel's release, read once when the agent starts (so a
+/// snapshot's clones have it: the hello of every clone used to read it from
+/// procfs, a few hundred blocks of kernel code translated anew under TCG).
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+    static RELEASE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    RELEASE
+        .get_or_init(|| {
+            // SAFETY: utsname is plain data; uname fills it.
+            let mut uts: libc::utsname = unsafe { std::mem::zeroed() };
+            if unsafe { libc::uname(&mut uts) } != 0 {
+                return "unknown".into();
+            }
+            // SAFETY: uname NUL-terminates each field within its array.
+            unsafe { std::ffi::CStr::from_ptr(uts.release.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .clone()
 }
 
 #[cfg(test)]

@@ -10,6 +10,27 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `_IO('R', 0x07)`: reseed the CRNG from the pool now.
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
+/// `/dev/urandom`, opened once (by [`open_urandom`] when the agent starts, so
+/// a snapshot's clones reseed without a path walk of their own).
+static URANDOM: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+
+/// Opens `/dev/urandom` for [`reseed`] ahead of the first request.
+pub fn open_urandom() {
+    if let Err(e) = urandom() {
+        eprintln!("ironclaw-guest: opening /dev/urandom: {e}");
+    }
+}
+
+fn urandom() -> io::Result<&'static std::fs::File> {
+    if let Some(f) = URANDOM.get() {
+        return Ok(f);
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    Ok(URANDOM.get_or_init(|| f))
+}
+
 pub fn reseed(entropy: &[u8], unix_time_ns: u64) -> io::Result<()> {
     if entropy.is_empty() || entropy.len() > MAX_RESEED_ENTROPY {
         return Err(io::Error::new(
@@ -25,9 +46,7 @@ pub fn reseed(entropy: &[u8], unix_time_ns: u64) -> io::Result<()> {
     info.extend_from_slice(&((entropy.len() * 8) as i32).to_ne_bytes());
     info.extend_from_slice(&(entropy.len() as i32).to_ne_bytes());
     info.extend_from_slice(entropy);
-    let urandom = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/urandom")?;
+    let urandom = urandom()?;
     // SAFETY: info is a correctly laid out rand_pool_info that outlives the call.
     if unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY, info.as_ptr()) } != 0 {
         return Err(io::Error::last_os_error());

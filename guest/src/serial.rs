@@ -1,7 +1,8 @@
 //! The virtio-serial transport: one port (`/dev/vportNpM`) carries the same
 //! protocol as vsock. Unlike vsock there are no connections, so the agent
 //! learns about the host from the port itself: reads return EOF (and poll
-//! reports POLLHUP) while no host is connected to the chardev socket.
+//! reports POLLHUP) while no host is connected to the chardev socket; the
+//! driver wakes the port's waiters when one connects ([`SerialPort::wait_for_host`]).
 //!
 //! Each session gets its own registration with the reactor ([`SerialPort::session`]).
 //! tokio treats a hang-up as final: once epoll has reported POLLHUP on a
@@ -15,6 +16,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::fdstream::FdStream;
 
@@ -74,22 +78,96 @@ impl SerialPort {
         FdStream::new(self.fd.try_clone()?)
     }
 
-    /// Waits until a host is connected to the other end. The port gives no
-    /// event for "hang-up cleared" (poll keeps reporting POLLHUP until then),
-    /// so this polls every 10 ms; it runs only while no host is connected.
+    /// Waits until a host is connected to the other end. The port reports
+    /// POLLHUP for as long as none is, so it cannot be waited on directly;
+    /// but the driver wakes the port's waiters when the host side opens
+    /// (`VIRTIO_CONSOLE_PORT_OPEN`), which an edge-triggered epoll instance
+    /// of our own turns into an event. The reactor watches that instance
+    /// (plainly readable, never hung up), so the agent sleeps until the host
+    /// connects instead of polling (it polled every 10 ms: up to 10 ms of
+    /// every clone's handshake). Registered before the first check, so a
+    /// connection in between is not missed; a slow fallback check covers a
+    /// wake-up the driver might not give.
     pub async fn wait_for_host(&self) {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd, zero timeout.
-            let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-            if n >= 0 && pfd.revents & libc::POLLHUP == 0 {
-                return;
+        let watch = match HostWatch::new(&self.fd) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("ironclaw-guest: watching the serial port: {e}; polling it");
+                None
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        while self.hung_up() {
+            match &watch {
+                Some(w) => w.next_wake(FALLBACK_CHECK).await,
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+
+    fn hung_up(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n < 0 || pfd.revents & libc::POLLHUP != 0
+    }
+}
+
+/// How often [`SerialPort::wait_for_host`] checks the port without a wake-up.
+const FALLBACK_CHECK: Duration = Duration::from_secs(1);
+
+/// An epoll instance watching the port edge-triggered, itself watched by
+/// the reactor.
+struct HostWatch {
+    epoll: AsyncFd<OwnedFd>,
+}
+
+impl HostWatch {
+    fn new(port: &OwnedFd) -> io::Result<HostWatch> {
+        // SAFETY: creates a descriptor, owned below.
+        let raw = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let epoll = unsafe { OwnedFd::from_raw_fd(raw) };
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLET) as u32,
+            u64: 0,
+        };
+        // SAFETY: both descriptors are open; event is valid for the call.
+        if unsafe {
+            libc::epoll_ctl(
+                epoll.as_raw_fd(),
+                libc::EPOLL_CTL_ADD,
+                port.as_raw_fd(),
+                &mut event,
+            )
+        } < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the OwnedFd moves into the AsyncFd and stays open, as the
+        // same descriptor, for the AsyncFd's whole life.
+        let epoll = unsafe { AsyncFd::register_with_interest(epoll, Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(HostWatch { epoll })
+    }
+
+    /// Returns after the port's next wake-up (or `fallback`), with the
+    /// events seen so far consumed.
+    async fn next_wake(&self, fallback: Duration) {
+        if let Ok(Ok(mut guard)) = tokio::time::timeout(fallback, self.epoll.readable()).await {
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+            // SAFETY: a valid buffer of 4 events, zero timeout.
+            while unsafe {
+                libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 4, 0)
+            } > 0
+            {}
+            guard.clear_ready();
         }
     }
 }

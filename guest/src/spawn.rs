@@ -63,7 +63,7 @@ struct ChildArgs {
     envp: *const *const libc::c_char,
     cwd: *const libc::c_char,
     oom: &'static [u8],
-    /// -1: open /dev/null.
+    /// A pipe's end or the agent's `/dev/null` ([`dev_null`]).
     stdin: libc::c_int,
     stdout: libc::c_int,
     stderr: libc::c_int,
@@ -132,18 +132,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             return fail(2);
         }
         libc::close(fd);
-        let stdin = if a.stdin >= 0 {
-            a.stdin
-        } else {
-            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
-            if null < 0 {
-                return fail(3);
-            }
-            null
-        };
-        // The pipes' ends are all above 2 (the agent's 0-2 are open), so
-        // dup2 always makes a new descriptor without close-on-exec.
-        for (from, to) in [(stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
+        // The pipes' ends and /dev/null are all above 2 (the agent's 0-2 are
+        // open), so dup2 always makes a new descriptor without close-on-exec.
+        for (from, to) in [(a.stdin, 0), (a.stdout, 1), (a.stderr, 2)] {
             if libc::dup2(from, to) < 0 {
                 return fail(3);
             }
@@ -159,6 +150,32 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         libc::execve(a.program, a.argv, a.envp);
         fail(6)
     }
+}
+
+/// `/dev/null`, opened once (close-on-exec) for every command without a
+/// stdin pipe: [`open_dev_null`] opens it when the agent starts, so neither
+/// a snapshot's clones nor any command walks the path again.
+static DEV_NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens [`DEV_NULL`] ahead of the first command.
+pub fn open_dev_null() {
+    if let Err(e) = dev_null() {
+        eprintln!("ironclaw-guest: opening /dev/null: {e}");
+    }
+}
+
+fn dev_null() -> io::Result<libc::c_int> {
+    if let Some(fd) = DEV_NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    // SAFETY: a constant path; the descriptor is checked and owned below.
+    let raw = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(DEV_NULL.get_or_init(|| fd).as_raw_fd())
 }
 
 /// Stack for the child until `execve` (it only makes system calls).
@@ -192,7 +209,10 @@ pub fn spawn(spec: &SpawnSpec) -> io::Result<Spawned> {
         envp: envp.as_ptr(),
         cwd: spec.cwd.as_ptr(),
         oom: spec.oom_score_adj,
-        stdin: stdin_r.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        stdin: match &stdin_r {
+            Some(f) => f.as_raw_fd(),
+            None => dev_null()?,
+        },
         stdout: stdout_w.as_raw_fd(),
         stderr: stderr_w.as_raw_fd(),
         failure: AtomicI32::new(0),
