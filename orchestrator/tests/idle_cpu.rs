@@ -49,16 +49,23 @@ fn idle_cpu_share(vm: &VmHandle) -> f64 {
     used.as_secs_f64() / t0.elapsed().as_secs_f64()
 }
 
-#[test]
-fn an_idle_clone_does_not_burn_a_host_core() {
+/// The default machine's config (named `config_id`) and a clone `clone_id`
+/// of its prototype.
+fn restore_clone(config_id: &str, clone_id: &str) -> (vm::VmConfig, VmHandle) {
     runtime();
-    let cfg = vm::default_config("idle").expect("default config (run scripts/setup.sh first)");
+    let cfg = vm::default_config(config_id).expect("default config (run scripts/setup.sh first)");
     let clone = runtime()
         .block_on(async {
             let proto = prototype::ensure(&cfg, &|_| {}).await?;
-            prototype::restore(&proto, "idle-clone", &cfg).await
+            prototype::restore(&proto, clone_id, &cfg).await
         })
         .expect("restoring a clone");
+    (cfg, clone)
+}
+
+#[test]
+fn an_idle_clone_does_not_burn_a_host_core() {
+    let (cfg, clone) = restore_clone("idle", "idle-clone");
     let clone_share = idle_cpu_share(&clone);
     runtime().block_on(vm::destroy_vm(clone)).unwrap();
 
@@ -99,14 +106,7 @@ fn guest_timer_interrupts(vm: &VmHandle) -> u64 {
 /// emulated, which is most of an idle TCG VM's host CPU.
 #[test]
 fn an_idle_clones_guest_runs_tickless() {
-    runtime();
-    let cfg = vm::default_config("tickless").expect("default config (run scripts/setup.sh first)");
-    let clone = runtime()
-        .block_on(async {
-            let proto = prototype::ensure(&cfg, &|_| {}).await?;
-            prototype::restore(&proto, "tickless-clone", &cfg).await
-        })
-        .expect("restoring a clone");
+    let (_, clone) = restore_clone("tickless", "tickless-clone");
     let before = guest_timer_interrupts(&clone);
     std::thread::sleep(Duration::from_secs(2));
     let during = guest_timer_interrupts(&clone) - before;
