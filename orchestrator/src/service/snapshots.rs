@@ -599,6 +599,7 @@ mod tests {
             name: "snapshot.bin".into(),
             bytes: 5,
             sha256: String::new(),
+            digest: Default::default(),
             disk_bytes: None,
         }];
         m

@@ -213,6 +213,7 @@ mod tests {
                 name: name.into(),
                 bytes: content.len() as u64,
                 sha256: hex::encode(Sha256::digest(content)),
+                digest: Default::default(),
                 disk_bytes: None,
             });
         }
