@@ -2,11 +2,12 @@
 //! (`tsc_early_khz=`).
 //!
 //! Under TCG, QEMU's guest `rdtsc` is the host's time-stamp counter plus an
-//! offset, so the guest's TSC ticks at the host's rate. The guest kernel
-//! cannot calibrate it itself there (against the emulated PIT it stalls:
-//! `docs/decisions.md`), so it must be told the rate, and a wrong rate makes
-//! every guest clock run wrong: with the 2 GHz once written here, a 2.6 GHz
-//! host ran its guests' clocks 30 % fast (`sleep 5` returned after 3.9 s).
+//! offset, so the guest's TSC ticks at the host's rate. Calibrating it
+//! against the emulated PIT is at the mercy of emulation (it stalled in the
+//! first measurements, with QEMU 7.2; `docs/decisions.md`), so the kernel is
+//! told the rate, and a wrong rate makes every guest clock run wrong: with
+//! the 2 GHz once written here, a 2.6 GHz host ran its guests' clocks 30 %
+//! fast (`sleep 5` returned after 3.9 s).
 //!
 //! The rate is measured against `CLOCK_MONOTONIC_RAW`, which the host kernel
 //! itself derives from the TSC with its own calibration, so the measurement
