@@ -18,7 +18,7 @@ mod fc_support;
 use fc_support::*;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use ironclaw_orchestrator::vm::config::{AccelChoice, BackendChoice};
 use ironclaw_orchestrator::vm::firecracker::{MEMORY_FILE, VMSTATE_FILE};
 use ironclaw_orchestrator::vm::pool::{Pool, PoolConfig};
 use ironclaw_orchestrator::vm::prototype::{self, Prototype};
+use ironclaw_orchestrator::vm::snapshot_files::{digest_file, DigestKind};
 use ironclaw_orchestrator::vm::{self, BackendKind, VmConfig};
 use serde_json::{json, Value as Json};
 
@@ -197,11 +198,6 @@ fn assert_nothing_left(host: &FakeFirecracker) {
     assert!(builds.is_empty(), "build directories left: {builds:?}");
 }
 
-fn sha256_hex(path: &Path) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
-}
-
 /// The calls of building the prototype whose build VM is `build_vm`.
 fn build_calls(build_vm: &str) -> Vec<String> {
     [
@@ -273,7 +269,9 @@ async fn prototype_build_restore_and_rebuild_through_the_snapshot_api() {
     for f in &proto.meta.files {
         let p = proto.dir.join(&f.name);
         assert_eq!(std::fs::metadata(&p).unwrap().len(), f.bytes, "{f:?}");
-        assert_eq!(sha256_hex(&p), f.sha256, "{f:?}");
+        assert_eq!(f.digest, DigestKind::NonzeroPages, "{f:?}");
+        let digest = hex::encode(digest_file(&p, f.digest).unwrap());
+        assert_eq!(digest, f.sha256, "{f:?}");
     }
     assert_eq!(proto.meta.files[1].bytes, FAKE_MEM_BYTES as u64);
     let meta: Json =
