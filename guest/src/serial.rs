@@ -163,10 +163,9 @@ impl HostWatch {
         if let Ok(Ok(mut guard)) = tokio::time::timeout(fallback, self.epoll.readable()).await {
             let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
             // SAFETY: a valid buffer of 4 events, zero timeout.
-            while unsafe {
-                libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 4, 0)
-            } > 0
-            {}
+            while unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 4, 0) } > 0
+            {
+            }
             guard.clear_ready();
         }
     }

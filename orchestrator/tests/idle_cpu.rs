@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{runtime, sh, text};
+use common::{guest_number, runtime, sh, text};
 use ironclaw_orchestrator::vm::{self, prototype, VmHandle};
 
 /// The idle window over which QEMU's CPU time is measured.
@@ -92,12 +92,8 @@ fn an_idle_clone_does_not_burn_a_host_core() {
 
 /// Local timer interrupts the guest took, from its /proc/interrupts.
 fn guest_timer_interrupts(vm: &VmHandle) -> u64 {
-    let out = sh(vm, "grep '^ *LOC:' /proc/interrupts");
-    let line = text(&out.stdout);
-    line.split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no LOC line in the guest's /proc/interrupts: {line:?}"))
+    let script = "grep '^ *LOC:' /proc/interrupts";
+    guest_number(vm, script, 1, "LOC line in the guest's /proc/interrupts")
 }
 
 /// An idle guest stops its timer tick. With a periodic tick (what the guest

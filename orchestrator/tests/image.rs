@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
-use common::{runtime, text};
+use common::{guest_number, runtime, text};
 use ironclaw_orchestrator::agent::FileError;
 use ironclaw_orchestrator::userland::{self, Progress};
 use ironclaw_orchestrator::vm::{self, exec_request, VmConfig, VmHandle};
@@ -407,12 +407,7 @@ fn clones_of_an_image_prototype_are_separate_too() {
 
 /// Sectors the guest has read from its image disk so far (`/sys/block/*/stat`).
 fn sectors_read(vm: &VmHandle) -> u64 {
-    let out = sh(vm, "cat /sys/block/vd*/stat");
-    let stat = text(&out.stdout);
-    stat.split_whitespace()
-        .nth(2)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no disk statistics: {stat:?} {}", text(&out.stderr)))
+    guest_number(vm, "cat /sys/block/vd*/stat", 2, "disk statistics")
 }
 
 #[test]

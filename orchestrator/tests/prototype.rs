@@ -81,7 +81,9 @@ fn a_clones_clock_runs_at_the_hosts_rate() {
     let cfg = config();
     let vm = runtime().block_on(async {
         let proto = prototype::ensure(&cfg, &quiet).await.unwrap();
-        prototype::restore(&proto, "clock-check", &cfg).await.unwrap()
+        prototype::restore(&proto, "clock-check", &cfg)
+            .await
+            .unwrap()
     });
     let uptime = |vm: &vm::VmHandle| -> (f64, std::time::Instant) {
         let out = sh(vm, "cut -d' ' -f1 /proc/uptime");

@@ -28,8 +28,8 @@ pub mod qmp;
 pub mod runtime;
 pub mod select;
 pub mod snapshot_files;
-mod tsc;
 mod spawn;
+mod tsc;
 pub mod vsock;
 
 pub use crate::agent::{AgentClient, AgentError, ExecOutput};

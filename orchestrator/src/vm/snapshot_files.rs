@@ -244,7 +244,13 @@ mod tests {
 
     /// A file of `len` bytes with `pages` (offset, byte) written and the rest
     /// left as holes, or written out as zeros when `dense`.
-    fn file(dir: &Path, name: &str, len: u64, pages: &[(u64, u8)], dense: bool) -> std::path::PathBuf {
+    fn file(
+        dir: &Path,
+        name: &str,
+        len: u64,
+        pages: &[(u64, u8)],
+        dense: bool,
+    ) -> std::path::PathBuf {
         let path = dir.join(name);
         let mut f = fs::File::create(&path).unwrap();
         if dense {
@@ -275,10 +281,28 @@ mod tests {
         // Any byte that differs, in a page with data or in a hole, and the
         // length, change it.
         let changed = [
-            file(tmp.path(), "a", 8 * MIB, &[(0, 9), pages[1], pages[2]], false),
-            file(tmp.path(), "b", 8 * MIB, &[pages[0], pages[1], pages[2], (5 * MIB, 1)], false),
+            file(
+                tmp.path(),
+                "a",
+                8 * MIB,
+                &[(0, 9), pages[1], pages[2]],
+                false,
+            ),
+            file(
+                tmp.path(),
+                "b",
+                8 * MIB,
+                &[pages[0], pages[1], pages[2], (5 * MIB, 1)],
+                false,
+            ),
             file(tmp.path(), "c", 8 * MIB + 1, &pages, false),
-            file(tmp.path(), "d", 8 * MIB, &[pages[0], (3 * MIB + 4096 * 8 + 5, 2), pages[2]], false),
+            file(
+                tmp.path(),
+                "d",
+                8 * MIB,
+                &[pages[0], (3 * MIB + 4096 * 8 + 5, 2), pages[2]],
+                false,
+            ),
         ];
         for c in &changed {
             assert_ne!(digest(c), digest(&sparse), "{}", c.display());

@@ -96,6 +96,18 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// The whitespace-separated field `field` (from 0) of what `script` prints
+/// in the guest, as a number; panics naming `what` if there is none.
+pub fn guest_number(vm: &VmHandle, script: &str, field: usize, what: &str) -> u64 {
+    let out = sh(vm, script);
+    let printed = text(&out.stdout);
+    printed
+        .split_whitespace()
+        .nth(field)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {what}: {printed:?} {}", text(&out.stderr)))
+}
+
 /// Whether a process with this pid exists (zombies count as gone).
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

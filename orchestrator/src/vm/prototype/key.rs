@@ -117,7 +117,9 @@ mod tests {
         );
         assert!(identity.contains(&cmdline), "{identity:?}");
         assert!(
-            identity.iter().any(|l| l.starts_with("machine=") && l.contains("-cpu")),
+            identity
+                .iter()
+                .any(|l| l.starts_with("machine=") && l.contains("-cpu")),
             "{identity:?}"
         );
     }

@@ -159,7 +159,10 @@ impl Hypervisor for QemuBackend {
         Ok(vec![
             format!("vmm={}", file_identity(&self.qemu)?),
             format!("clone-memory={memory}"),
-            format!("machine={}", command::accel_args(self.accel(config)).join(" ")),
+            format!(
+                "machine={}",
+                command::accel_args(self.accel(config)).join(" ")
+            ),
             format!("cmdline={}", super::cmdline::qemu_unmeasured(config, true)),
         ])
     }
