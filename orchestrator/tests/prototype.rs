@@ -26,6 +26,15 @@ fn vm_dirs() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A clone `id` of the default config's prototype (built if needed).
+fn restore_clone(id: &str) -> vm::VmHandle {
+    let cfg = config();
+    runtime().block_on(async {
+        let proto = prototype::ensure(&cfg, &quiet).await.unwrap();
+        prototype::restore(&proto, id, &cfg).await.unwrap()
+    })
+}
+
 #[test]
 fn clones_run_commands_with_their_own_randomness_and_the_current_time() {
     let cfg = config();
@@ -78,13 +87,7 @@ fn clones_run_commands_with_their_own_randomness_and_the_current_time() {
 /// uptime) advances by the same within 5 %, whatever the machine's load.
 #[test]
 fn a_clones_clock_runs_at_the_hosts_rate() {
-    let cfg = config();
-    let vm = runtime().block_on(async {
-        let proto = prototype::ensure(&cfg, &quiet).await.unwrap();
-        prototype::restore(&proto, "clock-check", &cfg)
-            .await
-            .unwrap()
-    });
+    let vm = restore_clone("clock-check");
     let uptime = |vm: &vm::VmHandle| -> (f64, std::time::Instant) {
         let out = sh(vm, "cut -d' ' -f1 /proc/uptime");
         let host = std::time::Instant::now();
@@ -106,13 +109,7 @@ fn a_clones_first_file_request_starts_no_thread() {
     // The agent's blocking pool (file requests) has its thread from the
     // prototype on: making one in every clone cost its first file request
     // a thread creation, translated anew under TCG.
-    let cfg = config();
-    let vm = runtime().block_on(async {
-        let proto = prototype::ensure(&cfg, &quiet).await.unwrap();
-        prototype::restore(&proto, "clone-threads", &cfg)
-            .await
-            .unwrap()
-    });
+    let vm = restore_clone("clone-threads");
     // A command's parent is the agent.
     let agent_threads = || -> u32 {
         let out = sh(&vm, "ls /proc/$PPID/task | wc -l");

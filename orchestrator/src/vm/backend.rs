@@ -70,10 +70,10 @@ pub trait Hypervisor: Send + Sync {
     fn accel(&self, config: &VmConfig) -> Accel;
 
     /// Everything about this backend that decides whether a snapshot it
-    /// wrote of a VM of `config` can be restored by it (the VMM executable,
-    /// how it is launched, the guest kernel's command line it boots with), as
-    /// `name=value` lines for a prototype key.
-    fn snapshot_identity(&self, config: &VmConfig) -> Result<Vec<String>, VmError>;
+    /// wrote of a VM of `config` on `accel` can be restored by it (the VMM
+    /// executable, how it is launched, the guest kernel's command line it
+    /// boots with), as `name=value` lines for a prototype key.
+    fn snapshot_identity(&self, config: &VmConfig, accel: Accel) -> Result<Vec<String>, VmError>;
 
     /// Starts the VM described by the (validated) `config`, with all its files
     /// in `dir`. On error nothing it started is left running.

@@ -119,7 +119,7 @@ impl Hypervisor for FirecrackerBackend {
         Accel::Kvm
     }
 
-    fn snapshot_identity(&self, config: &VmConfig) -> Result<Vec<String>, VmError> {
+    fn snapshot_identity(&self, config: &VmConfig, _accel: Accel) -> Result<Vec<String>, VmError> {
         Ok(vec![
             format!("vmm={}", super::host::file_identity(&self.options.binary)?),
             // A snapshot holds the paths its VMM saw: a jailed one's are chroot paths.

@@ -54,7 +54,10 @@ pub(super) fn key_with(
         ),
     ];
     // The VMM that wrote a snapshot, and how it ran, decide who can load it.
-    for part in parts.into_iter().chain(backend.snapshot_identity(config)?) {
+    for part in parts
+        .into_iter()
+        .chain(backend.snapshot_identity(config, accel)?)
+    {
         h.update(part.as_bytes());
         h.update(b"\n");
     }
@@ -110,7 +113,7 @@ mod tests {
         let exe = std::env::current_exe().unwrap();
         let backend = QemuBackend::with_qemu(exe.clone());
         let config = VmConfig::new("k", &exe, &exe);
-        let identity = backend.snapshot_identity(&config).unwrap();
+        let identity = backend.snapshot_identity(&config, Accel::Tcg).unwrap();
         let cmdline = format!(
             "cmdline={}",
             crate::vm::cmdline::qemu_unmeasured(&config, true)

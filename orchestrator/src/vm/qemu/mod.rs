@@ -148,7 +148,7 @@ impl Hypervisor for QemuBackend {
         accel::choose(config.accel).0
     }
 
-    fn snapshot_identity(&self, config: &VmConfig) -> Result<Vec<String>, VmError> {
+    fn snapshot_identity(&self, config: &VmConfig, accel: Accel) -> Result<Vec<String>, VmError> {
         // A migration stream is loadable by the QEMU that wrote it, with
         // its RAM in the stream or in a file beside it.
         let memory = if self.share_memory {
@@ -159,10 +159,7 @@ impl Hypervisor for QemuBackend {
         Ok(vec![
             format!("vmm={}", file_identity(&self.qemu)?),
             format!("clone-memory={memory}"),
-            format!(
-                "machine={}",
-                command::accel_args(self.accel(config)).join(" ")
-            ),
+            format!("machine={}", command::accel_args(accel).join(" ")),
             format!("cmdline={}", super::cmdline::qemu_unmeasured(config, true)),
         ])
     }
