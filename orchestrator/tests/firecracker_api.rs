@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose, VmInstance};
+use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose, LiveCopy, VmInstance};
 use ironclaw_orchestrator::vm::firecracker::{
     self, api, FirecrackerBackend, FirecrackerOptions, SnapshotFiles, Stopped, MEMORY_FILE,
     VMSTATE_FILE,
@@ -373,7 +373,11 @@ async fn live_snapshot_pauses_snapshots_and_resumes() {
     let fx = Fixture::new();
     let (fake, dir, mut inst, out) = launched_for_snapshots(&fx, "live", &[]).await;
 
-    let names = inst.snapshot_live(&out).await.expect("live snapshot");
+    let names = inst
+        .snapshot_live(&out, LiveCopy::Precopy)
+        .await
+        .expect("live snapshot")
+        .files;
     // Main file first, as the trait says; they are the files Firecracker
     // was asked to write, and all that is there.
     assert_eq!(names, [VMSTATE_FILE, MEMORY_FILE]);
@@ -410,9 +414,10 @@ async fn live_snapshot_pauses_snapshots_and_resumes() {
     let again = fx.tmp.path().join("live-snapshot-2");
     std::fs::create_dir(&again).unwrap();
     assert_eq!(
-        inst.snapshot_live(&again)
+        inst.snapshot_live(&again, LiveCopy::Paused)
             .await
-            .expect("second live snapshot"),
+            .expect("second live snapshot")
+            .files,
         [VMSTATE_FILE, MEMORY_FILE]
     );
     assert_eq!(
@@ -441,7 +446,7 @@ async fn failed_live_snapshot_resumes_the_vm() {
         launched_for_snapshots(&fx, "live-full", &[("PUT", "/snapshot/create", msg)]).await;
 
     let err = inst
-        .snapshot_live(&out)
+        .snapshot_live(&out, LiveCopy::Precopy)
         .await
         .expect_err("the fake refuses the snapshot");
     let text = err.to_string();

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose, VmInstance};
+use ironclaw_orchestrator::vm::backend::{Hypervisor, LaunchPurpose, LiveCopy, VmInstance};
 use ironclaw_orchestrator::vm::firecracker::{
     self, jailer, FirecrackerBackend, FirecrackerError, FirecrackerOptions, JailerConfig,
     SnapshotFiles, Stopped, MEMORY_FILE, VMSTATE_FILE,
@@ -882,9 +882,10 @@ async fn live_snapshot_of_a_jailed_vm_is_moved_out_and_the_vm_resumed() {
 
     let out = fx.tmp.path().join("live");
     std::fs::create_dir(&out).unwrap();
-    let names = VmInstance::snapshot_live(&vm, &out)
+    let names = VmInstance::snapshot_live(&vm, &out, LiveCopy::Precopy)
         .await
-        .expect("live snapshot of a jailed VM");
+        .expect("live snapshot of a jailed VM")
+        .files;
     assert_eq!(names, [VMSTATE_FILE, MEMORY_FILE]);
     assert_eq!(
         fake.body("PUT", "/snapshot/create"),
@@ -902,7 +903,7 @@ async fn live_snapshot_of_a_jailed_vm_is_moved_out_and_the_vm_resumed() {
     fake.tamper_memory_with_symlink_to(Path::new(VICTIM));
     let refused = fx.tmp.path().join("live-refused");
     std::fs::create_dir(&refused).unwrap();
-    let err = VmInstance::snapshot_live(&vm, &refused)
+    let err = VmInstance::snapshot_live(&vm, &refused, LiveCopy::Precopy)
         .await
         .expect_err("a symlink is refused");
     let text = err.to_string();

@@ -516,7 +516,7 @@ async fn live_snapshot_of_a_clone_restores_into_a_new_vm() {
     std::fs::create_dir(&out).unwrap();
 
     let live = source
-        .snapshot_live(&out)
+        .snapshot_live(&out, vm::LiveCopy::Precopy)
         .await
         .expect("live snapshot of the clone");
     assert_eq!(live.files, [VMSTATE_FILE, MEMORY_FILE]);

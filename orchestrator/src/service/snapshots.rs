@@ -24,7 +24,7 @@ use super::error::{ErrorCode, ServiceError};
 use super::sandbox::unix_secs;
 use super::types::SnapshotInfo;
 use crate::vm::snapshot_files::{self, SnapshotFileMeta};
-use crate::vm::{Accel, BackendKind, VmHandle};
+use crate::vm::{Accel, BackendKind, LiveCopy, VmHandle};
 
 /// Bumped when what `meta.json` holds changes incompatibly.
 const FORMAT: u32 = 1;
@@ -250,8 +250,15 @@ impl SnapshotStore {
         mut meta: SnapshotMeta,
     ) -> Result<SnapshotMeta, ServiceError> {
         let t0 = Instant::now();
+        // A sandbox that runs on is paused as briefly as the backend can; one
+        // being paused (destroyed afterwards) is written in the fewest steps.
+        let copy = if meta.paused {
+            LiveCopy::Paused
+        } else {
+            LiveCopy::Precopy
+        };
         let live = vm
-            .snapshot_live(&pending.tmp)
+            .snapshot_live(&pending.tmp, copy)
             .await
             .map_err(|e| self.write_failed(format!("writing the snapshot failed: {e}")))?;
         let files = {

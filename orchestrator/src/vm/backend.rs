@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -95,6 +96,29 @@ pub trait Hypervisor: Send + Sync {
     ) -> Result<Box<dyn VmInstance>, VmError>;
 }
 
+/// How a live snapshot copies guest memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiveCopy {
+    /// The guest runs while its memory is copied and is paused only to copy
+    /// what it changed meanwhile and its device state (pre-copy): the
+    /// shortest pause, for a VM that runs on. A backend that cannot
+    /// (Firecracker) pauses for the whole copy.
+    Precopy,
+    /// The guest is paused for the whole copy: the shortest call, for a VM
+    /// that is destroyed afterwards.
+    Paused,
+}
+
+/// What a live snapshot wrote.
+#[derive(Debug, Clone)]
+pub struct LiveSnapshot {
+    /// File names in the snapshot directory, main file first.
+    pub files: Vec<String>,
+    /// How long the guest was paused, as the host measured it (from the
+    /// pause, or from when QEMU says it stopped the guest, to the resume).
+    pub paused: Duration,
+}
+
 /// A running VM as its backend sees it.
 #[async_trait]
 pub trait VmInstance: Send + Sync {
@@ -103,10 +127,11 @@ pub trait VmInstance: Send + Sync {
     /// file first. The VM stays paused: the caller destroys it.
     async fn snapshot(&mut self, out: &Path) -> Result<Vec<String>, VmError>;
     /// Like [`VmInstance::snapshot`], but the VM runs on afterwards: it is
-    /// paused only while its state is written (also when writing fails).
-    /// The VM must have been started for snapshots (a restored clone, or
-    /// launched with [`LaunchPurpose::Snapshot`]).
-    async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError>;
+    /// paused only while its state is written, memory copied as `copy` says
+    /// (it runs on also when writing fails). The VM must have been started
+    /// for snapshots (a restored clone, or launched with
+    /// [`LaunchPurpose::Snapshot`]).
+    async fn snapshot_live(&self, out: &Path, copy: LiveCopy) -> Result<LiveSnapshot, VmError>;
     /// The accelerator the VM runs on.
     fn accel(&self) -> Accel;
     /// The transport to the guest agent.

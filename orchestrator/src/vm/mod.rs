@@ -34,16 +34,14 @@ pub mod vsock;
 
 pub use crate::agent::{AgentClient, AgentError, ExecOutput};
 pub use accel::Accel;
-pub use backend::{BackendKind, Hypervisor, VmInstance};
+pub use backend::{BackendKind, Hypervisor, LiveCopy, LiveSnapshot, VmInstance};
 pub use config::{ConfigError, VmConfig};
 // The architecture names `vm::seccomp`; `vm::jail` and `vm::cgroup` are kept
 // beside it so that callers need not know the folder.
 pub use confine::{cgroup, jail, seccomp};
 pub use error::VmError;
 pub use ironclaw_protocol::{ExecRequest, ExitStatus};
-pub use spawn::{
-    destroy_vm, restore_vm, spawn_vm, spawn_vm_with_config, LiveSnapshot, SpawnTimings, VmHandle,
-};
+pub use spawn::{destroy_vm, restore_vm, spawn_vm, spawn_vm_with_config, SpawnTimings, VmHandle};
 
 /// An [`ExecRequest`] for `argv` with defaults for everything else.
 pub fn exec_request<I, S>(argv: I) -> ExecRequest

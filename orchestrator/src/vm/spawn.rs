@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use super::backend::{Hypervisor, LaunchPurpose};
+use super::backend::{Hypervisor, LaunchPurpose, LiveCopy, LiveSnapshot};
 use super::config::{self, VmConfig};
 use super::runtime::{self, RuntimeDir};
 use super::{cgroup, channel, default_config, host, jail, seccomp};
@@ -74,17 +74,13 @@ impl VmHandle {
     }
 
     /// Writes a snapshot of the running VM into the empty directory `out`;
-    /// the VM runs on, paused only while its state is written. The agent
-    /// session stays open: a VM restored from the snapshot starts a new one
-    /// (the guest agent ends the requests of the old session then, and keeps
-    /// the processes that outlived their requests).
-    pub async fn snapshot_live(&self, out: &Path) -> Result<LiveSnapshot, VmError> {
-        let t0 = Instant::now();
-        let files = self.instance.snapshot_live(out).await?;
-        Ok(LiveSnapshot {
-            files,
-            paused: t0.elapsed(),
-        })
+    /// the VM runs on, paused only while its state is written (memory copied
+    /// as `copy` says). The agent session stays open: a VM restored from the
+    /// snapshot starts a new one (the guest agent ends the requests of the
+    /// old session then, and keeps the processes that outlived their
+    /// requests).
+    pub async fn snapshot_live(&self, out: &Path, copy: LiveCopy) -> Result<LiveSnapshot, VmError> {
+        self.instance.snapshot_live(out, copy).await
     }
 
     /// Closes the agent session, pauses the VM, writes its snapshot into the
@@ -111,15 +107,6 @@ impl VmHandle {
         .map_err(|e| VmError::TaskFailed(format!("destroying the VM: {e}")))?;
         files
     }
-}
-
-/// What [`VmHandle::snapshot_live`] wrote.
-#[derive(Debug, Clone)]
-pub struct LiveSnapshot {
-    /// File names in the snapshot directory, main file first.
-    pub files: Vec<String>,
-    /// How long the guest was paused.
-    pub paused: Duration,
 }
 
 /// Starts a VM named `config.id` from the snapshot `files` (main file first,

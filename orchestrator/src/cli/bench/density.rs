@@ -129,7 +129,7 @@ pub async fn section(config: &VmConfig, budget_mib: u64) -> anyhow::Result<Strin
     let copied_files = {
         let vm = prototype::restore(&proto, &name("source", 0), &config).await?;
         vm.agent().run(vm::exec_request(["true"]), None).await?;
-        let written = vm.snapshot_live(stash.path()).await;
+        let written = vm.snapshot_live(stash.path(), vm::LiveCopy::Paused).await;
         vm::destroy_vm(vm).await?;
         let written = written?;
         written

@@ -199,7 +199,9 @@ fn report(m: &Measured, proto: &prototype::Prototype, memory_mib: u32, runs: usi
          Through the library `Service`, on one running sandbox of the default image ({memory_mib} MiB, \
          from a pool of one), {runs} runs; each run snapshots it, makes a sandbox from the snapshot \
          (a fork) and restores a clone of the same shape's prototype without a pool (the two in \
-         alternating order), then pauses and resumes it.\n\n\
+         alternating order), then pauses and resumes it. A snapshot copies the guest's memory while \
+         it runs (pre-copy) and pauses it only for what changed meanwhile and its device state; \
+         `pause` stops it first (its VM is destroyed afterwards: the fewest bytes written).\n\n\
          | measurement | median ms | p90 ms | runs (ms) |\n|---|---:|---:|---|\n\
          {}{}{}{}{}{}{}{}{}{}\n\
          **Fork → first result / prototype clone → first result: {ratio:.2}** (goal: at most 1.30). \
@@ -209,7 +211,7 @@ fn report(m: &Measured, proto: &prototype::Prototype, memory_mib: u32, runs: usi
          writing, as its metadata records).\n",
         m.snapshot.row("`snapshot` of the running sandbox (the call)"),
         m.total_ms.row("of which writing, checksumming and storing it (`total_ms`)"),
-        m.pause_ms.row("of which the guest was paused (`pause_ms`)"),
+        m.pause_ms.row("during which the guest was paused (`pause_ms`)"),
         m.fork_created.row("fork: `create` from the snapshot → sandbox ready"),
         m.fork_first.row("fork: `create` from the snapshot → first exec result of `true`"),
         m.proto_restored.row("prototype clone (same shape, no pool): restore → VM ready"),

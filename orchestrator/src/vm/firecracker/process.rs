@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::super::accel::Accel;
-use super::super::backend::VmInstance;
+use super::super::backend::{LiveCopy, LiveSnapshot, VmInstance};
 use super::super::channel::GuestChannel;
 use super::super::host::{self, SocketReady, SocketWaitError};
 use super::super::process::{self, spawn_child};
@@ -193,8 +193,11 @@ impl VmInstance for FirecrackerProcess {
         self.create_snapshot(&files).await?;
         Ok(vec![VMSTATE_FILE.into(), MEMORY_FILE.into()])
     }
-    async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError> {
+    /// Firecracker has no pre-copy: the guest is paused for the whole
+    /// write, whatever `copy` asks.
+    async fn snapshot_live(&self, out: &Path, _copy: LiveCopy) -> Result<LiveSnapshot, VmError> {
         self.pause().await?;
+        let paused = Instant::now();
         let files = SnapshotFiles {
             state: out.join(VMSTATE_FILE),
             memory: out.join(MEMORY_FILE),
@@ -202,8 +205,12 @@ impl VmInstance for FirecrackerProcess {
         let written = self.create_snapshot(&files).await;
         // Runs on whether or not the snapshot was written.
         self.resume().await?;
+        let paused = paused.elapsed();
         written?;
-        Ok(vec![VMSTATE_FILE.into(), MEMORY_FILE.into()])
+        Ok(LiveSnapshot {
+            files: vec![VMSTATE_FILE.into(), MEMORY_FILE.into()],
+            paused,
+        })
     }
     fn accel(&self) -> Accel {
         // Firecracker has no emulator: it always runs on KVM.

@@ -4,17 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::migration::{
     create_snapshot_file, fdset_add, fdset_remove, has_mapped_ram, migrate_to, set_mapped_ram,
-    wait_migrated,
+    set_parameters, wait_migrated, wait_precopy,
 };
 use super::{memory, QemuError, MEMORY_FILE};
 use crate::vm::accel::Accel;
-use crate::vm::backend::VmInstance;
+use crate::vm::backend::{LiveCopy, LiveSnapshot, VmInstance};
 use crate::vm::channel::GuestChannel;
 use crate::vm::confine::cgroup::VmCgroup;
 use crate::vm::confine::jail::{self, Confined, JailError, ProcessConfinement};
@@ -99,40 +99,58 @@ impl QemuInstance {
 
     /// A live snapshot into `dest` with `mapped-ram`, its RAM then detached
     /// ([`super::mapped_ram::detach_ram`]); the VM runs on afterwards (also
-    /// when writing failed). `Ok(false)`: this QEMU cannot, nothing written.
-    async fn snapshot_mapped(&self, dest: &Path) -> Result<bool, VmError> {
+    /// when writing failed). With [`LiveCopy::Precopy`] the guest runs while
+    /// its memory is written (pages it changes meanwhile are written again
+    /// at their offsets) and QEMU pauses it to finish. Returns how long the
+    /// guest was paused; `Ok(None)`: this QEMU cannot, nothing written.
+    async fn snapshot_mapped(
+        &self,
+        dest: &Path,
+        copy: LiveCopy,
+    ) -> Result<Option<Duration>, VmError> {
         let qmp_err = |e: QmpError| VmError::from(QemuError::SnapshotQmp(e));
         let mut qmp = Qmp::connect(&self.qmp).await.map_err(qmp_err)?;
         if !has_mapped_ram(&mut qmp).await.map_err(qmp_err)? {
-            return Ok(false);
+            return Ok(None);
         }
-        qmp.execute("stop", None).await.map_err(qmp_err)?;
+        let paused_here = match copy {
+            LiveCopy::Paused => {
+                qmp.execute("stop", None).await.map_err(qmp_err)?;
+                Some(Instant::now())
+            }
+            LiveCopy::Precopy => None,
+        };
         let written = async {
             set_mapped_ram(&mut qmp).await.map_err(qmp_err)?;
+            set_parameters(&mut qmp).await.map_err(qmp_err)?;
             let file = create_snapshot_file(dest)?;
             let uri = fdset_add(&mut qmp, &file).await.map_err(qmp_err)?;
             drop(file);
-            let migrated = match qmp
-                .execute("migrate", Some(serde_json::json!({ "uri": uri })))
+            let started = Instant::now();
+            qmp.execute("migrate", Some(serde_json::json!({ "uri": uri })))
                 .await
-            {
-                Ok(_) => wait_migrated(&mut qmp).await.map_err(VmError::from),
-                Err(e) => Err(qmp_err(e)),
-            };
-            let removed = fdset_remove(&mut qmp).await.map_err(qmp_err);
-            migrated.and(removed)?;
-            let (path, bytes) = (dest.to_path_buf(), self.memory_bytes);
-            tokio::task::spawn_blocking(move || super::mapped_ram::detach_ram(&path, bytes))
-                .await
-                .map_err(|e| VmError::TaskFailed(format!("detaching the snapshot's RAM: {e}")))?
-                .map_err(VmError::SnapshotIncompatible)?;
-            Ok::<(), VmError>(())
+                .map_err(qmp_err)?;
+            match paused_here {
+                Some(since) => wait_migrated(&mut qmp).await.map(|()| since),
+                None => wait_precopy(&mut qmp, started).await,
+            }
+            .map_err(VmError::from)
         }
         .await;
         // After a completed migration the source is in `postmigrate`;
-        // `cont` reactivates its block devices and runs it again.
+        // `cont` reactivates its block devices and runs it again. The file
+        // is finished below with the guest running.
         qmp.execute("cont", None).await.map_err(qmp_err)?;
-        written.map(|()| true)
+        let resumed = Instant::now();
+        let removed = fdset_remove(&mut qmp).await.map_err(qmp_err);
+        let paused_since = written?;
+        removed?;
+        let (path, bytes) = (dest.to_path_buf(), self.memory_bytes);
+        tokio::task::spawn_blocking(move || super::mapped_ram::detach_ram(&path, bytes))
+            .await
+            .map_err(|e| VmError::TaskFailed(format!("detaching the snapshot's RAM: {e}")))?
+            .map_err(VmError::SnapshotIncompatible)?;
+        Ok(Some(resumed.saturating_duration_since(paused_since)))
     }
 
     pub(super) fn start(
@@ -219,17 +237,27 @@ impl VmInstance for QemuInstance {
             .await?;
         Ok(self.snapshot_files())
     }
-    async fn snapshot_live(&self, out: &Path) -> Result<Vec<String>, VmError> {
-        if self.map_live_ram
-            && self
-                .snapshot_mapped(&out.join(MAPPED_SNAPSHOT_FILE))
+    async fn snapshot_live(&self, out: &Path, copy: LiveCopy) -> Result<LiveSnapshot, VmError> {
+        if self.map_live_ram {
+            if let Some(paused) = self
+                .snapshot_mapped(&out.join(MAPPED_SNAPSHOT_FILE), copy)
                 .await?
-        {
-            return Ok(vec![MAPPED_SNAPSHOT_FILE.to_string()]);
+            {
+                return Ok(LiveSnapshot {
+                    files: vec![MAPPED_SNAPSHOT_FILE.to_string()],
+                    paused,
+                });
+            }
         }
+        // A stream (QEMU < 9, or RAM in a prototype's shared file): written
+        // with the guest paused, whatever `copy` asks.
+        let t0 = Instant::now();
         self.snapshot_to(&out.join(SNAPSHOT_FILE), &out.join(MEMORY_FILE), true)
             .await?;
-        Ok(self.snapshot_files())
+        Ok(LiveSnapshot {
+            files: self.snapshot_files(),
+            paused: t0.elapsed(),
+        })
     }
     fn accel(&self) -> Accel {
         self.accel
