@@ -477,11 +477,12 @@ async fn warm_pool_of_one_through_the_snapshot_api() {
     assert_eq!(host.vm_keys(), want);
     {
         let log = host.log.lock().unwrap();
-        // Reseeded after the restore and again at acquire; warmed with `true`
-        // by the pool, then our command.
+        // Reseeded after the restore; warmed by the pool with its command
+        // (`true`), a reseed and `true`; reseeded again at acquire, then our
+        // command.
         let agent = &log.agents[&first];
-        assert_eq!(agent.reseeds.len(), 2, "{agent:?}");
-        assert_eq!(agent.execs, [["true"], ["true"]]);
+        assert_eq!(agent.reseeds.len(), 3, "{agent:?}");
+        assert_eq!(agent.execs, [["true"], ["true"], ["true"]]);
     }
     for clone in [&first, &second] {
         assert_eq!(

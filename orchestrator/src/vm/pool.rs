@@ -166,9 +166,11 @@ impl Pool {
             }
             None => {
                 self.inner.misses.fetch_add(1, Ordering::Relaxed);
-                // Every VM handed out ran the warm-up (users rely on what it prepares).
+                // Every VM handed out ran the warm-up command (users rely on
+                // what it prepares); the rest of [`warm_up`] would only
+                // delay this one.
                 let vm = restore_one(&self.inner).await?;
-                warm_up(&vm, &self.inner.warm_up).await?;
+                prepare(&vm, &self.inner.warm_up).await?;
                 vm
             }
         };
@@ -303,11 +305,23 @@ async fn restore_one(inner: &Inner) -> Result<VmHandle, VmError> {
     Ok(vm)
 }
 
-/// Runs one command in a fresh clone before it is offered. A restored QEMU
-/// starts with an empty translation cache (TCG) and cold host page mappings,
-/// which makes the first exec in a clone several times slower than the next;
-/// the pool pays that in the background instead of at `acquire`.
+/// Runs `argv` in a fresh clone before it is offered, then what `acquire`
+/// and a first command do: a reseed and `true`. A restored QEMU starts with
+/// an empty translation cache (TCG) and cold host page mappings, which
+/// makes the first exec in a clone several times slower than the next, and
+/// the second still pays for code the first did not take (a reseed after a
+/// command, a process slot used before); the pool pays that in the
+/// background instead of at `acquire` (`acquire` → first result of `true`
+/// 7.5–7.7 ms instead of 8.1–9.0 with the command alone: medians of three
+/// alternating `ironclaw bench --only pool --runs 7`).
 async fn warm_up(vm: &VmHandle, argv: &[String]) -> Result<(), VmError> {
+    prepare(vm, argv).await?;
+    super::spawn::reseed(vm.agent()).await?;
+    prepare(vm, &["true".to_string()]).await
+}
+
+/// Runs the warm-up command `argv`, which must exit 0.
+async fn prepare(vm: &VmHandle, argv: &[String]) -> Result<(), VmError> {
     let out = vm
         .agent()
         .run(super::exec_request(argv.iter().cloned()), None)
