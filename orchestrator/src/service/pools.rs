@@ -23,8 +23,10 @@ pub const DEFAULT_CWD: &str = "/work";
 /// (under TCG; measured: the E2B SDK's first `commands.run("true")` after
 /// `Sandbox.create()` took 140–178 ms, its second 30–34).
 fn warm_up() -> Vec<String> {
-    let script =
-        format!("mkdir -p {DEFAULT_CWD} && {{ [ ! -x /bin/bash ] || /bin/bash -l -c true; }}");
+    // A profile that fails leaves a clone as good as any: only `mkdir` counts.
+    let script = format!(
+        "mkdir -p {DEFAULT_CWD} && {{ [ ! -x /bin/bash ] || /bin/bash -l -c true || true; }}"
+    );
     ["/bin/sh", "-c", &script].map(String::from).to_vec()
 }
 

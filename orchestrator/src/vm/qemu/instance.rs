@@ -140,9 +140,10 @@ impl QemuInstance {
         // After a completed migration the source is in `postmigrate`;
         // `cont` reactivates its block devices and runs it again. The file
         // is finished below with the guest running.
-        qmp.execute("cont", None).await.map_err(qmp_err)?;
-        let resumed = Instant::now();
+        let resumed = qmp.execute("cont", None).await.map(|_| Instant::now());
         let removed = fdset_remove(&mut qmp).await.map_err(qmp_err);
+        // A guest left paused is the first thing to report.
+        let resumed = resumed.map_err(qmp_err)?;
         let paused_since = written?;
         removed?;
         let (path, bytes) = (dest.to_path_buf(), self.memory_bytes);

@@ -212,9 +212,8 @@ pub(super) async fn migrate_to(
 /// QEMU stopped it to finish — its `total-time` after `start` less its
 /// `downtime` (whole milliseconds): never later than it was, earlier by the
 /// `migrate` command's latency and up to 2 ms of rounding; without those
-/// figures, `start`. A failure or the deadline
-/// ends it (the migration is then cancelled); the caller resumes the guest
-/// in every case.
+/// figures, `start`. A failure or the deadline ends it (the migration is
+/// then cancelled); the caller resumes the guest in every case.
 pub(super) async fn wait_precopy(qmp: &mut Qmp, start: Instant) -> Result<Instant, MigrateError> {
     let mut paused_here = None;
     loop {
