@@ -215,6 +215,15 @@ pub(super) async fn migrate_to(
 /// figures, `start`. A failure or the deadline ends it (the migration is
 /// then cancelled); the caller resumes the guest in every case.
 pub(super) async fn wait_precopy(qmp: &mut Qmp, start: Instant) -> Result<Instant, MigrateError> {
+    wait_precopy_within(qmp, start, PRECOPY_LIMIT).await
+}
+
+/// [`wait_precopy`], pausing the guest after `limit`.
+async fn wait_precopy_within(
+    qmp: &mut Qmp,
+    start: Instant,
+    limit: Duration,
+) -> Result<Instant, MigrateError> {
     let mut paused_here = None;
     loop {
         let info = qmp.execute("query-migrate", None).await?;
@@ -234,7 +243,7 @@ pub(super) async fn wait_precopy(qmp: &mut Qmp, start: Instant) -> Result<Instan
                 let _ = qmp.execute("migrate_cancel", None).await;
                 return Err(MigrateError::TimedOut);
             }
-            _ if paused_here.is_none() && start.elapsed() > PRECOPY_LIMIT => {
+            _ if paused_here.is_none() && start.elapsed() > limit => {
                 qmp.execute("stop", None).await?;
                 paused_here = Some(Instant::now());
             }
@@ -267,5 +276,117 @@ pub(super) async fn wait_migrated(qmp: &mut Qmp) -> Result<(), MigrateError> {
             }
             _ => tokio::time::sleep(Duration::from_millis(10)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    /// What the scripted QEMU answers to its n-th `query-migrate` (from 1),
+    /// and whether it was told `stop` before.
+    type Script = fn(usize, bool) -> Value;
+
+    /// A QMP peer on a socket in `dir` that answers `query-migrate` as
+    /// `script` says and everything else with `{}`. Returns the socket and
+    /// the commands it was sent.
+    fn scripted_qemu(
+        dir: &Path,
+        script: Script,
+    ) -> (std::path::PathBuf, tokio::task::JoinHandle<Vec<String>>) {
+        let path = dir.join("qmp.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let peer = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (read, mut write) = stream.into_split();
+            let greeting = b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n";
+            write.write_all(greeting).await.unwrap();
+            let mut lines = BufReader::new(read).lines();
+            let (mut seen, mut queries, mut stopped) = (Vec::new(), 0, false);
+            while let Ok(Some(line)) = lines.next_line().await {
+                let req: Value = serde_json::from_str(&line).unwrap();
+                let command = req["execute"].as_str().unwrap().to_string();
+                let answer = match command.as_str() {
+                    "query-migrate" => {
+                        queries += 1;
+                        script(queries, stopped)
+                    }
+                    "stop" => {
+                        stopped = true;
+                        json!({})
+                    }
+                    _ => json!({}),
+                };
+                seen.push(command);
+                let mut out = serde_json::to_vec(&json!({ "return": answer })).unwrap();
+                out.push(b'\n');
+                write.write_all(&out).await.unwrap();
+            }
+            seen
+        });
+        (path, peer)
+    }
+
+    async fn precopy(
+        script: Script,
+        limit: Duration,
+    ) -> (Instant, Result<Instant, VmError>, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, peer) = scripted_qemu(dir.path(), script);
+        let mut qmp = Qmp::connect(&sock).await.unwrap();
+        let start = Instant::now();
+        let since = wait_precopy_within(&mut qmp, start, limit)
+            .await
+            .map_err(VmError::from);
+        drop(qmp);
+        (start, since, peer.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_precopy_qemu_completes_is_paused_since_its_downtime_began() {
+        let (start, since, seen) = precopy(
+            |n, _| match n {
+                1 | 2 => json!({ "status": "active" }),
+                _ => json!({ "status": "completed", "total-time": 5, "downtime": 2 }),
+            },
+            Duration::from_secs(60),
+        )
+        .await;
+        // total-time less downtime, less a millisecond of rounding.
+        assert_eq!(since.unwrap(), start + Duration::from_millis(2));
+        assert!(!seen.contains(&"stop".to_string()), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn a_precopy_that_does_not_converge_is_finished_with_the_guest_paused() {
+        let limit = Duration::from_millis(200);
+        let (start, since, seen) = precopy(
+            |_, stopped| match stopped {
+                false => json!({ "status": "active" }),
+                // Figures that would date the pause before the limit.
+                true => json!({ "status": "completed", "total-time": 50, "downtime": 1 }),
+            },
+            limit,
+        )
+        .await;
+        // Paused here once the limit had passed, and counted from then.
+        let since = since.unwrap();
+        assert!(since >= start + limit, "{:?}", since - start);
+        assert_eq!(seen.iter().filter(|c| *c == "stop").count(), 1, "{seen:?}");
+        assert_eq!(seen.last().map(String::as_str), Some("query-migrate"));
+    }
+
+    #[tokio::test]
+    async fn a_failed_precopy_says_why() {
+        let (_, since, _) = precopy(
+            |_, _| json!({ "status": "failed", "error-desc": "disk full" }),
+            Duration::from_secs(60),
+        )
+        .await;
+        let err = since.unwrap_err();
+        assert!(err.to_string().contains("disk full"), "{err}");
     }
 }
