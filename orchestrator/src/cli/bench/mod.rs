@@ -364,8 +364,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
          **Warm-pool acquire median: {} ms** (goal: under 50 ms). Pool stats after the runs: {:?}.\n\n\
          Where the restore time goes: the first `true` in a fresh clone takes {} ms (median), the \
          second {} ms. Under TCG a restored QEMU starts with an empty translation cache, so the \
-         first exec pays for translating the guest's fork/exec path{}; the warm pool runs one command \
-         in each clone before offering it, which is why `acquire` meets its goal while a bare restore \
+         first exec pays for translating the guest's fork/exec path{}; the warm pool runs its command, \
+         a reseed and `true` in each clone before offering it, which is why `acquire` meets its goal while a bare restore \
          does not. With KVM the guest runs natively and this step should vanish (not measured: \
          no usable KVM here).\n\n\
          Prototype snapshot: {} MiB on disk for {} MiB of guest memory (prototype boot {} ms, snapshot {} ms).\n\n\

@@ -298,7 +298,7 @@ pub async fn pool_section(config: &VmConfig, runs: usize) -> anyhow::Result<Stri
          | reference: a second exec of `true` in the same VM | {} | {} |\n\n\
          Where the time goes: `acquire` is one round trip (the reseed: fresh entropy and the \
          clock, which every VM handed out gets first); the first exec is an exec round trip in a \
-         clone the pool has already warmed up with one command (see the exec section for its parts).\n\n\
+         clone the pool has already warmed up (its command, a reseed and `true`: what `acquire` and a first command run; see the exec section for the parts of a round trip).\n\n\
          **Warm-pool acquire → first result: {} ms** (goal: under 10 ms). Pool stats: {:?}.\n",
         ms(median(total.clone())),
         list(&total),
