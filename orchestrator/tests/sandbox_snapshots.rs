@@ -30,6 +30,14 @@ async fn create(server: &Server, body: Value) -> Value {
     sb
 }
 
+/// The id of a sandbox created with `body`.
+async fn create_id(server: &Server, body: Value) -> String {
+    create(server, body).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 async fn sh(server: &Server, id: &str, cmd: &str) -> String {
     let (status, out) = server
         .call(
@@ -82,10 +90,7 @@ fn now_secs() -> u64 {
 fn forks_carry_files_and_processes_and_share_nothing_after() {
     let server = Server::start("snap-forks", false, &["--pool-size", "1"]);
     rt().block_on(async {
-        let src = create(&server, json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let src = create_id(&server, json!({})).await;
         sh(&server, &src, &format!("echo state > /work/s; {COUNTER}")).await;
         counter_runs(&server, &src).await;
 
@@ -235,10 +240,7 @@ async fn passes_at_least(server: &Server, id: &str, min: u64) -> u64 {
 fn a_snapshot_of_a_guest_changing_its_memory_is_consistent() {
     let server = Server::start("snap-precopy", false, &["--pool-size", "1"]);
     rt().block_on(async {
-        let src = create(&server, json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let src = create_id(&server, json!({})).await;
         let put = format!(
             "cat > /work/writer.py <<'EOF'\n{MEMORY_WRITER}\nEOF\n\
              nohup python3 /work/writer.py >/work/writer.log 2>&1 &"
@@ -248,10 +250,7 @@ fn a_snapshot_of_a_guest_changing_its_memory_is_consistent() {
 
         let snap = snapshot(&server, &src, json!({})).await;
         let at_snapshot = passes_at_least(&server, &src, 0).await;
-        let fork = create(&server, json!({ "from_snapshot": snap["id"] })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let fork = create_id(&server, json!({ "from_snapshot": snap["id"] })).await;
         // Every page checked at least twice after the restore.
         passes_at_least(&server, &fork, at_snapshot + 2).await;
         passes_at_least(&server, &src, at_snapshot + 2).await;
@@ -355,10 +354,7 @@ fn a_paused_sandbox_survives_a_service_restart_and_a_kill() {
     let mut server = Server::start("snap-restart", false, &["--pool-size", "0"]);
     let root = server.root.clone();
     let id = rt().block_on(async {
-        let id = create(&server, json!({ "env": { "WHO": "me" } })).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = create_id(&server, json!({ "env": { "WHO": "me" } })).await;
         sh(&server, &id, "echo before-restart > /work/f").await;
         let (status, paused) = server
             .call("POST", &format!("/v1/sandboxes/{id}/pause"), None)
@@ -389,10 +385,7 @@ fn a_paused_sandbox_survives_a_service_restart_and_a_kill() {
             .call("POST", &format!("/v1/sandboxes/{id}/pause"), None)
             .await;
         assert_eq!(status, 200);
-        create(&server, json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        create_id(&server, json!({})).await
     });
     server.stop_with(libc::SIGKILL);
     let server = Server::start_in(root, false, &["--pool-size", "0"]);
@@ -434,10 +427,7 @@ fn a_full_disk_while_writing_a_snapshot_leaves_nothing() {
         ],
     );
     rt().block_on(async {
-        let id = create(&server, json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = create_id(&server, json!({})).await;
         sh(&server, &id, "echo alive > /work/f").await;
         for path in [
             format!("/v1/sandboxes/{id}/snapshots"),
@@ -474,10 +464,7 @@ fn damaged_or_foreign_snapshots_are_refused_and_nothing_starts() {
     );
     let snaps = snapshot_dir(&server.root);
     rt().block_on(async {
-        let id = create(&server, json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = create_id(&server, json!({})).await;
         sh(&server, &id, "echo x > /work/x").await;
         let refused = |status: u16, err: &Value, what: &str| {
             assert_eq!(status, 422, "{what}: {err}");
@@ -563,10 +550,7 @@ fn the_storage_limit_refuses_and_leaves_nothing() {
     );
     let snaps = snapshot_dir(&server.root);
     rt().block_on(async {
-        let id = create(&server, json!({})).await["id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = create_id(&server, json!({})).await;
         for path in [
             format!("/v1/sandboxes/{id}/snapshots"),
             format!("/v1/sandboxes/{id}/pause"),
