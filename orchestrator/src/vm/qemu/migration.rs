@@ -26,8 +26,8 @@ const PRECOPY_LIMIT: Duration = Duration::from_secs(3);
 /// at the rate measured so far.
 const PRECOPY_DOWNTIME_MS: u64 = 20;
 
-/// How often a pre-copy's progress is asked for: bounds the time between
-/// QEMU completing the copy (the guest is paused then) and the resume.
+/// How often a migration's progress is asked for: bounds the time between
+/// QEMU completing a pre-copy (the guest is paused then) and the resume.
 const PRECOPY_POLL: Duration = Duration::from_millis(3);
 
 /// The fd set QEMU gets a snapshot's descriptor in (`add-fd`), for the
@@ -215,11 +215,12 @@ pub(super) async fn migrate_to(
 /// figures, `start`. A failure or the deadline ends it (the migration is
 /// then cancelled); the caller resumes the guest in every case.
 pub(super) async fn wait_precopy(qmp: &mut Qmp, start: Instant) -> Result<Instant, MigrateError> {
-    wait_precopy_within(qmp, start, PRECOPY_LIMIT).await
+    wait_completed(qmp, start, PRECOPY_LIMIT).await
 }
 
-/// [`wait_precopy`], pausing the guest after `limit`.
-async fn wait_precopy_within(
+/// [`wait_precopy`], pausing the guest after `limit` (never with
+/// `Duration::MAX`).
+async fn wait_completed(
     qmp: &mut Qmp,
     start: Instant,
     limit: Duration,
@@ -238,7 +239,14 @@ async fn wait_precopy_within(
                 };
                 return Ok(paused_here.unwrap_or(stopped.min(Instant::now())));
             }
-            Some("failed") | Some("cancelled") => return Err(failed(&info)),
+            Some("failed") | Some("cancelled") => {
+                return Err(MigrateError::Failed(
+                    info.get("error-desc")
+                        .and_then(|d| d.as_str())
+                        .unwrap_or("no reason given")
+                        .to_string(),
+                ))
+            }
             _ if start.elapsed() > MIGRATION_WAIT => {
                 let _ = qmp.execute("migrate_cancel", None).await;
                 return Err(MigrateError::TimedOut);
@@ -252,31 +260,12 @@ async fn wait_precopy_within(
     }
 }
 
-fn failed(info: &serde_json::Value) -> MigrateError {
-    MigrateError::Failed(
-        info.get("error-desc")
-            .and_then(|d| d.as_str())
-            .unwrap_or("no reason given")
-            .to_string(),
-    )
-}
-
 /// Waits until an outgoing migration has completed (a failure or the
 /// deadline ends it: the migration is then cancelled).
 pub(super) async fn wait_migrated(qmp: &mut Qmp) -> Result<(), MigrateError> {
-    let deadline = Instant::now() + MIGRATION_WAIT;
-    loop {
-        let info = qmp.execute("query-migrate", None).await?;
-        match info.get("status").and_then(|s| s.as_str()) {
-            Some("completed") => return Ok(()),
-            Some("failed") | Some("cancelled") => return Err(failed(&info)),
-            _ if Instant::now() > deadline => {
-                let _ = qmp.execute("migrate_cancel", None).await;
-                return Err(MigrateError::TimedOut);
-            }
-            _ => tokio::time::sleep(Duration::from_millis(10)).await,
-        }
-    }
+    wait_completed(qmp, Instant::now(), Duration::MAX)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]
@@ -338,7 +327,7 @@ mod tests {
         let (sock, peer) = scripted_qemu(dir.path(), script);
         let mut qmp = Qmp::connect(&sock).await.unwrap();
         let start = Instant::now();
-        let since = wait_precopy_within(&mut qmp, start, limit)
+        let since = wait_completed(&mut qmp, start, limit)
             .await
             .map_err(VmError::from);
         drop(qmp);
